@@ -1,0 +1,199 @@
+"""Reverse-mode automatic differentiation: Function, grad mode, and the backward walk.
+
+A :class:`Function` is one differentiable op. Its ``forward`` takes raw arrays and returns one array;
+its ``backward`` takes ``gy = dL/dy`` and returns ``dL/dx`` for every input (``None`` where an input
+needs no gradient). ``Function.apply`` wraps both around :class:`~minise.tensor.Tensor` objects and
+records the graph. :func:`backward` walks that graph once, in reverse topological order, found with an
+explicit stack (no recursion, so a chain of 10,000 ops works), accumulating gradients that reach a
+tensor along several paths, and frees each op's saved arrays as soon as its backward has run.
+Lesson 02 builds this file from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from minise import backend
+
+if TYPE_CHECKING:
+    from minise.tensor import Tensor
+
+# --------------------------------------------------------------------------------------------------
+# grad mode
+# --------------------------------------------------------------------------------------------------
+_grad_enabled = True
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Inside ``with no_grad():`` ops record no graph (evaluation, parameter updates)."""
+    global _grad_enabled
+    previous = _grad_enabled
+    _grad_enabled = False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+@contextlib.contextmanager
+def enable_grad() -> Iterator[None]:
+    global _grad_enabled
+    previous = _grad_enabled
+    _grad_enabled = True
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+# --------------------------------------------------------------------------------------------------
+# broadcasting in backward
+# --------------------------------------------------------------------------------------------------
+def sum_to(g: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``g`` down to ``shape``: the backward of broadcasting ``shape`` up to ``g.shape``.
+
+    Broadcasting copies a value along new leading axes and along axes of size 1; in backward, the
+    gradients of all those copies add up. So: sum away the extra leading axes, then sum (keeping the
+    axis) wherever ``shape`` has a 1 and ``g`` does not.
+    """
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# Function
+# --------------------------------------------------------------------------------------------------
+class Function:
+    """One differentiable op: ``forward`` and ``backward`` on raw arrays.
+
+    Subclasses keep options (stride, axis...) as attributes set in ``__init__``, call :meth:`save` in
+    ``forward`` for what backward reads (nothing more), and read it back from ``self.saved``.
+    ``self.needs_input_grad[i]`` tells backward whether input i needs a gradient, so work can be skipped.
+    """
+
+    name = "op"
+
+    def __init__(self) -> None:
+        self.inputs: tuple[Tensor | None, ...] = ()
+        self.saved: tuple[Any, ...] | None = ()
+        self.needs_input_grad: tuple[bool, ...] = ()
+
+    def save(self, *arrays: Any) -> None:
+        self.saved = arrays
+
+    def forward(self, *arrays: Any) -> Any:  # pragma: no cover - every op overrides it
+        raise NotImplementedError
+
+    def backward(self, gy: Any) -> Any:  # pragma: no cover - every op overrides it
+        raise NotImplementedError
+
+    def apply(self, *inputs: Any) -> Tensor:
+        """Run ``forward`` on the inputs' arrays and, if any input requires grad, record this op."""
+        from minise.tensor import Tensor  # noqa: PLC0415  (tensor imports autograd)
+
+        tensors = tuple(x if isinstance(x, Tensor) or x is None else Tensor(x) for x in inputs)
+        arrays = [t.data if t is not None else None for t in tensors]
+        backend.check_same_backend(self.name, *arrays)
+        y = self.forward(*arrays)
+        out = Tensor(y)
+        needs = tuple(t is not None and t.requires_grad for t in tensors)
+        if _grad_enabled and any(needs):
+            self.inputs = tensors
+            self.needs_input_grad = needs
+            out.requires_grad = True
+            out.creator = self
+        else:
+            self.saved = None  # nothing will call backward: free what forward saved
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the backward walk
+# --------------------------------------------------------------------------------------------------
+def topological_order(root: Tensor) -> list[Tensor]:
+    """Tensors of the graph that ends at ``root``, each after every tensor it was computed from.
+
+    A depth-first search with an explicit stack: a tensor is appended once all of its creator's
+    inputs have been appended (post-order). Recursion would hit Python's limit near 1,000 ops.
+    """
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        t, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(t)
+            continue
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        stack.append((t, True))
+        if t.creator is not None:
+            for x in t.creator.inputs:
+                if x is not None and x.requires_grad and id(x) not in visited:
+                    stack.append((x, False))
+    return order
+
+
+def backward(root: Tensor, gradient: Any = None) -> None:
+    """Fill ``.grad`` of the leaves (and of tensors that called ``retain_grad``) with d root / d leaf.
+
+    Gradients are kept in a dict keyed by tensor until every consumer has contributed, which is what
+    reverse topological order guarantees; then the tensor's creator runs its backward once.
+    """
+    xp = backend.get_array_module(root.data)
+    if gradient is None:
+        if root.data.size != 1:
+            raise RuntimeError(
+                f"backward: the output has shape {root.shape}, not one element - pass gradient= "
+                "(an array of that shape), or reduce it first, e.g. loss.sum().backward()"
+            )
+        gradient = xp.ones_like(root.data)
+    else:
+        from minise.tensor import Tensor  # noqa: PLC0415
+
+        gradient = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient, dtype=root.dtype)
+        if gradient.shape != root.shape:
+            raise ValueError(
+                f"backward: gradient has shape {gradient.shape} but the output has shape {root.shape} "
+                "- pass a gradient of the output's shape"
+            )
+    grads: dict[int, Any] = {id(root): gradient}
+    for t in reversed(topological_order(root)):
+        g = grads.pop(id(t), None)
+        if g is None:
+            continue
+        if t.creator is None or t.retains_grad:
+            # a fresh array: the same gradient array may reach several tensors (a + b hands gy to both)
+            t.grad = g.copy() if t.grad is None else t.grad + g
+        op = t.creator
+        if op is None:
+            continue
+        if op.saved is None:
+            raise RuntimeError(
+                f"backward: {op.name}'s saved arrays were already freed by an earlier backward - "
+                "run the forward again before calling backward a second time"
+            )
+        in_grads = op.backward(g)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        op.saved = None  # free what forward saved: it is not needed any more
+        for x, gx, needs in zip(op.inputs, in_grads, op.needs_input_grad, strict=True):
+            if not needs or gx is None:
+                continue
+            assert x is not None
+            if gx.shape != x.shape:  # a safety net: every op must return gradients of its inputs' shapes
+                raise RuntimeError(f"{op.name}.backward returned a gradient of shape {gx.shape} for {x.shape}")
+            prev = grads.get(id(x))
+            grads[id(x)] = gx if prev is None else prev + gx

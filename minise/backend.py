@@ -1,0 +1,327 @@
+"""The one place where NumPy and CuPy differ.
+
+Every other module takes its array module from the data: ``xp = get_array_module(x)`` and then
+writes ``xp.exp``, ``xp.zeros`` ... so one code path serves the CPU and the GPU (the idea comes from
+Chainer and DeZero). What truly differs lives here, and this is the only module that imports CuPy:
+
+* choosing the backend: :func:`set_backend`, :func:`use_backend`, the ``MINISE_BACKEND`` variable;
+* why CuPy is unavailable, with the fix (:class:`BackendUnavailableError`);
+* moving arrays between host and device (:func:`to_host`, :func:`to_device`);
+* strided views (:func:`as_strided`), scatter-add (:func:`scatter_add`);
+* random numbers (:func:`manual_seed`, :func:`default_rng`);
+* how big work is cut into chunks and run on the CPU cores (:func:`run_chunks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("numpy", "cupy")
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when the CuPy backend is asked for but cannot run here; the message says why and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------------
+# CuPy: imported lazily, and only here
+# --------------------------------------------------------------------------------------------------
+_cupy: ModuleType | None = None
+
+
+def _import_cupy() -> ModuleType:
+    """Import CuPy and check that it can really run, or raise an error naming the cause and the fix."""
+    global _cupy
+    if _cupy is not None:
+        return _cupy
+    try:
+        import cupy  # noqa: PLC0415  (the only import of cupy in minise)
+    except ImportError as e:
+        text = str(e)
+        if "libcudart" in text or "libcublas" in text or "libnvrtc" in text or ".so" in text:
+            raise BackendUnavailableError(
+                f"cupy backend: CuPy is installed but its CUDA libraries do not load ({text}) - the CuPy "
+                "wheel does not match the CUDA runtime: `nvidia-smi` shows the driver's CUDA version; install "
+                "the matching wheel, `pip install cupy-cuda12x` for CUDA 12 or `pip install cupy-cuda13x` "
+                "for CUDA 13, and uninstall the other"
+            ) from e
+        raise BackendUnavailableError(
+            "cupy backend: CuPy is not installed - install it with `pip install 'minise[gpu]'` "
+            "(CUDA 12, cupy-cuda12x) or `pip install cupy-cuda13x` (CUDA 13), or use --backend numpy"
+        ) from e
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError, or a missing libcudart at first call
+        text = str(e)
+        if "libcudart" in text or "cudaErrorInsufficientDriver" in text or ".so" in text:
+            raise BackendUnavailableError(
+                f"cupy backend: the CuPy wheel does not match this machine's CUDA runtime ({text}) - "
+                "install the wheel for your CUDA major version (`pip install cupy-cuda12x` or "
+                "`pip install cupy-cuda13x`; `nvidia-smi` shows the version)"
+            ) from e
+        raise BackendUnavailableError(
+            f"cupy backend: no CUDA device is available ({text}) - run on a machine with an NVIDIA GPU "
+            "and driver, or use --backend numpy"
+        ) from e
+    if count == 0:
+        raise BackendUnavailableError(
+            "cupy backend: CuPy is installed but no CUDA device was found - run on a machine with an "
+            "NVIDIA GPU, or use --backend numpy"
+        )
+    _cupy = cupy
+    return cupy
+
+
+def cupy_available() -> tuple[bool, str]:
+    """(True, "") if the CuPy backend can run here, else (False, the reason)."""
+    try:
+        _import_cupy()
+    except BackendUnavailableError as e:
+        return False, str(e)
+    return True, ""
+
+
+def _is_cupy_array(a: Any) -> bool:
+    # Checked by the class's module so that testing an array never imports CuPy.
+    return type(a).__module__.startswith("cupy")
+
+
+# --------------------------------------------------------------------------------------------------
+# choosing the backend
+# --------------------------------------------------------------------------------------------------
+def _backend_from_env() -> str:
+    name = os.environ.get("MINISE_BACKEND", "numpy").strip().lower() or "numpy"
+    if name not in BACKENDS:
+        raise ValueError(f"MINISE_BACKEND={name!r} is not a backend - use one of {', '.join(BACKENDS)}")
+    return name
+
+
+_current = _backend_from_env()
+
+
+def get_backend() -> str:
+    """The name of the current backend: "numpy" or "cupy"."""
+    return _current
+
+
+def set_backend(name: str) -> None:
+    """Select where new arrays are created: ``"numpy"`` (CPU) or ``"cupy"`` (GPU)."""
+    global _current
+    if name not in BACKENDS:
+        raise ValueError(f"set_backend: unknown backend {name!r} - use one of {', '.join(BACKENDS)}")
+    if name == "cupy":
+        _import_cupy()
+    _current = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """``with use_backend("cupy"): ...`` selects a backend for a block and restores the previous one."""
+    previous = _current
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def xp_of_backend(name: str | None = None) -> ModuleType:
+    """The array module of a backend (the current one by default)."""
+    name = name or _current
+    return _import_cupy() if name == "cupy" else np
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """numpy or cupy, whichever the arrays live in (like ``cupy.get_array_module``)."""
+    for a in arrays:
+        if _is_cupy_array(a):
+            return _import_cupy()
+    return np
+
+
+def backend_name(a: Any) -> str:
+    """ "cupy" for a device array, "numpy" for anything else."""
+    return "cupy" if _is_cupy_array(a) else "numpy"
+
+
+def check_same_backend(op: str, *arrays: Any) -> None:
+    """Raise a TypeError naming ``op`` if some arrays live on the host and others on the device."""
+    names = {backend_name(a) for a in arrays if a is not None}
+    if len(names) > 1:
+        raise TypeError(
+            f"{op}: inputs live on different backends (numpy and cupy) - move them to one backend first, "
+            "e.g. tensor.to('cupy') or tensor.to('numpy')"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# host <-> device
+# --------------------------------------------------------------------------------------------------
+def to_host(a: Any) -> np.ndarray:
+    """A NumPy array with the values of ``a`` (copied from the GPU if ``a`` lives there)."""
+    if _is_cupy_array(a):
+        return a.get()  # type: ignore[no-any-return]
+    return np.asarray(a)
+
+
+def to_device(a: Any, name: str | None = None) -> Any:
+    """``a`` as an array of backend ``name`` (the current backend by default)."""
+    name = name or _current
+    if name == "cupy":
+        return _import_cupy().asarray(a)
+    return to_host(a)
+
+
+# --------------------------------------------------------------------------------------------------
+# what the two array modules spell differently
+# --------------------------------------------------------------------------------------------------
+def as_strided(a: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+    """A strided view of ``a`` (no copy); strides in bytes, as NumPy's."""
+    if _is_cupy_array(a):
+        return _import_cupy().lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
+    return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
+
+
+def scatter_add(target: Any, index: Any, values: Any) -> None:
+    """``target[index] += values`` where repeated indices add up (``np.add.at`` / ``cupyx.scatter_add``)."""
+    if _is_cupy_array(target):
+        import cupyx  # noqa: PLC0415
+
+        cupyx.scatter_add(target, index, values)
+    else:
+        np.add.at(target, index, values)
+
+
+# --------------------------------------------------------------------------------------------------
+# random numbers
+# --------------------------------------------------------------------------------------------------
+_seed_lock = threading.Lock()
+_host_rng = np.random.default_rng()
+_device_rng: Any = None
+
+
+def manual_seed(seed: int) -> None:
+    """Seed every random number minise draws (initialisation and dropout, on both backends)."""
+    global _host_rng, _device_rng
+    with _seed_lock:
+        _host_rng = np.random.default_rng(seed)
+        _device_rng = _import_cupy().random.default_rng(seed) if _cupy is not None else None
+        _seed_state["seed"] = seed
+
+
+_seed_state: dict[str, int] = {}
+
+
+def host_rng() -> np.random.Generator:
+    """The seeded NumPy generator. Initialisation draws here, so a seed gives the same weights on both backends."""
+    return _host_rng
+
+
+def default_rng(xp: ModuleType) -> Any:
+    """The seeded generator of array module ``xp`` (drawing on the device when xp is cupy)."""
+    global _device_rng
+    if xp is np:
+        return _host_rng
+    if _device_rng is None:
+        _device_rng = xp.random.default_rng(_seed_state.get("seed"))
+    return _device_rng
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The host generator's state as plain JSON-able data (for checkpoints)."""
+    return dict(_host_rng.bit_generator.state)
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    _host_rng.bit_generator.state = state
+
+
+# --------------------------------------------------------------------------------------------------
+# chunks and CPU threads
+# --------------------------------------------------------------------------------------------------
+def _find_openblas() -> Any:
+    """The loaded OpenBLAS library (NumPy's wheels ship one), to set its thread count; None if not found."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas_", "openblas_"):
+            for suffix in ("64_", ""):
+                setter = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    getter.restype = ctypes.c_int
+                    return setter, getter
+    return None
+
+
+_blas: Any = False  # False: not looked up yet; None: not found
+_pool: ThreadPoolExecutor | None = None
+
+
+def num_threads() -> int:
+    """CPU threads used by the chunked ops: ``MINISE_NUM_THREADS`` or the number of cores."""
+    env = os.environ.get("MINISE_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def chunk_size(xp: ModuleType, batch: int, bytes_per_item: int, budget: int = 4 << 20) -> int:
+    """How many images an op handles at a time.
+
+    On the GPU the whole batch is one chunk. On the CPU, working on a few images at a time keeps the
+    im2col buffer (``bytes_per_item`` each) within about ``budget`` bytes, so it stays in cache and is
+    reused, instead of one whole-batch matrix that streams through memory; and there are at least as
+    many chunks as threads so every core has work.
+    """
+    if xp is not np:
+        return batch
+    by_cache = max(1, budget // max(1, bytes_per_item))
+    by_threads = max(1, -(-batch // num_threads()))
+    return max(1, min(batch, by_cache, by_threads))
+
+
+def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int], Any]) -> list[Any]:
+    """Call ``work(start, stop)`` for consecutive chunks of ``range(batch)`` and return the results in order.
+
+    On NumPy the chunks run on a pool of threads (NumPy releases the GIL inside copies and BLAS) with
+    BLAS itself held to one thread meanwhile, so the cores split the batch instead of fighting over
+    small matrix products. On CuPy there is one chunk and the GPU does the parallel work.
+    """
+    global _blas, _pool
+    spans = [(i, min(i + size, batch)) for i in range(0, batch, size)]
+    threads = num_threads()
+    if xp is not np or len(spans) == 1 or threads == 1:
+        return [work(a, b) for a, b in spans]
+    if _blas is False:
+        _blas = _find_openblas()
+    if _blas is None:  # cannot hold BLAS to one thread: run serially and let BLAS use the cores
+        return [work(a, b) for a, b in spans]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="minise")
+    setter, getter = _blas
+    before = getter()
+    setter(1)
+    try:
+        return list(_pool.map(lambda span: work(*span), spans))
+    finally:
+        setter(before)

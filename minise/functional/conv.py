@@ -1,0 +1,187 @@
+"""2-D convolution (cross-correlation, as in PyTorch) by im2col and one GEMM per group.
+
+How the fast path works, and what each trick buys (measured in ``python -m minise.bench ops``):
+
+* **Chunks.** The batch is cut into chunks of a few images whose im2col buffer is a few MB, so the
+  buffer stays in cache between the copy that fills it and the GEMM that reads it; one whole-batch
+  matrix would stream through main memory twice. On CuPy a chunk is the whole batch.
+* **Threads.** On the CPU the chunks run on all cores (NumPy releases the GIL inside copies and BLAS),
+  with BLAS held to one thread meanwhile: two cores splitting the batch beat two cores splitting a
+  small matrix product. ``backend.run_chunks`` owns this.
+* **The input gradient as a convolution.** For stride 1, dL/dx is the convolution of dL/dy, padded by
+  d(K-1)-p, with the kernel flipped in space and with in/out channels swapped. That is one more
+  im2col + GEMM: a contiguous copy instead of col2im's scattered read-modify-write adds. With a
+  stride > 1 the output gradient would need zeros between its pixels (most of the GEMM would
+  multiply zeros), so there we compute the column gradient W^T gy and fold it back with col2im.
+
+Tests hold every path equal to a naive loop over output pixels and to PyTorch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minise import backend
+from minise.autograd import Function
+from minise.backend import get_array_module
+from minise.functional._checks import check_float, check_same_dtype, pair
+from minise.functional.im2col import col2im, conv_out_size, im2col, pad_hw
+from minise.tensor import Tensor, as_tensor
+
+Pair = tuple[int, int]
+
+
+def _conv_chunk(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, groups: int, out: Any) -> None:
+    """out[...] = conv2d(x, w) for one chunk of images, by im2col + one GEMM per group."""
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    og, k = o // groups, cg * kh * kw
+    cols = im2col(x, (kh, kw), stride, padding, dilation)  # (n, C*KH*KW, OH*OW)
+    w2 = w.reshape(groups, og, k)  # (G, O/G, Cg*KH*KW)
+    out3 = out.reshape(n, o, -1)  # (n, O, OH*OW), a view of out
+    for g in range(groups):
+        out3[:, g * og : (g + 1) * og] = w2[g] @ cols[:, g * k : (g + 1) * k]
+
+
+def _flipped(w: Any, groups: int) -> Any:
+    """The kernel of the transposed convolution: (O, Cg, KH, KW) -> (C, O/G, KH, KW), flipped in space.
+
+    Within each group, output and input channels swap roles; the spatial flip turns cross-correlation
+    into its adjoint.
+    """
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    wg = w.reshape(groups, og, cg, kh, kw)[:, :, :, ::-1, ::-1]  # (G, O/G, Cg, KH, KW)
+    return wg.transpose(0, 2, 1, 3, 4).reshape(groups * cg, og, kh, kw).copy()  # (C, O/G, KH, KW)
+
+
+class Conv2dOp(Function):
+    """y[n, o] = b[o] + sum_{c in group(o), kh, kw} W[o, c, kh, kw] x_pad[n, c, oh*s + kh*d, ow*s + kw*d]
+
+    Shapes: x (N, C, H, W); W (O, C/G, KH, KW); b (O,); y (N, O, OH, OW), OH = floor((H+2p-d(KH-1)-1)/s)+1.
+    As GEMMs per group g, with cols = im2col(x) (C/G*KH*KW, OH*OW) per image:
+        forward   y_g   = W_g cols_g
+        backward  dW_g  = sum_n gy_g cols_g^T,   db = sum_{n,h,w} gy,
+                  dx    = col2im(W_g^T gy_g)  = conv2d(pad(gy), flip(W)^T)   (the latter for stride 1)
+    Derivation: lesson 05.
+    """
+
+    name = "conv2d"
+
+    def __init__(self, stride: Pair, padding: Pair, dilation: Pair, groups: int) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def forward(self, x: Any, w: Any, b: Any) -> Any:
+        xp = get_array_module(x)
+        n, c, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
+        y = xp.empty((n, o, oh, ow), dtype=x.dtype)
+        size = backend.chunk_size(xp, n, c * kh * kw * oh * ow * x.itemsize)
+
+        def work(a: int, z: int) -> None:
+            _conv_chunk(x[a:z], w, self.stride, self.padding, self.dilation, self.groups, y[a:z])
+
+        backend.run_chunks(xp, n, size, work)
+        if b is not None:
+            y += b.reshape(1, o, 1, 1)
+        self.save(x, w)
+        return y
+
+    def backward(self, gy: Any) -> tuple[Any, Any, Any]:
+        x, w = self.saved  # type: ignore[misc]
+        xp = get_array_module(x)
+        n, c, h, wd = x.shape
+        o, cg, kh, kw = w.shape
+        g_, og, k = self.groups, o // self.groups, cg * kh * kw
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        need_x, need_w, need_b = self.needs_input_grad
+        oh, ow = gy.shape[2:]
+        unit_stride = (sh, sw) == (1, 1)
+        wf = _flipped(w, g_) if need_x and unit_stride else None
+        dx: Any = xp.empty_like(x) if need_x else None
+        w3 = w.reshape(g_, og, k)
+        size = backend.chunk_size(xp, n, max(c * kh * kw * oh * ow, o * kh * kw * h * wd) * x.itemsize)
+
+        def work(a: int, z: int) -> Any:
+            g3 = gy[a:z].reshape(z - a, o, oh * ow)  # (n, O, OH*OW)
+            dw_part = None
+            if need_w:
+                cols = im2col(x[a:z], (kh, kw), self.stride, self.padding, self.dilation)  # (n, C*KH*KW, L)
+                dw_part = xp.empty((g_, og, k), dtype=x.dtype)
+                for g in range(g_):
+                    # sum over images of gy_g cols_g^T: (n, O/G, L) x (n, K, L) -> (O/G, K)
+                    dw_part[g] = xp.tensordot(
+                        g3[:, g * og : (g + 1) * og], cols[:, g * k : (g + 1) * k], ((0, 2), (0, 2))
+                    )
+            if need_x and unit_stride:
+                q = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)  # padding of the transposed convolution
+                g_in = pad_hw(gy[a:z], *q)  # (n, O, H + d(K-1), W + d(K-1))
+                _conv_chunk(g_in, wf, (1, 1), (0, 0), self.dilation, g_, dx[a:z])
+            elif need_x:
+                dcols = xp.empty((z - a, c * kh * kw, oh * ow), dtype=x.dtype)
+                for g in range(g_):
+                    dcols[:, g * k : (g + 1) * k] = w3[g].T @ g3[:, g * og : (g + 1) * og]  # (n, K, L)
+                dx[a:z] = col2im(dcols, (z - a, c, h, wd), (kh, kw), self.stride, self.padding, self.dilation)
+            return dw_part
+
+        parts = backend.run_chunks(xp, n, size, work)
+        dw_ = None
+        if need_w:
+            dw_ = parts[0]
+            for p in parts[1:]:
+                dw_ += p
+            dw_ = dw_.reshape(w.shape)
+        db = gy.sum(axis=(0, 2, 3)) if need_b else None
+        return dx, dw_, db
+
+
+def conv2d(
+    input: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: int | Pair = 1,
+    padding: int | Pair = 0,
+    dilation: int | Pair = 1,
+    groups: int = 1,
+) -> Tensor:
+    """2-D convolution with PyTorch's signature and layouts: input (N, C, H, W), weight (O, C/groups, KH, KW)."""
+    op = "conv2d"
+    x, w = as_tensor(input), as_tensor(weight)
+    b = None if bias is None else as_tensor(bias)
+    for name, t in (("input", x), ("weight", w), ("bias", b)):
+        check_float(op, name, None if t is None else t.data)
+    if w.ndim != 4:
+        raise ValueError(f"{op}: weight must be 4-D (out_channels, in_channels/groups, KH, KW), got shape {w.shape}")
+    if x.ndim != 4:
+        raise ValueError(
+            f"{op}: input must be 4-D (N, C, H, W), got shape {x.shape} - "
+            + ("add a batch axis with x.reshape(1, *x.shape)" if x.ndim == 3 else "reshape it to (N, C, H, W)")
+        )
+    s, p, d = pair(op, "stride", stride, 1), pair(op, "padding", padding, 0), pair(op, "dilation", dilation, 1)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise TypeError(f"{op}: groups must be a positive int, got {groups!r}")
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    if c % groups or o % groups:
+        raise ValueError(
+            f"{op}: groups={groups} must divide both in_channels ({c}) and out_channels ({o}) - "
+            "choose groups among their common divisors"
+        )
+    if c != cg * groups:
+        raise ValueError(
+            f"{op}: input has {c} channels but weight expects {cg * groups} (weight {w.shape}, groups={groups}); "
+            "in_channels must equal weight.shape[1] * groups"
+        )
+    eff_h, eff_w = d[0] * (kh - 1) + 1, d[1] * (kw - 1) + 1
+    if eff_h > h + 2 * p[0] or eff_w > wd + 2 * p[1]:
+        raise ValueError(
+            f"{op}: kernel {kh}x{kw} (dilation {d}, spanning {eff_h}x{eff_w}) is larger than the padded input "
+            f"{h + 2 * p[0]}x{wd + 2 * p[1]} (input {x.shape}, padding {p}) - use a smaller kernel or more padding"
+        )
+    if b is not None and b.shape != (o,):
+        raise ValueError(f"{op}: bias has shape {b.shape} but weight {w.shape} needs ({o},)")
+    check_same_dtype(op, input=x.data, weight=w.data, bias=None if b is None else b.data)
+    return Conv2dOp(s, p, d, groups).apply(x, w, b)

@@ -1,0 +1,119 @@
+"""Elementwise nonlinearities: relu, sigmoid, tanh, exp, log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minise.autograd import Function
+from minise.backend import get_array_module
+from minise.functional._checks import check_float
+from minise.tensor import Tensor, as_tensor
+
+
+class ReLUOp(Function):
+    """y = max(x, 0);   dx = gy * [x > 0]   (the kink at 0 gets gradient 0, as PyTorch)"""
+
+    name = "relu"
+
+    def forward(self, x: Any) -> Any:
+        xp = get_array_module(x)
+        y = xp.maximum(x, 0)
+        self.save(y)
+        return y
+
+    def backward(self, gy: Any) -> Any:
+        (y,) = self.saved  # type: ignore[misc]
+        return gy * (y > 0)
+
+
+def stable_sigmoid(x: Any) -> Any:
+    """sigmoid(x) = 1 / (1 + exp(-x)) computed as 0.5 * (tanh(x / 2) + 1), which never overflows."""
+    xp = get_array_module(x)
+    return xp.tanh(x * 0.5) * 0.5 + 0.5
+
+
+class SigmoidOp(Function):
+    """y = 1 / (1 + exp(-x)) = (tanh(x/2) + 1) / 2   (stable);   dx = gy * y * (1 - y)"""
+
+    name = "sigmoid"
+
+    def forward(self, x: Any) -> Any:
+        y = stable_sigmoid(x)
+        self.save(y)
+        return y
+
+    def backward(self, gy: Any) -> Any:
+        (y,) = self.saved  # type: ignore[misc]
+        return gy * y * (1 - y)
+
+
+class TanhOp(Function):
+    """y = tanh(x);   dx = gy * (1 - y^2)"""
+
+    name = "tanh"
+
+    def forward(self, x: Any) -> Any:
+        y = get_array_module(x).tanh(x)
+        self.save(y)
+        return y
+
+    def backward(self, gy: Any) -> Any:
+        (y,) = self.saved  # type: ignore[misc]
+        return gy * (1 - y * y)
+
+
+class ExpOp(Function):
+    """y = exp(x);   dx = gy * y"""
+
+    name = "exp"
+
+    def forward(self, x: Any) -> Any:
+        y = get_array_module(x).exp(x)
+        self.save(y)
+        return y
+
+    def backward(self, gy: Any) -> Any:
+        (y,) = self.saved  # type: ignore[misc]
+        return gy * y
+
+
+class LogOp(Function):
+    """y = log(x);   dx = gy / x"""
+
+    name = "log"
+
+    def forward(self, x: Any) -> Any:
+        self.save(x)
+        return get_array_module(x).log(x)
+
+    def backward(self, gy: Any) -> Any:
+        (x,) = self.saved  # type: ignore[misc]
+        return gy / x
+
+
+def _unary(op: Function, input: Any) -> Tensor:
+    x = as_tensor(input)
+    check_float(op.name, "input", x.data)
+    return op.apply(x)
+
+
+def relu(input: Any) -> Tensor:
+    """max(input, 0) elementwise."""
+    return _unary(ReLUOp(), input)
+
+
+def sigmoid(input: Any) -> Tensor:
+    """1 / (1 + exp(-input)), computed without overflow."""
+    return _unary(SigmoidOp(), input)
+
+
+def tanh(input: Any) -> Tensor:
+    return _unary(TanhOp(), input)
+
+
+def exp(input: Any) -> Tensor:
+    return _unary(ExpOp(), input)
+
+
+def log(input: Any) -> Tensor:
+    return _unary(LogOp(), input)

@@ -1,0 +1,195 @@
+"""Pooling: max, average, global average, adaptive average (output 1x1 or an exact divisor).
+
+Max and average pooling loop over the KH*KW kernel offsets, each a strided slice of the whole batch
+(no loop over images or pixels). Max pooling remembers, per output, *which* offset won; backward
+routes the gradient there. Ties go to the first maximum in row-major window order, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minise.autograd import Function
+from minise.backend import get_array_module
+from minise.functional._checks import check_float, pair
+from minise.functional.im2col import conv_out_size, pad_hw
+from minise.tensor import Tensor, as_tensor
+
+Pair = tuple[int, int]
+
+
+def _offsets(kernel: Pair, stride: Pair, out_hw: Pair) -> list[tuple[int, slice, slice]]:
+    """(k, rows, cols) for each kernel offset k = kh*KW + kw: the slice of the padded input it reads."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    return [
+        (i * kw + j, slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+class MaxPool2dOp(Function):
+    """y[n,c,oh,ow] = max_{kh,kw} x_pad[n, c, oh*s + kh, ow*s + kw]   (padding is -inf)
+
+    Backward: dx gets gy at the argmax of each window (the first maximum on ties), summed where windows overlap.
+    """
+
+    name = "max_pool2d"
+
+    def __init__(self, kernel: Pair, stride: Pair, padding: Pair) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def forward(self, x: Any) -> Any:
+        xp = get_array_module(x)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        oh, ow = conv_out_size(x.shape[2], kh, sh, ph, 1), conv_out_size(x.shape[3], kw, sw, pw, 1)
+        xpad = pad_hw(x, ph, pw, value=-xp.inf)
+        y = None
+        arg = xp.zeros((*x.shape[:2], oh, ow), dtype=xp.uint8 if kh * kw < 256 else xp.int32)
+        for k, rows, cols in _offsets(self.kernel, self.stride, (oh, ow)):
+            window = xpad[:, :, rows, cols]  # (N, C, OH, OW) strided
+            if y is None:
+                y = window.copy()
+                continue
+            better = window > y  # strict: an equal value later in the window does not take over
+            xp.copyto(y, window, where=better)
+            xp.copyto(arg, k, where=better)
+        self.save(arg, x.shape)
+        return y
+
+    def backward(self, gy: Any) -> Any:
+        arg, shape = self.saved  # type: ignore[misc]
+        xp = get_array_module(gy)
+        (ph, pw) = self.padding
+        dxpad = xp.zeros((shape[0], shape[1], shape[2] + 2 * ph, shape[3] + 2 * pw), dtype=gy.dtype)
+        for k, rows, cols in _offsets(self.kernel, self.stride, gy.shape[2:]):
+            dxpad[:, :, rows, cols] += xp.where(arg == k, gy, 0)
+        return dxpad[:, :, ph : ph + shape[2], pw : pw + shape[3]]
+
+
+class AvgPool2dOp(Function):
+    """y[n,c,oh,ow] = (1/D) sum_{kh,kw} x_pad[n, c, oh*s + kh, ow*s + kw];   dx: gy / D spread back over each window
+
+    D = KH*KW when padding counts (``count_include_pad=True``, PyTorch's default), else the number
+    of real pixels under the window.
+    """
+
+    name = "avg_pool2d"
+
+    def __init__(self, kernel: Pair, stride: Pair, padding: Pair, count_include_pad: bool) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding, self.count_include_pad = kernel, stride, padding, count_include_pad
+
+    def _divisor(self, xp: Any, hw: Pair, out_hw: Pair, dtype: Any) -> Any:
+        (kh, kw), (ph, pw) = self.kernel, self.padding
+        if self.count_include_pad or (ph, pw) == (0, 0):
+            return dtype.type(kh * kw)
+        ones = pad_hw(xp.ones((1, 1, *hw), dtype=dtype), ph, pw)
+        count = xp.zeros((1, 1, *out_hw), dtype=dtype)
+        for _, rows, cols in _offsets(self.kernel, self.stride, out_hw):
+            count += ones[:, :, rows, cols]
+        return count
+
+    def forward(self, x: Any) -> Any:
+        xp = get_array_module(x)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        oh, ow = conv_out_size(x.shape[2], kh, sh, ph, 1), conv_out_size(x.shape[3], kw, sw, pw, 1)
+        xpad = pad_hw(x, ph, pw)
+        y = xp.zeros((*x.shape[:2], oh, ow), dtype=x.dtype)
+        for _, rows, cols in _offsets(self.kernel, self.stride, (oh, ow)):
+            y += xpad[:, :, rows, cols]
+        divisor = self._divisor(xp, x.shape[2:], (oh, ow), x.dtype)
+        self.save(x.shape, divisor)
+        return y / divisor
+
+    def backward(self, gy: Any) -> Any:
+        shape, divisor = self.saved  # type: ignore[misc]
+        xp = get_array_module(gy)
+        (ph, pw) = self.padding
+        g = gy / divisor
+        dxpad = xp.zeros((shape[0], shape[1], shape[2] + 2 * ph, shape[3] + 2 * pw), dtype=gy.dtype)
+        for _, rows, cols in _offsets(self.kernel, self.stride, gy.shape[2:]):
+            dxpad[:, :, rows, cols] += g
+        return dxpad[:, :, ph : ph + shape[2], pw : pw + shape[3]]
+
+
+class GlobalAvgPoolOp(Function):
+    """y[n, c] = (1/HW) sum_{h,w} x[n, c, h, w];   dx[n, c, h, w] = gy[n, c] / HW"""
+
+    name = "global_avg_pool2d"
+
+    def forward(self, x: Any) -> Any:
+        self.save(x.shape)
+        return x.mean(axis=(2, 3))
+
+    def backward(self, gy: Any) -> Any:
+        (shape,) = self.saved  # type: ignore[misc]
+        xp = get_array_module(gy)
+        g = gy / (shape[2] * shape[3])
+        return xp.broadcast_to(g[:, :, None, None], shape).copy()
+
+
+def _pool_args(op: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any) -> tuple[Pair, Pair, Pair]:
+    check_float(op, "input", x.data)
+    if x.ndim != 4:
+        raise ValueError(
+            f"{op}: input must be 4-D (N, C, H, W), got shape {x.shape} - "
+            + ("add a batch axis with x.reshape(1, *x.shape)" if x.ndim == 3 else "reshape it to (N, C, H, W)")
+        )
+    k = pair(op, "kernel_size", kernel_size, 1)
+    s = k if stride is None else pair(op, "stride", stride, 1)
+    p = pair(op, "padding", padding, 0)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{op}: padding {p} must be at most half the kernel size {k} (as in PyTorch)")
+    if k[0] > x.shape[2] + 2 * p[0] or k[1] > x.shape[3] + 2 * p[1]:
+        raise ValueError(
+            f"{op}: kernel {k} is larger than the padded input {x.shape[2] + 2 * p[0]}x{x.shape[3] + 2 * p[1]} "
+            f"(input {x.shape}) - use a smaller kernel_size or more padding"
+        )
+    return k, s, p
+
+
+def max_pool2d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
+    """Max over each KHxKW window; ``stride`` defaults to ``kernel_size`` as in PyTorch."""
+    x = as_tensor(input)
+    return MaxPool2dOp(*_pool_args("max_pool2d", x, kernel_size, stride, padding)).apply(x)
+
+
+def avg_pool2d(
+    input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, count_include_pad: bool = True
+) -> Tensor:
+    """Mean over each KHxKW window; ``stride`` defaults to ``kernel_size`` as in PyTorch."""
+    x = as_tensor(input)
+    k, s, p = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
+    return AvgPool2dOp(k, s, p, count_include_pad).apply(x)
+
+
+def global_avg_pool2d(input: Any) -> Tensor:
+    """(N, C, H, W) -> (N, C): the mean of every channel (the SE block's squeeze)."""
+    x = as_tensor(input)
+    check_float("global_avg_pool2d", "input", x.data)
+    if x.ndim != 4:
+        raise ValueError(f"global_avg_pool2d: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    return GlobalAvgPoolOp().apply(x)
+
+
+def adaptive_avg_pool2d(input: Any, output_size: Any) -> Tensor:
+    """Average pooling to a fixed output size, (N, C, H, W) -> (N, C, OH, OW) as in PyTorch.
+
+    Output 1 (the global average, reshaped) and sizes that divide the input exactly are supported;
+    built from GlobalAvgPoolOp / AvgPool2dOp.
+    """
+    x = as_tensor(input)
+    o = pair("adaptive_avg_pool2d", "output_size", output_size, 1)
+    if x.ndim != 4:
+        raise ValueError(f"adaptive_avg_pool2d: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    h, w = x.shape[2:]
+    if o == (1, 1):
+        return global_avg_pool2d(x).reshape(x.shape[0], x.shape[1], 1, 1)
+    if h % o[0] or w % o[1]:
+        raise ValueError(
+            f"adaptive_avg_pool2d: output size {o} does not divide the input size {(h, w)} - minise supports "
+            "output 1 or exact divisors; resize the input or use avg_pool2d"
+        )
+    return avg_pool2d(x, (h // o[0], w // o[1]))

@@ -1,0 +1,102 @@
+"""The Squeeze-and-Excitation block as ONE op, its backward derived by hand (Hu et al., SENet, Sec. 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minise.autograd import Function
+from minise.backend import get_array_module
+from minise.functional._checks import check_float, check_same_dtype
+from minise.functional.elementwise import stable_sigmoid
+from minise.tensor import Tensor, as_tensor
+
+
+class SqueezeExciteOp(Function):
+    """y = x * sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2)    (Hu et al., SENet, Sec. 3, Eqs. 2-4)
+
+    Shapes: x (N, C, H, W); W1 (R, C), b1 (R,); W2 (C, R), b2 (C,); R = hidden width (C / r).
+    Forward, step by step (all per image n):
+        s  = mean_hw(x)            (N, C)   squeeze
+        a1 = s W1^T + b1           (N, R)
+        h  = relu(a1)              (N, R)
+        a2 = h W2^T + b2           (N, C)
+        e  = sigmoid(a2)           (N, C)   excitation
+        y  = x * e[:, :, None, None]        scale
+    Backward, with G = dL/dy (N, C, H, W):
+        g_e  = sum_hw G * x                 (N, C)
+        g_a2 = g_e * e * (1 - e)            (N, C)
+        dW2  = g_a2^T h,   db2 = sum_n g_a2
+        g_a1 = (g_a2 W2) * [a1 > 0]         (N, R)
+        dW1  = g_a1^T s,   db1 = sum_n g_a1
+        g_s  = g_a1 W1                      (N, C)
+        dx   = G * e + g_s / (H W)          (both broadcast over h, w)
+    The first term of dx is the path through the scale, the second the path through the squeeze.
+    Derivation, step by step with numerical checks: lesson 09. Biases may be None (no bias).
+    """
+
+    name = "squeeze_excite"
+
+    def forward(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> Any:
+        s = x.mean(axis=(2, 3))  # (N, C)   squeeze
+        a1 = s @ w1.T  # (N, R)
+        if b1 is not None:
+            a1 += b1
+        h = get_array_module(x).maximum(a1, 0)  # (N, R)
+        a2 = h @ w2.T  # (N, C)
+        if b2 is not None:
+            a2 += b2
+        e = stable_sigmoid(a2)  # (N, C)   excitation
+        self.save(x, s, h, e, w1, w2)
+        return x * e[:, :, None, None]  # (N, C, H, W)   scale
+
+    def backward(self, gy: Any) -> tuple[Any, ...]:
+        x, s, h, e, w1, w2 = self.saved  # type: ignore[misc]
+        xp = get_array_module(x)
+        n, c, hh, ww = x.shape
+        need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
+        g_e = xp.einsum("ncl,ncl->nc", gy.reshape(n, c, -1), x.reshape(n, c, -1))  # (N, C) = sum_hw G*x
+        g_a2 = g_e * e * (1 - e)  # (N, C)
+        dw2 = g_a2.T @ h if need_w2 else None  # (C, R)
+        db2 = g_a2.sum(axis=0) if need_b2 else None  # (C,)
+        g_a1 = (g_a2 @ w2) * (h > 0)  # (N, R)
+        dw1 = g_a1.T @ s if need_w1 else None  # (R, C)
+        db1 = g_a1.sum(axis=0) if need_b1 else None  # (R,)
+        dx = None
+        if need_x:
+            g_s = g_a1 @ w1  # (N, C)
+            dx = gy * e[:, :, None, None]
+            dx += (g_s / (hh * ww))[:, :, None, None]
+        return dx, dw1, db1, dw2, db2
+
+
+def squeeze_excite(input: Any, w1: Any, b1: Any = None, w2: Any = None, b2: Any = None) -> Tensor:
+    """The SE block ``input * sigmoid(W2 relu(W1 mean_hw(input) + b1) + b2)`` as one op.
+
+    input (N, C, H, W); w1 (R, C); b1 (R,) or None; w2 (C, R); b2 (C,) or None. Weights are laid out
+    (out_features, in_features) as in ``linear``.
+    """
+    op = "squeeze_excite"
+    x, w1_ = as_tensor(input), as_tensor(w1)
+    if w2 is None:
+        raise TypeError(f"{op}: w2 is required - call squeeze_excite(x, w1, b1, w2, b2) (biases may be None)")
+    w2_ = as_tensor(w2)
+    b1_ = None if b1 is None else as_tensor(b1)
+    b2_ = None if b2 is None else as_tensor(b2)
+    for name, t in (("input", x), ("w1", w1_), ("b1", b1_), ("w2", w2_), ("b2", b2_)):
+        check_float(op, name, None if t is None else t.data)
+    if x.ndim != 4:
+        raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    c = x.shape[1]
+    if w1_.ndim != 2 or w1_.shape[1] != c:
+        raise ValueError(f"{op}: w1 has shape {w1_.shape} but input {x.shape} has {c} channels - w1 must be (R, {c})")
+    r = w1_.shape[0]
+    if w2_.shape != (c, r):
+        raise ValueError(
+            f"{op}: w2 has shape {w2_.shape} but must be ({c}, {r}) to map the {r} hidden units back to {c}"
+        )
+    if b1_ is not None and b1_.shape != (r,):
+        raise ValueError(f"{op}: b1 has shape {b1_.shape} but must be ({r},)")
+    if b2_ is not None and b2_.shape != (c,):
+        raise ValueError(f"{op}: b2 has shape {b2_.shape} but must be ({c},)")
+    check_same_dtype(op, input=x.data, w1=w1_.data, w2=w2_.data)
+    return SqueezeExciteOp().apply(x, w1_, b1_, w2_, b2_)

@@ -1,0 +1,37 @@
+"""minise.nn: layers as Modules, as in torch.nn."""
+
+from minise.nn.layers import (
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2d,
+    Identity,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
+from minise.nn.module import Module, Parameter, Sequential
+from minise.nn.se import SEBlock
+
+__all__ = [
+    "AvgPool2d",
+    "BatchNorm2d",
+    "Conv2d",
+    "Dropout",
+    "Flatten",
+    "GlobalAvgPool2d",
+    "Identity",
+    "Linear",
+    "MaxPool2d",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "SEBlock",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+]

@@ -1,0 +1,301 @@
+"""Tensor: an array (NumPy or CuPy) that remembers the op that made it, so gradients can flow back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from minise import autograd, backend
+
+
+class Tensor:
+    """An n-dimensional array plus what autograd needs: ``requires_grad``, ``grad`` and ``creator``.
+
+    ``data`` is the backend array (``numpy.ndarray`` or ``cupy.ndarray``) and keeps the dtype it was
+    given: float64 stays float64. ``grad`` is filled by :meth:`backward` on leaves (tensors made by
+    the user, such as parameters) and accumulates over calls, as in PyTorch: zero it between steps.
+    """
+
+    __array_priority__ = 1000  # so that ndarray + Tensor calls Tensor.__radd__
+
+    def __init__(self, data: Any, requires_grad: bool = False) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        if not (hasattr(data, "__array_interface__") or hasattr(data, "__cuda_array_interface__")) or np.isscalar(data):
+            data = np.asarray(data)
+        self.data: Any = data
+        self.grad: Any = None
+        self.creator: autograd.Function | None = None
+        self.retains_grad = False
+        self.requires_grad = False
+        if requires_grad:
+            if self.data.dtype.kind not in "fc":
+                raise TypeError(
+                    f"Tensor: only floating-point tensors can require gradients, got dtype {self.data.dtype} - "
+                    "create it with a float dtype, e.g. minise.tensor(values, dtype='float32')"
+                )
+            self.requires_grad = True
+
+    # ---------------------------------------------------------------------------------------------
+    # what the array is
+    # ---------------------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        return int(self.data.ndim)
+
+    @property
+    def dtype(self) -> Any:
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def device(self) -> str:
+        """ "numpy" (host) or "cupy" (GPU)."""
+        return backend.backend_name(self.data)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.creator is None
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={self.dtype}{grad}{', device=cupy' if self.device == 'cupy' else ''})"
+
+    # ---------------------------------------------------------------------------------------------
+    # autograd
+    # ---------------------------------------------------------------------------------------------
+    def backward(self, gradient: Any = None) -> None:
+        """Accumulate d self / d leaf into every leaf's ``.grad`` (seed 1 if self has one element)."""
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward: this tensor does not require grad and has no graph - create the inputs with "
+                "requires_grad=True, and do not compute it inside no_grad()"
+            )
+        autograd.backward(self, gradient)
+
+    def retain_grad(self) -> Tensor:
+        """Keep ``.grad`` on this intermediate tensor too (leaves always keep theirs)."""
+        self.retains_grad = True
+        return self
+
+    def detach(self) -> Tensor:
+        """The same data, cut from the graph (no copy)."""
+        return Tensor(self.data)
+
+    def requires_grad_(self, flag: bool = True) -> Tensor:
+        if flag and self.data.dtype.kind != "f":
+            raise TypeError(f"requires_grad_: dtype {self.dtype} cannot require gradients - use a float dtype")
+        self.requires_grad = flag
+        return self
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ---------------------------------------------------------------------------------------------
+    # host / device
+    # ---------------------------------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """The values as a host NumPy array (copied from the GPU if needed)."""
+        return backend.to_host(self.data)
+
+    def item(self) -> float | int | bool:
+        if self.data.size != 1:
+            raise ValueError(f"item: only a one-element tensor converts to a Python number, got shape {self.shape}")
+        return self.numpy().reshape(()).item()  # type: ignore[no-any-return]
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def to(self, backend_name: str) -> Tensor:
+        """A copy on backend ``"numpy"`` or ``"cupy"`` (a new leaf, with the same requires_grad)."""
+        return Tensor(backend.to_device(self.data, backend_name), requires_grad=self.requires_grad)
+
+    def astype(self, dtype: Any) -> Tensor:
+        """A copy with another dtype, cut from the graph."""
+        return Tensor(self.data.astype(dtype))
+
+    # ---------------------------------------------------------------------------------------------
+    # operators (each a Function from minise.functional)
+    # ---------------------------------------------------------------------------------------------
+    def _other(self, other: Any) -> Any:
+        """Python numbers take this tensor's dtype, so float32 * 2.0 stays float32."""
+        if isinstance(other, Tensor):
+            return other
+        if isinstance(other, (int, float)):
+            xp = backend.get_array_module(self.data)
+            return xp.asarray(other, dtype=self.dtype if self.dtype.kind == "f" else None)
+        return other
+
+    def __add__(self, other: Any) -> Tensor:
+        return A.AddOp().apply(self, self._other(other))
+
+    def __radd__(self, other: Any) -> Tensor:
+        return A.AddOp().apply(self._other(other), self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return A.SubOp().apply(self, self._other(other))
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return A.SubOp().apply(self._other(other), self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return A.MulOp().apply(self, self._other(other))
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return A.MulOp().apply(self._other(other), self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return A.DivOp().apply(self, self._other(other))
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return A.DivOp().apply(self._other(other), self)
+
+    def __neg__(self) -> Tensor:
+        return A.NegOp().apply(self)
+
+    def __pow__(self, other: Any) -> Tensor:
+        return A.PowOp().apply(self, self._other(other))
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return A.PowOp().apply(self._other(other), self)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return A.MatMulOp().apply(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return A.MatMulOp().apply(other, self)
+
+    # comparisons: boolean tensors, no gradient
+    def _compare(self, other: Any, fn: Any) -> Tensor:
+        o = other.data if isinstance(other, Tensor) else other
+        return Tensor(fn(self.data, o))
+
+    def __lt__(self, other: Any) -> Tensor:
+        return self._compare(other, lambda a, b: a < b)
+
+    def __le__(self, other: Any) -> Tensor:
+        return self._compare(other, lambda a, b: a <= b)
+
+    def __gt__(self, other: Any) -> Tensor:
+        return self._compare(other, lambda a, b: a > b)
+
+    def __ge__(self, other: Any) -> Tensor:
+        return self._compare(other, lambda a, b: a >= b)
+
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return self._compare(other, lambda a, b: a == b)
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return self._compare(other, lambda a, b: a != b)
+
+    __hash__ = object.__hash__  # tensors are used as dict keys by identity, as in PyTorch
+
+    def __getitem__(self, index: Any) -> Tensor:
+        if isinstance(index, Tensor):
+            index = index.data
+        elif isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        return S.GetItemOp(index).apply(self)
+
+    # ---------------------------------------------------------------------------------------------
+    # shape and reductions
+    # ---------------------------------------------------------------------------------------------
+    def reshape(self, *shape: Any) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return S.ReshapeOp(tuple(shape)).apply(self)
+
+    def view(self, *shape: Any) -> Tensor:
+        return self.reshape(*shape)
+
+    def transpose(self, *axes: Any) -> Tensor:
+        """Permute axes (NumPy's meaning: no argument reverses them; ``transpose(1, 0, 2)`` permutes)."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return S.TransposeOp(tuple(axes) if axes else None).apply(self)
+
+    def permute(self, *axes: int) -> Tensor:
+        return self.transpose(*axes)
+
+    @property
+    def T(self) -> Tensor:
+        return self.transpose()
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        return S.flatten(self, start_dim, end_dim)  # type: ignore[no-any-return]
+
+    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return R.SumOp(axis, keepdims).apply(self)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return R.MeanOp(axis, keepdims).apply(self)
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return R.MaxOp(axis, keepdims).apply(self)
+
+    def argmax(self, axis: int | None = None) -> Tensor:
+        return Tensor(self.data.argmax(axis=axis))
+
+    # elementwise functions that learners reach for as methods
+    def exp(self) -> Tensor:
+        from minise.functional.elementwise import exp  # noqa: PLC0415
+
+        return exp(self)
+
+    def log(self) -> Tensor:
+        from minise.functional.elementwise import log  # noqa: PLC0415
+
+        return log(self)
+
+    def relu(self) -> Tensor:
+        from minise.functional.elementwise import relu  # noqa: PLC0415
+
+        return relu(self)
+
+    def sigmoid(self) -> Tensor:
+        from minise.functional.elementwise import sigmoid  # noqa: PLC0415
+
+        return sigmoid(self)
+
+    def tanh(self) -> Tensor:
+        from minise.functional.elementwise import tanh  # noqa: PLC0415
+
+        return tanh(self)
+
+
+def tensor(data: Any, dtype: Any = None, requires_grad: bool = False, backend_name: str | None = None) -> Tensor:
+    """Make a tensor from a list, scalar or array on the current backend (or ``backend_name``).
+
+    The dtype is kept (a float64 array stays float64); pass ``dtype`` to convert.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    xp = backend.xp_of_backend(backend_name)
+    arr = backend.to_device(data, backend_name or backend.get_backend()) if xp is not np else backend.to_host(data)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def as_tensor(x: Any) -> Tensor:
+    """``x`` itself if it is a Tensor, else a constant Tensor wrapping it."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+# The ops behind the operators are imported last: their package, minise.functional, imports Tensor
+# from this module, so Tensor must exist before they load.
+from minise.functional import arithmetic as A  # noqa: E402
+from minise.functional import reduction as R  # noqa: E402
+from minise.functional import shape as S  # noqa: E402
