@@ -112,10 +112,10 @@ class Conv2dOp(Function):
                 cols = im2col(x[a:z], (kh, kw), self.stride, self.padding, self.dilation)  # (n, C*KH*KW, L)
                 dw_part = xp.empty((g_, og, k), dtype=x.dtype)
                 for g in range(g_):
-                    # sum over images of gy_g cols_g^T: (n, O/G, L) x (n, K, L) -> (O/G, K)
-                    dw_part[g] = xp.tensordot(
-                        g3[:, g * og : (g + 1) * og], cols[:, g * k : (g + 1) * k], ((0, 2), (0, 2))
-                    )
+                    # sum over images of gy_g cols_g^T: one GEMM per image, (O/G, L) x (L, K), then a small sum.
+                    # (tensordot would first copy both operands into transposed whole-chunk matrices.)
+                    cols_t = cols[:, g * k : (g + 1) * k].transpose(0, 2, 1)  # (n, L, K), a view
+                    dw_part[g] = (g3[:, g * og : (g + 1) * og] @ cols_t).sum(axis=0)
             if need_x and unit_stride:
                 q = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)  # padding of the transposed convolution
                 g_in = pad_hw(gy[a:z], *q)  # (n, O, H + d(K-1), W + d(K-1))

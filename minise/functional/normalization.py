@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minise import backend
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
@@ -32,6 +33,13 @@ class BatchNormOp(Function):
         dgamma = sum gy * xhat,   dbeta = sum gy
     Evaluation uses the running statistics, which are constants: dx = gy * gamma / sqrt(var + eps).
     Derivation: lesson 07.
+
+    How it is computed: every formula above is per channel an affine map, y = a x + b and
+    dx = A gy + B x + C with (C,) coefficients, plus a few per-channel sums. So the op works through
+    the batch in chunks of a few images (on all cores, see ``backend.run_chunks``): one pass for the
+    sums, one for the affine map, each chunk small enough to stay in cache, instead of a chain of
+    whole-batch temporaries (x - mu, its square, xhat, gamma xhat ...) each streamed through memory.
+    xhat is not stored; backward recomputes it from x, mu and 1/sqrt(var + eps).
     """
 
     name = "batch_norm"
@@ -43,12 +51,20 @@ class BatchNormOp(Function):
 
     def forward(self, x: Any, gamma: Any, beta: Any) -> Any:
         xp = get_array_module(x)
-        axes = _axes(x)
+        n, c = x.shape[:2]
+        x3 = x.reshape(n, c, -1)  # (N, C, L), L = H*W
+        m = n * x3.shape[2]
+        size = backend.chunk_size(xp, n, x3[0].nbytes, budget=1 << 20)
         if self.training:
-            m = x.size // x.shape[1]
-            mu = x.mean(axis=axes)  # (C,)
-            xc = x - _per_channel(mu, x.ndim)
-            var = (xc * xc).mean(axis=axes)  # (C,) biased
+            # two passes over x: the mean, then the variance around it (more accurate than E[x^2] - mu^2)
+            mu = _sum_chunks(xp, n, size, lambda a, z: x3[a:z].sum(axis=(0, 2))) / m  # (C,)
+            mu3 = mu.reshape(1, c, 1).astype(x.dtype)
+
+            def sq(a: int, z: int) -> Any:
+                xc = x3[a:z] - mu3
+                return xp.einsum("ncl,ncl->c", xc, xc)
+
+            var = _sum_chunks(xp, n, size, sq) / m  # (C,) biased
             if self.running_mean is not None:
                 self.running_mean *= 1 - self.momentum
                 self.running_mean += self.momentum * mu
@@ -57,34 +73,68 @@ class BatchNormOp(Function):
                 self.running_var += self.momentum * var * (m / max(m - 1, 1))
         else:
             mu, var = self.running_mean, self.running_var
-            xc = x - _per_channel(mu, x.ndim)
-        inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,)
-        xhat = xc
-        xhat *= _per_channel(inv_std, x.ndim)  # in place: xc is not needed any more
-        y = xhat * _per_channel(gamma, x.ndim) if gamma is not None else xhat.copy()
-        if beta is not None:
-            y += _per_channel(beta, x.ndim)
-        self.save(xhat, inv_std, gamma)
+        mu = mu.astype(x.dtype, copy=False)
+        inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)  # (C,)
+        a = inv_std if gamma is None else gamma * inv_std  # y = a x + b
+        b = -mu * a if beta is None else beta - mu * a
+        y = xp.empty_like(x)
+        y3 = y.reshape(n, c, -1)
+        a3, b3 = a.reshape(1, c, 1), b.reshape(1, c, 1)
+
+        def affine(s: int, z: int) -> None:
+            xp.multiply(x3[s:z], a3, out=y3[s:z])
+            y3[s:z] += b3
+
+        backend.run_chunks(xp, n, size, affine)
+        self.save(x, mu, inv_std, gamma)
         return y
 
     def backward(self, gy: Any) -> tuple[Any, Any, Any]:
-        xhat, inv_std, gamma = self.saved  # type: ignore[misc]
-        axes, nd = _axes(gy), gy.ndim
+        x, mu, inv_std, gamma = self.saved  # type: ignore[misc]
+        xp = get_array_module(x)
+        n, c = x.shape[:2]
+        x3, g3 = x.reshape(n, c, -1), gy.reshape(n, c, -1)  # (N, C, L)
+        m = n * x3.shape[2]
+        size = backend.chunk_size(xp, n, x3[0].nbytes, budget=1 << 20)
         need_x, need_g, need_b = self.needs_input_grad
-        dbeta = gy.sum(axis=axes) if need_b or (need_x and self.training) else None
-        dgamma = (gy * xhat).sum(axis=axes) if need_g or (need_x and self.training) else None
+
+        def sums(a: int, z: int) -> Any:  # (2, C): sum gy and sum gy * x
+            return xp.stack([g3[a:z].sum(axis=(0, 2)), xp.einsum("ncl,ncl->c", g3[a:z], x3[a:z])])
+
+        s = _sum_chunks(xp, n, size, sums)
+        dbeta = s[0]  # sum gy
+        dgamma = (s[1] - mu * s[0]) * inv_std  # sum gy * xhat = (sum gy x - mu sum gy) / sigma
         dx = None
         if need_x:
             scale = inv_std if gamma is None else gamma * inv_std  # (C,)
             if self.training:
-                m = gy.size // gy.shape[1]
-                # g = gy*gamma; mean(g) = gamma*dbeta/m; mean(g*xhat) = gamma*dgamma/m
-                dx = gy - _per_channel(dbeta / m, nd)
-                dx -= xhat * _per_channel(dgamma / m, nd)
-                dx *= _per_channel(scale, nd)
+                # dx = scale (gy - dbeta/m - xhat dgamma/m) = A gy + B x + C, per channel
+                coef_a = scale
+                coef_b = -scale * inv_std * dgamma / m
+                coef_c = -scale * dbeta / m - coef_b * mu
             else:
-                dx = gy * _per_channel(scale, nd)
+                coef_a, coef_b, coef_c = scale, None, None
+            dx = xp.empty_like(x)
+            d3 = dx.reshape(n, c, -1)
+            a3 = coef_a.reshape(1, c, 1)
+
+            def grad(s_: int, z: int) -> None:
+                xp.multiply(g3[s_:z], a3, out=d3[s_:z])
+                if coef_b is not None:
+                    d3[s_:z] += x3[s_:z] * coef_b.reshape(1, c, 1)
+                    d3[s_:z] += coef_c.reshape(1, c, 1)
+
+            backend.run_chunks(xp, n, size, grad)
         return dx, dgamma if need_g else None, dbeta if need_b else None
+
+
+def _sum_chunks(xp: Any, n: int, size: int, part: Any) -> Any:
+    """The sum over chunks of ``part(start, stop)``, accumulated in float64 on the host side of rounding."""
+    parts = backend.run_chunks(xp, n, size, part)
+    total = parts[0].astype(xp.float64)
+    for p in parts[1:]:
+        total += p
+    return total
 
 
 def batch_norm(

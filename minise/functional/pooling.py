@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minise import backend
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, pair
@@ -28,10 +29,38 @@ def _offsets(kernel: Pair, stride: Pair, out_hw: Pair) -> list[tuple[int, slice,
     ]
 
 
+def space_to_depth(xpad: Any, stride: Pair) -> Any:
+    """(N, C, Hp, Wp) -> phase planes (sh, sw, N, C, Hp/sh, Wp/sw) with planes[a, b] = xpad[:, :, a::sh, b::sw].
+
+    With a stride s, the window at kernel offset (kh, kw) reads every s-th pixel: a strided inner loop,
+    several times slower than a contiguous one. After this one reshuffle it is a plain unit-stride
+    slice, ``planes[kh % sh, kw % sw][:, :, kh // sh : ..., kw // sw : ...]``. Hp, Wp must be multiples
+    of the stride. For stride 1 it is a free reshape.
+    """
+    n, c, hp, wp = xpad.shape
+    sh, sw = stride
+    v = xpad.reshape(n, c, hp // sh, sh, wp // sw, sw).transpose(3, 5, 0, 1, 2, 4)  # (sh, sw, N, C, Hp/sh, Wp/sw)
+    return v if stride == (1, 1) else get_array_module(xpad).ascontiguousarray(v)
+
+
+def depth_to_space(planes: Any) -> Any:
+    """The inverse of :func:`space_to_depth`."""
+    sh, sw, n, c, h, w = planes.shape
+    return planes.transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * sh, w * sw)
+
+
+def _padded_size(size: int, kernel: int, stride: int, pad: int, out: int) -> int:
+    """Padded length covering every window, rounded up to a multiple of the stride."""
+    need = max(size + 2 * pad, (out - 1) * stride + kernel)
+    return -(-need // stride) * stride
+
+
 class MaxPool2dOp(Function):
     """y[n,c,oh,ow] = max_{kh,kw} x_pad[n, c, oh*s + kh, ow*s + kw]   (padding is -inf)
 
     Backward: dx gets gy at the argmax of each window (the first maximum on ties), summed where windows overlap.
+    Computed in chunks of images (on all cores); within a chunk, the padded input is split into stride
+    phases (:func:`space_to_depth`) so that each of the KH*KW window reads is a unit-stride slice.
     """
 
     name = "max_pool2d"
@@ -40,32 +69,66 @@ class MaxPool2dOp(Function):
         super().__init__()
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
+    def _geometry(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        oh, ow = conv_out_size(shape[2], kh, sh, ph, 1), conv_out_size(shape[3], kw, sw, pw, 1)
+        return oh, ow, _padded_size(shape[2], kh, sh, ph, oh), _padded_size(shape[3], kw, sw, pw, ow)
+
+    def _windows(self, oh: int, ow: int) -> list[tuple[int, tuple[int, int], slice, slice]]:
+        """(k, phase, rows, cols) per kernel offset k = kh*KW + kw, indexing the phase planes."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        return [
+            (i * kw + j, (i % sh, j % sw), slice(i // sh, i // sh + oh), slice(j // sw, j // sw + ow))
+            for i in range(kh)
+            for j in range(kw)
+        ]
+
     def forward(self, x: Any) -> Any:
         xp = get_array_module(x)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        oh, ow = conv_out_size(x.shape[2], kh, sh, ph, 1), conv_out_size(x.shape[3], kw, sw, pw, 1)
-        xpad = pad_hw(x, ph, pw, value=-xp.inf)
-        y = None
-        arg = xp.zeros((*x.shape[:2], oh, ow), dtype=xp.uint8 if kh * kw < 256 else xp.int32)
-        for k, rows, cols in _offsets(self.kernel, self.stride, (oh, ow)):
-            window = xpad[:, :, rows, cols]  # (N, C, OH, OW) strided
-            if y is None:
-                y = window.copy()
-                continue
-            better = window > y  # strict: an equal value later in the window does not take over
-            xp.copyto(y, window, where=better)
-            xp.copyto(arg, k, where=better)
+        n, c, h, w = x.shape
+        (kh, kw), (ph, pw) = self.kernel, self.padding
+        oh, ow, hp, wp = self._geometry(x.shape)
+        y = xp.empty((n, c, oh, ow), dtype=x.dtype)
+        arg = xp.zeros((n, c, oh, ow), dtype=xp.uint8 if kh * kw < 256 else xp.int32)
+        windows = self._windows(oh, ow)
+
+        def work(a: int, z: int) -> None:
+            xpad = xp.full((z - a, c, hp, wp), -xp.inf, dtype=x.dtype)
+            xpad[:, :, ph : ph + h, pw : pw + w] = x[a:z]
+            planes = space_to_depth(xpad, self.stride)
+            ya, arga = y[a:z], arg[a:z]
+            for k, (pa, pb), rows, cols in windows:
+                window = planes[pa, pb, :, :, rows, cols]  # (n, C, OH, OW), unit stride
+                if k == 0:
+                    ya[...] = window
+                    continue
+                better = window > ya  # strict: an equal value later in the window does not take over
+                xp.copyto(ya, window, where=better)
+                xp.copyto(arga, k, where=better)
+
+        backend.run_chunks(xp, n, backend.chunk_size(xp, n, c * hp * wp * x.itemsize, budget=1 << 20), work)
         self.save(arg, x.shape)
         return y
 
     def backward(self, gy: Any) -> Any:
         arg, shape = self.saved  # type: ignore[misc]
         xp = get_array_module(gy)
-        (ph, pw) = self.padding
-        dxpad = xp.zeros((shape[0], shape[1], shape[2] + 2 * ph, shape[3] + 2 * pw), dtype=gy.dtype)
-        for k, rows, cols in _offsets(self.kernel, self.stride, gy.shape[2:]):
-            dxpad[:, :, rows, cols] += xp.where(arg == k, gy, 0)
-        return dxpad[:, :, ph : ph + shape[2], pw : pw + shape[3]]
+        n, c, h, w = shape
+        (ph, pw), (sh, sw) = self.padding, self.stride
+        oh, ow, hp, wp = self._geometry(shape)
+        windows = self._windows(oh, ow)
+        dx = xp.empty(shape, dtype=gy.dtype)
+
+        def work(a: int, z: int) -> None:
+            dplanes = xp.zeros((sh, sw, z - a, c, hp // sh, wp // sw), dtype=gy.dtype)
+            g, arga = gy[a:z], arg[a:z]
+            for k, (pa, pb), rows, cols in windows:
+                target = dplanes[pa, pb, :, :, rows, cols]
+                xp.add(target, g, out=target, where=arga == k)
+            dx[a:z] = depth_to_space(dplanes)[:, :, ph : ph + h, pw : pw + w]
+
+        backend.run_chunks(xp, n, backend.chunk_size(xp, n, c * hp * wp * gy.itemsize, budget=1 << 20), work)
+        return dx
 
 
 class AvgPool2dOp(Function):
