@@ -1,0 +1,290 @@
+"""Benchmarks: ``python -m minise.bench ops [--backend numpy|cupy] [--json FILE]``.
+
+``ops`` times forward + backward (input and weight gradients) of the ops a SE-ResNet spends its time
+in, on the shapes of a CIFAR SE-ResNet at batch 128, and puts the numbers in context measured in the
+same run: the machine's float32 GEMM rate (what im2col + GEMM can reach at best) and, if torch is
+importable, PyTorch on the same shapes with the same number of threads. Speed is measured here, never
+inside a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+import minise
+from minise import backend
+from minise import functional as F
+
+
+@dataclass
+class Case:
+    name: str
+    ms: float
+    gflops: float | None
+    gemm_fraction: float | None
+    peak_mb: float | None
+    torch_ms: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.torch_ms is None else self.ms / self.torch_ms
+
+
+def _sync(xp: Any) -> None:
+    if xp is not np:
+        xp.cuda.Device().synchronize()
+
+
+def median_ms(fn: Callable[[], Any], xp: Any = np, repeat: int = 7, warmup: int = 2, budget_s: float = 8.0) -> float:
+    """Median wall time of ``fn`` in milliseconds (after warm-up runs), stopping early past ``budget_s``."""
+    for _ in range(warmup):
+        fn()
+    _sync(xp)
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        _sync(xp)
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start > budget_s and len(times) >= 3:
+            break
+    return float(np.median(times) * 1e3)
+
+
+def gemm_gflops(xp: Any, n: int = 2048) -> float:
+    """The float32 GEMM rate of this machine (2 n^3 flops per product), all cores."""
+    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    b = a.copy()
+    ms = median_ms(lambda: a @ b, xp, repeat=5)
+    return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
+def peak_extra_mb(fn: Callable[[], Any], xp: Any) -> float | None:
+    """Peak memory allocated while ``fn`` runs, above what was allocated before (host: tracemalloc,
+    which NumPy reports its arrays to; device: CuPy's memory pool)."""
+    if xp is np:
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return (peak - base) / 2**20
+    pool = xp.get_default_memory_pool()
+    pool.free_all_blocks()
+    base = pool.used_bytes()
+    fn()
+    _sync(xp)
+    return float(pool.total_bytes() - base) / 2**20
+
+
+def _torch() -> Any:
+    try:
+        import torch  # noqa: PLC0415  (optional reference, never a dependency)
+    except ImportError:
+        return None
+    torch.set_num_threads(backend.num_threads())
+    return torch
+
+
+# --------------------------------------------------------------------------------------------------
+# the op cases
+# --------------------------------------------------------------------------------------------------
+def _conv_case(xp: Any, torch: Any, shape: tuple[int, ...], out_ch: int, stride: int, gemm: float) -> Case:
+    n, c, h, w = shape
+    rng = np.random.default_rng(0)
+    x_h = rng.standard_normal(shape, dtype=np.float32)
+    w_h = rng.standard_normal((out_ch, c, 3, 3), dtype=np.float32) * 0.1
+    x = minise.Tensor(xp.asarray(x_h), requires_grad=True)
+    wt = minise.Tensor(xp.asarray(w_h), requires_grad=True)
+    oh = (h + 2 - 3) // stride + 1
+    gy = xp.asarray(rng.standard_normal((n, out_ch, oh, oh), dtype=np.float32))
+
+    def step() -> None:
+        x.grad = wt.grad = None
+        F.conv2d(x, wt, stride=stride, padding=1).backward(gy)
+
+    ms = median_ms(step, xp)
+    flops = 3 * 2 * n * out_ch * oh * oh * c * 9  # forward, input gradient, weight gradient
+    gflops = flops / (ms * 1e-3) / 1e9
+    torch_ms = None
+    if torch is not None and xp is np:
+        xt = torch.tensor(x_h, requires_grad=True)
+        wt_t = torch.tensor(w_h, requires_grad=True)
+        gyt = torch.tensor(backend.to_host(gy))
+
+        def tstep() -> None:
+            xt.grad = wt_t.grad = None
+            torch.nn.functional.conv2d(xt, wt_t, stride=stride, padding=1).backward(gyt)
+
+        torch_ms = median_ms(tstep)
+    name = f"conv2d 3x3 s{stride} p1 {c}->{out_ch} on {shape}"
+    return Case(name, ms, gflops, gflops / gemm, peak_extra_mb(step, xp), torch_ms)
+
+
+def _se_case(xp: Any, torch: Any) -> Case:
+    n, c, h, r = 128, 64, 8, 16
+    rng = np.random.default_rng(0)
+    hs = [
+        rng.standard_normal(s, dtype=np.float32) * 0.1
+        for s in [(n, c, h, h), (c // r, c), (c // r,), (c, c // r), (c,)]
+    ]
+    ts = [minise.Tensor(xp.asarray(a), requires_grad=True) for a in hs]
+    gy = xp.asarray(rng.standard_normal((n, c, h, h), dtype=np.float32))
+
+    def step() -> None:
+        for t in ts:
+            t.grad = None
+        F.squeeze_excite(*ts).backward(gy)
+
+    ms = median_ms(step, xp)
+    torch_ms = None
+    if torch is not None and xp is np:
+        tt = [torch.tensor(a, requires_grad=True) for a in hs]
+        gyt = torch.tensor(backend.to_host(gy))
+        tf = torch.nn.functional
+
+        def tstep() -> None:
+            for t in tt:
+                t.grad = None
+            e = torch.sigmoid(tf.linear(torch.relu(tf.linear(tt[0].mean((2, 3)), tt[1], tt[2])), tt[3], tt[4]))
+            (tt[0] * e[:, :, None, None]).backward(gyt)
+
+        torch_ms = median_ms(tstep)
+    return Case(f"squeeze_excite r={r} on {(n, c, h, h)}", ms, None, None, peak_extra_mb(step, xp), torch_ms)
+
+
+def _bn_case(xp: Any, torch: Any) -> Case:
+    shape = (128, 64, 16, 16)
+    rng = np.random.default_rng(0)
+    x_h = rng.standard_normal(shape, dtype=np.float32)
+    x = minise.Tensor(xp.asarray(x_h), requires_grad=True)
+    g = minise.Tensor(xp.ones(64, dtype=xp.float32), requires_grad=True)
+    b = minise.Tensor(xp.zeros(64, dtype=xp.float32), requires_grad=True)
+    rm, rv = xp.zeros(64, dtype=xp.float32), xp.ones(64, dtype=xp.float32)
+    gy = xp.asarray(rng.standard_normal(shape, dtype=np.float32))
+
+    def step() -> None:
+        x.grad = g.grad = b.grad = None
+        F.batch_norm(x, rm, rv, g, b, training=True).backward(gy)
+
+    ms = median_ms(step, xp)
+    torch_ms = None
+    if torch is not None and xp is np:
+        xt = torch.tensor(x_h, requires_grad=True)
+        gt = torch.ones(64, requires_grad=True)
+        bt = torch.zeros(64, requires_grad=True)
+        rmt, rvt = torch.zeros(64), torch.ones(64)
+        gyt = torch.tensor(backend.to_host(gy))
+
+        def tstep() -> None:
+            xt.grad = gt.grad = bt.grad = None
+            torch.nn.functional.batch_norm(xt, rmt, rvt, gt, bt, training=True).backward(gyt)
+
+        torch_ms = median_ms(tstep)
+    return Case(f"batch_norm train on {shape}", ms, None, None, peak_extra_mb(step, xp), torch_ms)
+
+
+def _pool_case(xp: Any, torch: Any) -> Case:
+    shape = (128, 64, 32, 32)
+    rng = np.random.default_rng(0)
+    x_h = rng.standard_normal(shape, dtype=np.float32)
+    x = minise.Tensor(xp.asarray(x_h), requires_grad=True)
+    gy = xp.asarray(rng.standard_normal((128, 64, 16, 16), dtype=np.float32))
+
+    def step() -> None:
+        x.grad = None
+        F.max_pool2d(x, 3, 2, 1).backward(gy)
+
+    ms = median_ms(step, xp)
+    torch_ms = None
+    if torch is not None and xp is np:
+        xt = torch.tensor(x_h, requires_grad=True)
+        gyt = torch.tensor(backend.to_host(gy))
+
+        def tstep() -> None:
+            xt.grad = None
+            torch.nn.functional.max_pool2d(xt, 3, 2, 1).backward(gyt)
+
+        torch_ms = median_ms(tstep)
+    return Case(f"max_pool2d 3x3 s2 p1 on {shape}", ms, None, None, peak_extra_mb(step, xp), torch_ms)
+
+
+TARGETS = {"conv2d": 1.5, "squeeze_excite": 1.5, "batch_norm": 1.5, "max_pool2d": 2.0}
+
+
+def bench_ops(backend_name: str) -> dict[str, Any]:
+    backend.set_backend(backend_name)
+    xp = backend.xp_of_backend(backend_name)
+    torch = _torch()
+    gemm = gemm_gflops(xp)
+    cases = [
+        _conv_case(xp, torch, (128, 16, 32, 32), 16, 1, gemm),
+        _conv_case(xp, torch, (128, 64, 8, 8), 64, 1, gemm),
+        _conv_case(xp, torch, (128, 32, 16, 16), 64, 2, gemm),
+        _se_case(xp, torch),
+        _bn_case(xp, torch),
+        _pool_case(xp, torch),
+    ]
+    return {
+        "backend": backend_name,
+        "threads": backend.num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"NumPy {np.__version__}" + (f", torch {torch.__version__}" if torch is not None else ""),
+        "gemm_gflops": gemm,
+        "cases": [asdict(c) | {"ratio": c.ratio} for c in cases],
+    }
+
+
+def format_ops(result: dict[str, Any]) -> str:
+    lines = [
+        f"minise ops benchmark: backend {result['backend']}, {result['threads']} threads; {result['machine']}",
+        f"float32 GEMM rate (2048^3, all cores): {result['gemm_gflops']:.1f} GFLOP/s",
+        "forward + backward (input and weight gradients), float32, median of several runs",
+        f"{'case':<46}{'ms':>9}{'GFLOP/s':>9}{'of GEMM':>9}{'peak MB':>9}{'torch ms':>10}{'ratio':>7}{'target':>8}",
+    ]
+    for c in result["cases"]:
+        target = next(v for k, v in TARGETS.items() if c["name"].startswith(k))
+        lines.append(
+            f"{c['name']:<46}{c['ms']:>9.2f}"
+            + (f"{c['gflops']:>9.1f}{100 * c['gemm_fraction']:>8.0f}%" if c["gflops"] else f"{'':>9}{'':>9}")
+            + (f"{c['peak_mb']:>9.1f}" if c["peak_mb"] is not None else f"{'':>9}")
+            + (f"{c['torch_ms']:>10.2f}{c['ratio']:>7.2f}" if c["torch_ms"] else f"{'n/a':>10}{'':>7}")
+            + f"{'<=' + str(target) + 'x':>8}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minise.bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    ops = sub.add_parser("ops", help="time forward+backward of each op against GEMM and PyTorch")
+    ops.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
+    ops.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    try:
+        if args.what == "ops":
+            result = bench_ops(args.backend)
+            print(format_ops(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+    except (backend.BackendUnavailableError, ValueError, OSError) as e:
+        print(f"minise.bench: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
