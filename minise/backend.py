@@ -316,7 +316,7 @@ def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int],
         _blas = _find_openblas()
     if _blas is None:  # cannot hold BLAS to one thread: run serially and let BLAS use the cores
         return [work(a, b) for a, b in spans]
-    if _pool is None:
+    if _pool is None or _pool._max_workers != threads:
         _pool = ThreadPoolExecutor(threads, thread_name_prefix="minise")
     setter, getter = _blas
     before = getter()

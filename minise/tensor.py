@@ -66,7 +66,23 @@ class Tensor:
         return self.creator is None
 
     def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return int(self.data.shape[0])
+
+    def __bool__(self) -> bool:
+        """The truth of a one-element tensor (``if loss < best:``); ambiguous for more elements, as NumPy."""
+        if self.data.size != 1:
+            raise ValueError(
+                f"the truth value of a tensor with {self.data.size} elements is ambiguous - use .any() or .all()"
+            )
+        return bool(self.item())
+
+    def any(self) -> bool:
+        return bool(self.data.any())
+
+    def all(self) -> bool:
+        return bool(self.data.all())
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -120,7 +136,10 @@ class Tensor:
 
     def to(self, backend_name: str) -> Tensor:
         """A copy on backend ``"numpy"`` or ``"cupy"`` (a new leaf, with the same requires_grad)."""
-        return Tensor(backend.to_device(self.data, backend_name), requires_grad=self.requires_grad)
+        moved = backend.to_device(self.data, backend_name)
+        if moved is self.data or backend.backend_name(moved) == self.device:
+            moved = moved.copy()
+        return Tensor(moved, requires_grad=self.requires_grad)
 
     def astype(self, dtype: Any) -> Tensor:
         """A copy with another dtype, cut from the graph."""
@@ -278,12 +297,16 @@ class Tensor:
 def tensor(data: Any, dtype: Any = None, requires_grad: bool = False, backend_name: str | None = None) -> Tensor:
     """Make a tensor from a list, scalar or array on the current backend (or ``backend_name``).
 
-    The dtype is kept (a float64 array stays float64); pass ``dtype`` to convert.
+    The values are copied, as ``torch.tensor``: changing the tensor never changes ``data``
+    (``Tensor(array)`` wraps an array without copying). The dtype is kept (a float64 array stays
+    float64); pass ``dtype`` to convert.
     """
     if isinstance(data, Tensor):
         data = data.data
     xp = backend.xp_of_backend(backend_name)
     arr = backend.to_device(data, backend_name or backend.get_backend()) if xp is not np else backend.to_host(data)
+    if arr is data or backend.backend_name(data) == backend.backend_name(arr):
+        arr = arr.copy()
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
     return Tensor(arr, requires_grad=requires_grad)

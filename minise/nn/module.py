@@ -43,14 +43,22 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning {name!r}")
-        for table in (self._parameters, self._modules, self._buffers):
-            table.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
-        elif value is None and name in ("bias", "weight"):
-            self._parameters[name] = None
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            self._buffers[name] = value  # assigning to a buffer keeps it a buffer (BN's running statistics)
+        elif name in self._parameters and value is not None and not isinstance(value, Parameter):
+            raise TypeError(
+                f"{type(self).__name__}: cannot assign a {type(value).__name__} to parameter {name!r} - "
+                "assign a minise.nn.Parameter (or None), or change the values in place with .data[...] = ..."
+            )
+        else:
+            for table in (self._parameters, self._modules, self._buffers):
+                table.pop(name, None)
+            if isinstance(value, Parameter):
+                self._parameters[name] = value
+            elif isinstance(value, Module):
+                self._modules[name] = value
+            elif value is None and name in ("bias", "weight"):
+                self._parameters[name] = None
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name: str, array: Any) -> None:

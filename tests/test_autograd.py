@@ -1,0 +1,315 @@
+"""The backward walk (minise/autograd.py): seeding, accumulation, graph shapes, freeing, grad mode, sum_to.
+
+Each test states the gradient it expects in closed form, or compares with central differences of the
+forward itself in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minise
+import minise.functional as F
+from minise.autograd import Function, is_grad_enabled, sum_to, topological_order
+from minise.functional.arithmetic import MulOp
+
+
+def leaf(values, dtype=np.float64):  # type: ignore[no-untyped-def]
+    return minise.tensor(np.asarray(values, dtype=dtype), requires_grad=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# seeding the backward
+# --------------------------------------------------------------------------------------------------
+def test_backward_of_a_scalar_seeds_one() -> None:
+    x = leaf([1.0, 2.0, 3.0])
+    y = (x * x).sum()  # dy/dx = 2x
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0, 6.0])
+
+
+def test_backward_of_a_one_element_non_scalar_seeds_one() -> None:
+    x = leaf([[3.0]])
+    (x * 5.0).backward()
+    np.testing.assert_array_equal(x.grad, [[5.0]])
+
+
+def test_backward_of_a_non_scalar_without_gradient_is_a_clear_error() -> None:
+    x = leaf([1.0, 2.0])
+    y = x * 2.0
+    with pytest.raises(RuntimeError, match=r"shape \(2,\).*gradient=") as info:
+        y.backward()
+    assert "sum()" in str(info.value)  # the message says how to fix it
+    assert x.grad is None  # nothing was accumulated
+
+
+def test_backward_with_an_explicit_gradient_is_a_vector_jacobian_product() -> None:
+    x = leaf([1.0, 2.0, 3.0])
+    y = x * x
+    y.backward(np.array([1.0, 10.0, 100.0]))
+    np.testing.assert_array_equal(x.grad, [2.0, 40.0, 600.0])
+
+
+def test_backward_rejects_a_gradient_of_the_wrong_shape() -> None:
+    x = leaf([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"\(2,\).*\(3,\)"):
+        (x * 2.0).backward(np.ones(2))
+
+
+def test_backward_on_a_tensor_without_graph_is_a_clear_error() -> None:
+    x = minise.tensor([1.0, 2.0])
+    with pytest.raises(RuntimeError, match="requires_grad=True"):
+        x.sum().backward()
+
+
+# --------------------------------------------------------------------------------------------------
+# accumulation and the order of the walk
+# --------------------------------------------------------------------------------------------------
+def test_leaf_gradients_accumulate_over_backward_calls_as_in_pytorch() -> None:
+    x = leaf([1.0, -2.0])
+    (x * 3.0).sum().backward()
+    (x * 4.0).sum().backward()  # a second graph: the leaf's grad adds up
+    np.testing.assert_array_equal(x.grad, [7.0, 7.0])
+    x.zero_grad()
+    assert x.grad is None
+    (x * 4.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [4.0, 4.0])
+
+
+def test_accumulated_grad_is_a_fresh_array_not_an_alias_of_another_gradient() -> None:
+    # a + b hands the same gy to both inputs: each leaf must get its own array
+    a, b = leaf([1.0]), leaf([2.0])
+    (a + b).sum().backward()
+    a.grad += 10.0
+    np.testing.assert_array_equal(b.grad, [1.0])
+
+
+def test_a_tensor_used_twice_then_twice_again_gets_four() -> None:
+    # b = a + a; c = b + b: if b ran its backward before both of c's contributions arrived, a.grad would be 2
+    a = leaf(3.0)
+    b = a + a
+    c = b + b
+    c.backward()
+    assert a.grad == 4.0
+    np.testing.assert_array_equal(c.numpy(), 12.0)
+
+
+def test_diamond_graph_adds_both_paths() -> None:
+    # u = x^2 feeds two branches that meet again: y = 3u + u x;  dy/dx = 6x + (2x * x + u) = 6x + 3x^2
+    x = leaf([1.0, 2.0, -0.5])
+    u = x * x
+    v = u * 3.0
+    w = u * x
+    y = (v + w).sum()
+    y.backward()
+    xv = x.numpy()
+    np.testing.assert_allclose(x.grad, 6 * xv + 3 * xv**2, rtol=1e-12)
+
+
+def test_diamond_through_a_shared_intermediate_with_broadcasting() -> None:
+    rng = np.random.default_rng(0)
+    a = leaf(rng.normal(size=(3, 1)))
+    b = leaf(rng.normal(size=(4,)))
+    s = a + b  # (3, 4)
+    y = (s * s + s).sum()  # dy/ds = 2s + 1
+    y.backward()
+    g = 2 * (a.numpy() + b.numpy()) + 1
+    np.testing.assert_allclose(a.grad, g.sum(axis=1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(b.grad, g.sum(axis=0), rtol=1e-12)
+
+
+def test_topological_order_puts_each_tensor_after_its_inputs() -> None:
+    a = leaf(1.0)
+    b = a * 2.0
+    c = a + b
+    d = c * b
+    order = topological_order(d)
+    pos = {id(t): i for i, t in enumerate(order)}
+    assert pos[id(a)] < pos[id(b)] < pos[id(c)] < pos[id(d)]
+    assert len(order) == 4  # each tensor once; constants (no grad) are not walked
+
+
+def test_a_chain_of_ten_thousand_ops_needs_no_recursion() -> None:
+    n = 10_000
+    x = leaf([0.5, 2.0])
+    c = 1.0001
+    y = x
+    for _ in range(n // 2):
+        y = y * c  # 5,000 multiplications
+        y = y + x  # 5,000 additions: y_k = c y_{k-1} + x
+    y.sum().backward()
+    # y_m = x * (c^m + sum_{j<m} c^j) with m = n/2;  dy/dx is the same factor
+    m = n // 2
+    factor = c**m + (c**m - 1) / (c - 1)
+    np.testing.assert_allclose(y.numpy(), x.numpy() * factor, rtol=1e-9)
+    np.testing.assert_allclose(x.grad, [factor, factor], rtol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# freeing saved arrays
+# --------------------------------------------------------------------------------------------------
+def test_saved_arrays_are_freed_after_backward() -> None:
+    x = leaf([1.0, 2.0])
+    w = leaf([3.0, 4.0])
+    y = x * w
+    z = F.sigmoid(y).sum()
+    ops = [y.creator, z.creator, z.creator.inputs[0].creator]
+    assert all(op is not None and op.saved is not None for op in ops)
+    z.backward()
+    assert all(op.saved is None for op in ops)  # type: ignore[union-attr]
+
+
+def test_a_second_backward_through_the_same_graph_is_a_clear_runtime_error() -> None:
+    x = leaf([1.0, 2.0])
+    z = (x * x).sum()
+    z.backward()
+    first = x.grad.copy()
+    with pytest.raises(RuntimeError, match=r"already freed.*forward again"):
+        z.backward()
+    np.testing.assert_array_equal(x.grad, first)  # the failed call accumulated nothing
+
+
+def test_an_op_applied_without_grad_frees_its_saved_arrays_at_once() -> None:
+    x = minise.tensor([1.0, 2.0])  # needs no gradient: nothing will call backward
+    op = MulOp()
+    y = op.apply(x, x)
+    assert y.creator is None and y.requires_grad is False
+    assert op.saved is None
+
+
+def test_function_subclass_saves_and_returns_none_for_inputs_without_grad() -> None:
+    seen: dict[str, object] = {}
+
+    class Cube(Function):
+        name = "cube"
+
+        def forward(self, a, b):  # type: ignore[no-untyped-def]
+            self.save(a)
+            return a**3 + b
+
+        def backward(self, gy):  # type: ignore[no-untyped-def]
+            (a,) = self.saved  # type: ignore[misc]
+            seen["needs"] = self.needs_input_grad
+            return 3 * a**2 * gy, (gy if self.needs_input_grad[1] else None)
+
+    x = leaf([2.0])
+    y = Cube().apply(x, np.array([1.0]))
+    y.backward(np.array([1.0]))
+    assert seen["needs"] == (True, False)
+    np.testing.assert_array_equal(x.grad, [12.0])
+
+
+# --------------------------------------------------------------------------------------------------
+# retain_grad and intermediate tensors
+# --------------------------------------------------------------------------------------------------
+def test_retain_grad_keeps_gradients_on_intermediates() -> None:
+    x = leaf([1.0, 2.0])
+    u = x * 3.0
+    u.retain_grad()
+    v = u * u  # not retained
+    v.sum().backward()
+    np.testing.assert_array_equal(u.grad, 2 * u.numpy())
+    assert v.grad is None
+    assert not v.is_leaf and x.is_leaf
+    np.testing.assert_array_equal(x.grad, 2 * u.numpy() * 3.0)
+
+
+def test_non_leaves_without_retain_grad_have_no_grad() -> None:
+    x = leaf([1.0, 2.0])
+    u = x * 3.0
+    (u * u).sum().backward()
+    assert u.grad is None
+    assert x.grad is not None
+
+
+def test_retain_grad_returns_the_tensor_and_accumulates_when_used_twice() -> None:
+    x = leaf(2.0)
+    u = (x * x).retain_grad()
+    y = u + u
+    y.backward()
+    assert u.grad == 2.0
+    assert x.grad == 2.0 * 2 * 2.0
+
+
+# --------------------------------------------------------------------------------------------------
+# grad mode
+# --------------------------------------------------------------------------------------------------
+def test_no_grad_records_no_graph() -> None:
+    x = leaf([1.0, 2.0])
+    with minise.no_grad():
+        y = (x * 2.0 + 1.0).sum()
+        z = F.relu(x)
+    for t in (y, z):
+        assert t.requires_grad is False
+        assert t.creator is None
+    np.testing.assert_array_equal(y.numpy(), 8.0)
+
+
+def test_no_grad_nests_and_restores_even_on_exception() -> None:
+    assert is_grad_enabled()
+    with minise.no_grad():
+        assert not is_grad_enabled()
+        with minise.no_grad():
+            assert not minise.is_grad_enabled()
+        assert not is_grad_enabled()  # the inner exit restores "off", not "on"
+        with minise.enable_grad():
+            assert is_grad_enabled()
+            x = leaf([1.0])
+            assert (x * 2.0).requires_grad
+        assert not is_grad_enabled()
+    assert is_grad_enabled()
+    with pytest.raises(ZeroDivisionError), minise.no_grad():
+        1 / 0  # noqa: B018
+    assert is_grad_enabled()
+
+
+def test_a_graph_built_before_no_grad_still_backpropagates() -> None:
+    x = leaf([1.0, 2.0])
+    y = (x * x).sum()
+    with minise.no_grad():
+        y.backward()  # backward itself does not record a graph
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0])
+
+
+# --------------------------------------------------------------------------------------------------
+# sum_to: the backward of broadcasting
+# --------------------------------------------------------------------------------------------------
+def test_sum_to_is_the_identity_for_the_same_shape() -> None:
+    g = np.arange(6.0).reshape(2, 3)
+    assert sum_to(g, (2, 3)) is g
+
+
+def test_sum_to_sums_away_leading_axes() -> None:
+    g = np.arange(24.0).reshape(2, 3, 4)
+    np.testing.assert_array_equal(sum_to(g, (4,)), g.sum(axis=(0, 1)))
+    np.testing.assert_array_equal(sum_to(g, (3, 4)), g.sum(axis=0))
+    np.testing.assert_array_equal(sum_to(g, ()), g.sum())
+
+
+def test_sum_to_sums_size_one_axes_keeping_them() -> None:
+    g = np.arange(24.0).reshape(2, 3, 4)
+    np.testing.assert_array_equal(sum_to(g, (2, 1, 4)), g.sum(axis=1, keepdims=True))
+    np.testing.assert_array_equal(sum_to(g, (1, 3, 1)), g.sum(axis=(0, 2), keepdims=True))
+    np.testing.assert_array_equal(sum_to(g, (3, 1)), g.sum(axis=(0, 2))[:, None])
+    out = sum_to(g, (1, 1, 1))
+    assert out.shape == (1, 1, 1) and out.item() == g.sum()
+
+
+def test_sum_to_keeps_size_one_axes_that_were_already_one() -> None:
+    g = np.ones((2, 1, 4))
+    out = sum_to(g, (1, 1, 4))
+    assert out.shape == (1, 1, 4)
+    np.testing.assert_array_equal(out, 2.0)
+
+
+def test_sum_to_inverts_broadcast_to_for_a_linear_check() -> None:
+    # <broadcast(a), g> == <a, sum_to(g)> for every shape pair: sum_to is broadcast's adjoint
+    rng = np.random.default_rng(1)
+    for small, big in [((3,), (2, 3)), ((2, 1), (2, 5)), ((1, 4, 1), (3, 2, 4, 6)), ((), (2, 2))]:
+        a = rng.normal(size=small)
+        g = rng.normal(size=big)
+        lhs = (np.broadcast_to(a, big) * g).sum()
+        rhs = (a * sum_to(g, small)).sum()
+        assert sum_to(g, small).shape == small
+        np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
