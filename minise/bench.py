@@ -266,21 +266,216 @@ def format_ops(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------
+# full training steps
+# --------------------------------------------------------------------------------------------------
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _peak_rss_mb() -> float:
+    import resource  # noqa: PLC0415  (POSIX only)
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _torch_cifar_resnet(torch: Any, name: str, num_classes: int = 10) -> Any:
+    """The same CIFAR (SE-)ResNet in PyTorch: the reference for the training benchmark.
+
+    3x3 conv 16 + BN + ReLU, three stages of basic blocks (16/32/64 channels, strides 1/2/2), 1x1-conv
+    + BN projection shortcuts where the shape changes, SE (r = 16, biased FC layers, hidden width at
+    least 1) on the residual branch before the addition, global average pooling, a linear classifier.
+    """
+    nn = torch.nn
+    se = name.startswith("se_")
+    depth = int(name.split("resnet")[1])
+    n = (depth - 2) // 6
+
+    class SE(nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            hidden = max(c // 16, 1)
+            self.fc1, self.fc2 = nn.Linear(c, hidden), nn.Linear(hidden, c)
+
+        def forward(self, x: Any) -> Any:
+            e = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))))
+            return x * e[:, :, None, None]
+
+    class Block(nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.se = SE(cout) if se else nn.Identity()
+            self.down = (
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                if stride != 1 or cin != cout
+                else nn.Identity()
+            )
+
+        def forward(self, x: Any) -> Any:
+            out = self.se(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+            return torch.relu(out + self.down(x))
+
+    layers: list[Any] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    cin = 16
+    for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        for i in range(n):
+            layers.append(Block(cin, cout, stride if i == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def train_child(framework: str, model_name: str, batch: int, steps: int, backend_name: str) -> dict[str, Any]:
+    """Time ``steps`` full training steps (forward, loss, backward, SGD update) in this process."""
+    rng = np.random.default_rng(0)
+    x_h = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    y_h = rng.integers(0, 10, batch)
+    if framework == "torch":
+        torch = _torch()
+        model = _torch_cifar_resnet(torch, model_name)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        x, y = torch.tensor(x_h), torch.tensor(y_h)
+        params = sum(p.numel() for p in model.parameters())
+
+        def step() -> None:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        sync: Any = np
+    else:
+        from minise import models, optim  # noqa: PLC0415
+
+        backend.set_backend(backend_name)
+        sync = backend.xp_of_backend(backend_name)
+        minise.manual_seed(0)
+        model = models.create(model_name, num_classes=10)
+        opt = optim.SGD(
+            optim.param_groups_no_decay(model, 5e-4), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
+        x, y = minise.Tensor(backend.to_device(x_h)), backend.to_device(y_h)
+        params = model.num_parameters()
+
+        def step() -> None:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    base = _rss_mb()
+    for _ in range(2):  # warm-up
+        step()
+    _sync(sync)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(sync)
+    seconds = time.perf_counter() - start
+    return {
+        "framework": framework,
+        "images_per_s": batch * steps / seconds,
+        "ms_per_step": 1e3 * seconds / steps,
+        "peak_extra_mb": _peak_rss_mb() - base,
+        "parameters": params,
+    }
+
+
+def bench_train(model: str, batch: int, steps: int, backend_name: str) -> dict[str, Any]:
+    """Run the minise and (if importable) torch training steps, each in a fresh process (so that the
+    peak resident memory of one does not hide the other's), one after the other on the same cores."""
+    import subprocess  # noqa: PLC0415
+
+    def child(framework: str) -> dict[str, Any]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "minise.bench",
+            "train-child",
+            framework,
+            model,
+            str(batch),
+            str(steps),
+            backend_name,
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"bench train: the {framework} run failed: {out.stderr.strip().splitlines()[-1:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    results = [child("minise")]
+    if _torch() is not None and backend_name == "numpy":
+        if model.replace("se_", "") in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"):
+            results.append(child("torch"))
+    return {
+        "model": model,
+        "batch": batch,
+        "steps": steps,
+        "backend": backend_name,
+        "threads": backend.num_threads(),
+        "runs": results,
+    }
+
+
+def format_train(r: dict[str, Any]) -> str:
+    lines = [
+        f"minise training benchmark: {r['model']}, batch {r['batch']}, {r['steps']} steps after 2 warm-up steps, "
+        f"backend {r['backend']}, {r['threads']} threads",
+        f"{'framework':<10}{'images/s':>10}{'ms/step':>10}{'peak MB':>10}{'parameters':>12}",
+    ]
+    for run in r["runs"]:
+        lines.append(
+            f"{run['framework']:<10}{run['images_per_s']:>10.1f}{run['ms_per_step']:>10.1f}"
+            f"{run['peak_extra_mb']:>10.0f}{run['parameters']:>12,}"
+        )
+    if len(r["runs"]) == 2:
+        m, t = r["runs"]
+        lines.append(
+            f"minise / torch: {100 * m['images_per_s'] / t['images_per_s']:.0f}% of the images/s (target >= 60%), "
+            f"{m['peak_extra_mb'] / max(t['peak_extra_mb'], 1):.2f}x the peak memory (target <= 2x)"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minise.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     ops = sub.add_parser("ops", help="time forward+backward of each op against GEMM and PyTorch")
     ops.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
     ops.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    tr = sub.add_parser("train", help="time full training steps against the same model in PyTorch")
+    tr.add_argument("--model", default="se_resnet20")
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--steps", type=int, default=10)
+    tr.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
+    tr.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    child = sub.add_parser("train-child")  # internal: one framework's run, in its own process
+    for name in ("framework", "model", "batch", "steps", "backend_name"):
+        child.add_argument(name)
     args = parser.parse_args(argv)
     try:
+        if args.what == "train-child":
+            print(
+                json.dumps(train_child(args.framework, args.model, int(args.batch), int(args.steps), args.backend_name))
+            )
+            return 0
         if args.what == "ops":
             result = bench_ops(args.backend)
             print(format_ops(result))
+        if args.what == "train":
+            result = bench_train(args.model, args.batch_size, args.steps, args.backend)
+            print(format_train(result))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)
-    except (backend.BackendUnavailableError, ValueError, OSError) as e:
+    except (backend.BackendUnavailableError, ValueError, OSError, RuntimeError) as e:
         print(f"minise.bench: {e}", file=sys.stderr)
         return 2
     return 0

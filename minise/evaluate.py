@@ -1,0 +1,144 @@
+"""Evaluate a model: top-1, top-5, loss, per-class accuracy and the confusion matrix.
+
+    python -m minise.evaluate --checkpoint runs/se20/best.npz --dataset cifar10 --data-dir DIR [--json]
+
+A checkpoint records the model's name and options, so the model is rebuilt from it; a checkpoint of
+another model, with other shapes, or a corrupt or truncated file is refused with one line and exit
+status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minise import backend
+from minise import functional as F
+from minise.autograd import no_grad
+from minise.checkpoint import CheckpointError, load_checkpoint, split
+from minise.nn import Module
+from minise.tensor import Tensor
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    per_class: list[float]
+    confusion: np.ndarray  # (K, K): rows true class, columns predicted
+
+    def as_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
+        names = classes or [str(i) for i in range(len(self.per_class))]
+        return {
+            "loss": self.loss,
+            "top1": self.top1,
+            "top5": self.top5,
+            "per_class_accuracy": dict(zip(names, self.per_class)),
+            "confusion_matrix": self.confusion.tolist(),
+        }
+
+
+def evaluate(model: Module, batches: Any, num_classes: int) -> EvalResult:
+    """Run ``model`` in eval mode over ``batches`` of host arrays (x, y) and gather the metrics."""
+    model.eval()
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    loss_sum, top5_hits, count = 0.0, 0, 0
+    with no_grad():
+        for xb, yb in batches:
+            x = Tensor(backend.to_device(xb))
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, backend.to_device(yb)).item()) * len(yb)
+            z = logits.numpy()
+            pred = z.argmax(axis=1)
+            np.add.at(confusion, (yb, pred), 1)
+            k = min(5, num_classes)
+            topk = np.argpartition(-z, k - 1, axis=1)[:, :k]
+            top5_hits += int((topk == yb[:, None]).any(axis=1).sum())
+            count += len(yb)
+    per_class = (np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)).tolist()
+    return EvalResult(
+        loss=loss_sum / max(count, 1),
+        top1=float(np.trace(confusion)) / max(count, 1),
+        top5=top5_hits / max(count, 1),
+        per_class=per_class,
+        confusion=confusion,
+    )
+
+
+def model_from_checkpoint(meta: dict[str, Any], arrays: dict[str, np.ndarray], path: str | Path) -> Module:
+    """Rebuild the model a checkpoint was saved from and load its weights; CheckpointError if they do not fit."""
+    from minise import models  # noqa: PLC0415
+
+    name = meta.get("model")
+    if name not in models.list_models():
+        raise CheckpointError(f"checkpoint {path} holds model {name!r}, which this minise does not know")
+    model = models.create(name, num_classes=meta["num_classes"], **meta.get("model_options", {}))
+    try:
+        model.load_state_dict(split(arrays, "model"))
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit {name}: {e.args[0]}") from None
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    from minise import data  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="python -m minise.evaluate", description="Evaluate a minise checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="a .npz checkpoint written by minise.train")
+    p.add_argument("--dataset", default=None, help=f"one of {', '.join(data.DATASETS)} (default: the training one)")
+    p.add_argument("--data-dir", default=None, help="folder holding the data set (default: the cache)")
+    p.add_argument("--download", action="store_true", help="download the data set if it is missing")
+    p.add_argument("--backend", choices=backend.BACKENDS, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--plot", default=None, help="write the confusion matrix to this PNG")
+    args = p.parse_args(argv)
+    try:
+        if args.backend:
+            backend.set_backend(args.backend)
+        meta, arrays = load_checkpoint(args.checkpoint)
+        dataset = args.dataset or meta.get("dataset", "shapes")
+        if dataset != meta.get("dataset", dataset):
+            num = meta["num_classes"]
+            print(f"note: the model was trained on {meta.get('dataset')} ({num} classes)", file=sys.stderr)
+        test = data.load_dataset(dataset, root=args.data_dir, train=False, download=args.download)
+        if int(test.labels.max()) >= meta["num_classes"]:
+            raise CheckpointError(
+                f"{dataset} has more classes than the checkpoint's model ({meta['num_classes']}) - "
+                "evaluate on the data set it was trained on"
+            )
+        model = model_from_checkpoint(meta, arrays, args.checkpoint)
+        norm = meta.get("normalize", {})
+        loader = data.DataLoader(
+            test.images, test.labels, args.batch_size, mean=norm.get("mean"), std=norm.get("std"), prefetch=2
+        )
+        result = evaluate(model, loader, meta["num_classes"])
+        plot = args.plot or str(Path(args.checkpoint).with_suffix("").as_posix() + "_confusion.png")
+        from minise.plotting import plot_confusion  # noqa: PLC0415
+
+        plot_confusion(result.confusion, test.classes, plot, title=f"{meta['model']} on {dataset}")
+    except (CheckpointError, backend.BackendUnavailableError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"minise.evaluate: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.as_dict(test.classes), indent=2))
+    else:
+        print(
+            f"{meta['model']} on {dataset} ({len(test)} images): top-1 {100 * result.top1:.2f}%  "
+            f"top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}"
+        )
+        for name, acc in zip(test.classes, result.per_class):
+            print(f"  {name:<20} {100 * acc:6.2f}%")
+        print(f"confusion matrix: {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
