@@ -24,7 +24,7 @@ def xp(request: pytest.FixtureRequest) -> ModuleType:
     """The array module of each backend; tests using it run once per backend."""
     if request.param == "cupy":
         if not _cupy_ok:
-            pytest.skip(f"CuPy backend unavailable: {_cupy_reason}")
+            pytest.skip(f"CuPy backend unavailable: {_cupy_reason.split(' - ')[0]}")
         return backend.xp_of_backend("cupy")
     return np
 

@@ -5,7 +5,10 @@ op: what is wrong (the shapes) - how to fix it
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
+
+import numpy as np  # only to recognise NumPy integer and bool scalars
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -39,15 +42,9 @@ def check_same_dtype(op: str, **arrays: Any) -> None:
 
 def pair(op: str, name: str, value: Any, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints -> (h, w), each at least ``minimum``; anything else is a TypeError/ValueError."""
-    if isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        pair_ = (value, value)
-    elif (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
+    if _is_int(value):
+        pair_ = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
         pair_ = (int(value[0]), int(value[1]))
     else:
         raise TypeError(
@@ -55,5 +52,17 @@ def pair(op: str, name: str, value: Any, minimum: int) -> tuple[int, int]:
             f"e.g. {name}=1 or {name}=(1, 2)"
         )
     if min(pair_) < minimum:
-        raise ValueError(f"{op}: {name} must be at least {minimum}, got {value!r}")
+        raise ValueError(
+            f"{op}: {name} must be at least {minimum}, got {value!r} - pass {name}={max(minimum, 1)} or more"
+        )
     return pair_
+
+
+def _is_int(value: Any) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_axis(op: str, dim: int, ndim: int, shape: tuple[int, ...]) -> None:
+    if not -ndim <= dim < max(ndim, 1):
+        raise ValueError(f"{op}: dim {dim} is out of range for shape {shape} - use a dim in [-{ndim}, {ndim - 1}]")

@@ -101,7 +101,7 @@ class Conv2dOp(Function):
         oh, ow = gy.shape[2:]
         unit_stride = (sh, sw) == (1, 1)
         wf = _flipped(w, g_) if need_x and unit_stride else None
-        dx: Any = xp.empty_like(x) if need_x else None
+        dx: Any = xp.empty(x.shape, dtype=x.dtype) if need_x else None  # C-contiguous, whatever x is
         w3 = w.reshape(g_, og, k)
         size = backend.chunk_size(xp, n, max(c * kh * kw * oh * ow, o * kh * kw * h * wd) * x.itemsize)
 
@@ -154,7 +154,10 @@ def conv2d(
     for name, t in (("input", x), ("weight", w), ("bias", b)):
         check_float(op, name, None if t is None else t.data)
     if w.ndim != 4:
-        raise ValueError(f"{op}: weight must be 4-D (out_channels, in_channels/groups, KH, KW), got shape {w.shape}")
+        raise ValueError(
+            f"{op}: weight must be 4-D (out_channels, in_channels/groups, KH, KW), got shape {w.shape} - "
+            "reshape it, e.g. w.reshape(out_channels, in_channels, 1, 1) for a 1x1 kernel"
+        )
     if x.ndim != 4:
         raise ValueError(
             f"{op}: input must be 4-D (N, C, H, W), got shape {x.shape} - "
@@ -162,7 +165,7 @@ def conv2d(
         )
     s, p, d = pair(op, "stride", stride, 1), pair(op, "padding", padding, 0), pair(op, "dilation", dilation, 1)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise TypeError(f"{op}: groups must be a positive int, got {groups!r}")
+        raise TypeError(f"{op}: groups must be a positive int, got {groups!r} - e.g. groups=1")
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     if c % groups or o % groups:
@@ -182,6 +185,8 @@ def conv2d(
             f"{h + 2 * p[0]}x{wd + 2 * p[1]} (input {x.shape}, padding {p}) - use a smaller kernel or more padding"
         )
     if b is not None and b.shape != (o,):
-        raise ValueError(f"{op}: bias has shape {b.shape} but weight {w.shape} needs ({o},)")
+        raise ValueError(
+            f"{op}: bias has shape {b.shape} but weight {w.shape} needs ({o},) - one bias per output channel"
+        )
     check_same_dtype(op, input=x.data, weight=w.data, bias=None if b is None else b.data)
     return Conv2dOp(s, p, d, groups).apply(x, w, b)

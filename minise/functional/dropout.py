@@ -37,8 +37,8 @@ class DropoutOp(Function):
 def dropout(input: Any, p: float = 0.5, training: bool = True) -> Tensor:
     """Randomly zero values with probability ``p`` in training mode; the identity otherwise."""
     x = as_tensor(input)
-    if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
+    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r} - e.g. p=0.5")
     check_float("dropout", "input", x.data)
     if not training or p == 0.0:
         return x

@@ -6,7 +6,7 @@ from typing import Any
 
 from minise.autograd import Function
 from minise.backend import get_array_module
-from minise.functional._checks import check_float
+from minise.functional._checks import check_axis, check_float
 from minise.tensor import Tensor, as_tensor
 
 
@@ -91,12 +91,14 @@ class CrossEntropyOp(Function):
 def softmax(input: Any, dim: int = -1) -> Tensor:
     x = as_tensor(input)
     check_float("softmax", "input", x.data)
+    check_axis("softmax", dim, x.ndim, x.shape)
     return SoftmaxOp(dim).apply(x)
 
 
 def log_softmax(input: Any, dim: int = -1) -> Tensor:
     x = as_tensor(input)
     check_float("log_softmax", "input", x.data)
+    check_axis("log_softmax", dim, x.ndim, x.shape)
     return LogSoftmaxOp(dim).apply(x)
 
 
@@ -129,5 +131,7 @@ def cross_entropy(input: Any, target: Any, label_smoothing: float = 0.0) -> Tens
             f"has {z.shape[1]} classes - targets must lie in [0, {z.shape[1] - 1}]; check num_classes"
         )
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing}")
+        raise ValueError(
+            f"cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing} - e.g. 0.1, or 0 for none"
+        )
     return CrossEntropyOp(label_smoothing).apply(z, Tensor(t))

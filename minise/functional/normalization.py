@@ -77,7 +77,7 @@ class BatchNormOp(Function):
         inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)  # (C,)
         a = inv_std if gamma is None else gamma * inv_std  # y = a x + b
         b = -mu * a if beta is None else beta - mu * a
-        y = xp.empty_like(x)
+        y = xp.empty(x.shape, dtype=x.dtype)  # C-contiguous, so y3 below is a view
         y3 = y.reshape(n, c, -1)
         a3, b3 = a.reshape(1, c, 1), b.reshape(1, c, 1)
 
@@ -114,7 +114,7 @@ class BatchNormOp(Function):
                 coef_c = -scale * dbeta / m - coef_b * mu
             else:
                 coef_a, coef_b, coef_c = scale, None, None
-            dx = xp.empty_like(x)
+            dx = xp.empty(x.shape, dtype=x.dtype)
             d3 = dx.reshape(n, c, -1)
             a3 = coef_a.reshape(1, c, 1)
 

@@ -43,6 +43,11 @@ class TransposeOp(Function):
         self.axes = axes
 
     def forward(self, x: Any) -> Any:
+        if self.axes is not None and any(not -x.ndim <= a < x.ndim for a in self.axes):
+            raise ValueError(
+                f"transpose: axes {self.axes} are out of range for a {x.ndim}-D tensor of shape {x.shape} - "
+                f"use axes in [-{x.ndim}, {x.ndim - 1}]"
+            )
         axes = tuple(reversed(range(x.ndim))) if self.axes is None else tuple(a % x.ndim for a in self.axes)
         if sorted(axes) != list(range(x.ndim)):
             raise ValueError(f"transpose: axes {self.axes} are not a permutation of the {x.ndim} axes of {x.shape}")
@@ -83,6 +88,13 @@ def flatten(input: Any, start_dim: int = 1, end_dim: int = -1) -> Any:
 
     x = as_tensor(input)
     nd = x.ndim
+    if nd == 0:
+        return x.reshape(1)
+    for name, d in (("start_dim", start_dim), ("end_dim", end_dim)):
+        if not -nd <= d < nd:
+            raise ValueError(
+                f"flatten: {name}={d} is out of range for a {nd}-D tensor of shape {x.shape} - use [-{nd}, {nd - 1}]"
+            )
     s, e = start_dim % nd, end_dim % nd
     if s > e:
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {x.shape}")

@@ -85,18 +85,26 @@ def squeeze_excite(input: Any, w1: Any, b1: Any = None, w2: Any = None, b2: Any 
     for name, t in (("input", x), ("w1", w1_), ("b1", b1_), ("w2", w2_), ("b2", b2_)):
         check_float(op, name, None if t is None else t.data)
     if x.ndim != 4:
-        raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {x.shape}")
+        raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {x.shape} - reshape it to (N, C, H, W)")
     c = x.shape[1]
     if w1_.ndim != 2 or w1_.shape[1] != c:
         raise ValueError(f"{op}: w1 has shape {w1_.shape} but input {x.shape} has {c} channels - w1 must be (R, {c})")
     r = w1_.shape[0]
     if w2_.shape != (c, r):
         raise ValueError(
-            f"{op}: w2 has shape {w2_.shape} but must be ({c}, {r}) to map the {r} hidden units back to {c}"
+            f"{op}: w2 has shape {w2_.shape} but must be ({c}, {r}) to map the {r} hidden units back to {c} "
+            "channels - build w2 as (channels, hidden)"
         )
     if b1_ is not None and b1_.shape != (r,):
-        raise ValueError(f"{op}: b1 has shape {b1_.shape} but must be ({r},)")
+        raise ValueError(f"{op}: b1 has shape {b1_.shape} but must be ({r},) - one bias per hidden unit, or None")
     if b2_ is not None and b2_.shape != (c,):
-        raise ValueError(f"{op}: b2 has shape {b2_.shape} but must be ({c},)")
-    check_same_dtype(op, input=x.data, w1=w1_.data, w2=w2_.data)
+        raise ValueError(f"{op}: b2 has shape {b2_.shape} but must be ({c},) - one bias per channel, or None")
+    check_same_dtype(
+        op,
+        input=x.data,
+        w1=w1_.data,
+        b1=None if b1_ is None else b1_.data,
+        w2=w2_.data,
+        b2=None if b2_ is None else b2_.data,
+    )
     return SqueezeExciteOp().apply(x, w1_, b1_, w2_, b2_)

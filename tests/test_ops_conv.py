@@ -1,0 +1,390 @@
+"""conv2d: every gradient proven (gradcheck over drawn cases), the forward and backward held equal to a
+naive loop over output pixels and to PyTorch, and every internal path of the backward exercised:
+stride 1 (the input gradient as a convolution with the flipped kernel, with padding or a crop),
+stride > 1 (col2im), groups > 1, and the batch cut into chunks run on one or two threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from conftest import requires_torch, to_xp
+from hypothesis import example, given, settings
+from strategies import ConvCase, conv_cases
+
+import minise
+import minise.functional as F
+from minise import backend
+from minise.functional import conv as conv_module
+
+
+# --------------------------------------------------------------------------------------------------
+# the naive reference: a loop over output pixels
+# --------------------------------------------------------------------------------------------------
+def _patch(xpad: np.ndarray, i: int, j: int, w_shape, stride, dilation) -> tuple[slice, slice]:
+    _, _, kh, kw = w_shape
+    (sh, sw), (dh, dw) = stride, dilation
+    return slice(i * sh, i * sh + dh * (kh - 1) + 1, dh), slice(j * sw, j * sw + dw * (kw - 1) + 1, dw)
+
+
+def naive_conv2d(x, w, b, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1) -> np.ndarray:
+    """y[n, o, i, j] = b[o] + sum over the window of output pixel (i, j) of x_pad * W[o]."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    og = o // groups
+    y = np.zeros((n, o, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            rows, cols = _patch(xpad, i, j, w.shape, stride, dilation)
+            for oc in range(o):
+                g = oc // og
+                window = xpad[:, g * cg : (g + 1) * cg, rows, cols]  # (N, Cg, KH, KW)
+                y[:, oc, i, j] = (window * w[oc]).sum(axis=(1, 2, 3))
+    if b is not None:
+        y += b.reshape(1, o, 1, 1)
+    return y
+
+
+def naive_conv2d_grads(x, w, gy, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """dx, dW, db of <conv2d(x, W, b), gy>: the same loop run backwards, adding into each window."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    ph, pw = padding
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dxpad = np.zeros_like(xpad)
+    dw = np.zeros_like(w)
+    og = o // groups
+    for i in range(gy.shape[2]):
+        for j in range(gy.shape[3]):
+            rows, cols = _patch(xpad, i, j, w.shape, stride, dilation)
+            for oc in range(o):
+                g = oc // og
+                gs = gy[:, oc, i, j][:, None, None, None]  # (N, 1, 1, 1)
+                dw[oc] += (xpad[:, g * cg : (g + 1) * cg, rows, cols] * gs).sum(axis=0)
+                dxpad[:, g * cg : (g + 1) * cg, rows, cols] += gs * w[oc]
+    return dxpad[:, :, ph : ph + h, pw : pw + wd], dw, gy.sum(axis=(0, 2, 3))
+
+
+def _tensors(xp, *arrays, requires_grad=True):
+    return [None if a is None else minise.Tensor(to_xp(xp, a.copy()), requires_grad=requires_grad) for a in arrays]
+
+
+def _conv_fn(case: ConvCase):
+    return lambda x, w, b: F.conv2d(x, w, b, **case.kwargs())
+
+
+# explicit corner cases (also used as @examples below)
+BATCH_1 = ConvCase(n=1, c=2, o=3, h=4, w=5, kernel=(3, 2), stride=(1, 2), padding=(1, 0), seed=1)
+ONE_CHANNEL = ConvCase(n=2, c=1, o=1, h=4, w=4, kernel=(2, 2), padding=(1, 1), seed=2)
+SPATIAL_1X1 = ConvCase(n=2, c=3, o=2, h=1, w=1, kernel=(1, 1), seed=3)
+SPATIAL_1X1_PADDED = ConvCase(n=2, c=2, o=2, h=1, w=1, kernel=(3, 3), padding=(1, 1), seed=4)
+KERNEL_EQUALS_PADDED_INPUT = ConvCase(n=2, c=2, o=2, h=3, w=2, kernel=(3, 2), padding=(1, 0), dilation=(2, 1), seed=5)
+CROP = ConvCase(n=2, c=2, o=2, h=3, w=3, kernel=(1, 2), padding=(2, 2), seed=6)  # padding > d(K-1) in both axes
+GROUPS_STRIDED = ConvCase(n=2, c=6, o=3, h=5, w=6, kernel=(3, 3), stride=(2, 3), padding=(1, 2), groups=3, seed=7)
+CORNER_CASES = [BATCH_1, ONE_CHANNEL, SPATIAL_1X1, SPATIAL_1X1_PADDED, KERNEL_EQUALS_PADDED_INPUT, CROP, GROUPS_STRIDED]
+
+
+def test_corner_cases_are_what_they_claim() -> None:
+    assert BATCH_1.n == 1
+    assert ONE_CHANNEL.c == ONE_CHANNEL.o == 1
+    assert (SPATIAL_1X1.h, SPATIAL_1X1.w) == (1, 1) and SPATIAL_1X1.out_hw == (1, 1)
+    k = KERNEL_EQUALS_PADDED_INPUT
+    spans = [k.dilation[i] * (k.kernel[i] - 1) + 1 for i in range(2)]
+    assert spans == [k.h + 2 * k.padding[0], k.w + 2 * k.padding[1]] and k.out_hw == (1, 1)
+    assert all(CROP.padding[i] > CROP.dilation[i] * (CROP.kernel[i] - 1) for i in range(2))
+
+
+# --------------------------------------------------------------------------------------------------
+# gradients proven by finite differences
+# --------------------------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases(max_out=2))
+@example(case=BATCH_1)
+@example(case=ONE_CHANNEL)
+@example(case=SPATIAL_1X1)
+@example(case=SPATIAL_1X1_PADDED)
+@example(case=KERNEL_EQUALS_PADDED_INPUT)
+@example(case=CROP)
+@example(case=GROUPS_STRIDED)
+def test_conv2d_gradcheck(xp, case: ConvCase) -> None:
+    x, w, b = _tensors(xp, *case.arrays())
+    report = minise.gradcheck(_conv_fn(case), x, w, b)
+    assert report.ok and len(report.inputs) == (3 if case.bias else 2)
+
+
+@pytest.mark.parametrize(
+    "needs", [(True, False, False), (False, True, False), (False, False, True), (True, True, False)]
+)
+@pytest.mark.parametrize("case", [CROP, GROUPS_STRIDED, KERNEL_EQUALS_PADDED_INPUT], ids=["crop", "strided", "fill"])
+def test_conv2d_gradcheck_on_a_subset_of_inputs(xp, case: ConvCase, needs) -> None:
+    """Backward skips what no input needs: each gradient on its own is still right."""
+    arrays = case.arrays()
+    x, w, b = [minise.Tensor(to_xp(xp, a.copy()), requires_grad=r) for a, r in zip(arrays, needs)]
+    report = minise.gradcheck(_conv_fn(case), x, w, b)
+    assert [r.index for r in report.inputs] == [i for i, r in enumerate(needs) if r]
+
+
+# --------------------------------------------------------------------------------------------------
+# forward and backward against the naive loop
+# --------------------------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases())
+@example(case=BATCH_1)
+@example(case=ONE_CHANNEL)
+@example(case=SPATIAL_1X1)
+@example(case=KERNEL_EQUALS_PADDED_INPUT)
+@example(case=CROP)
+def test_conv2d_matches_naive_loop(xp, case: ConvCase) -> None:
+    xa, wa, ba = case.arrays()
+    x, w, b = _tensors(xp, xa, wa, ba)
+    y = F.conv2d(x, w, b, **case.kwargs())
+    assert y.shape == (case.n, case.o, *case.out_hw)
+    kw = case.kwargs()
+    np.testing.assert_allclose(y.numpy(), naive_conv2d(xa, wa, ba, **kw), rtol=1e-12, atol=1e-12)
+    gy = np.random.default_rng(case.seed + 1).standard_normal(y.shape)
+    y.backward(to_xp(xp, gy))
+    dx, dw, db = naive_conv2d_grads(xa, wa, gy, case.stride, case.padding, case.dilation, case.groups)
+    np.testing.assert_allclose(backend.to_host(x.grad), dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backend.to_host(w.grad), dw, rtol=1e-12, atol=1e-12)
+    if case.bias:
+        np.testing.assert_allclose(backend.to_host(b.grad), db, rtol=1e-12, atol=1e-12)
+
+
+def test_naive_loop_is_a_convolution() -> None:
+    """The reference itself, on a case worked by hand: a 2x2 kernel of ones sums each 2x2 window."""
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    y = naive_conv2d(x, np.ones((1, 1, 2, 2)), np.array([0.5]))
+    np.testing.assert_array_equal(
+        y[0, 0], [[0 + 1 + 3 + 4 + 0.5, 1 + 2 + 4 + 5 + 0.5], [3 + 4 + 6 + 7 + 0.5, 4 + 5 + 7 + 8 + 0.5]]
+    )
+    dx, dw, db = naive_conv2d_grads(x, np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)))
+    np.testing.assert_array_equal(dx[0, 0], [[1, 2, 1], [2, 4, 2], [1, 2, 1]])
+    np.testing.assert_array_equal(db, [4.0])
+
+
+# --------------------------------------------------------------------------------------------------
+# the internal paths of the backward, each by name
+# --------------------------------------------------------------------------------------------------
+PATHS = {
+    # name: (case, the input-gradient path, whether the transposed convolution crops gy)
+    "stride1-padded": (
+        ConvCase(n=2, c=2, o=3, h=5, w=4, kernel=(3, 2), padding=(1, 0), dilation=(2, 1)),
+        "flip",
+        False,
+    ),
+    "stride1-crop": (CROP, "flip", True),
+    "stride1-crop-one-axis": (ConvCase(n=2, c=2, o=2, h=4, w=3, kernel=(3, 1), padding=(1, 2)), "flip", True),
+    "stride1-groups": (ConvCase(n=2, c=4, o=6, h=4, w=4, kernel=(2, 3), padding=(1, 1), groups=2), "flip", False),
+    "stride1-depthwise": (ConvCase(n=2, c=3, o=3, h=4, w=5, kernel=(3, 3), padding=(2, 1), groups=3), "flip", False),
+    "stride2-col2im": (
+        ConvCase(n=2, c=2, o=3, h=6, w=7, kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
+        "col2im",
+        False,
+    ),
+    "stride-1x2-col2im": (
+        ConvCase(n=2, c=2, o=2, h=4, w=7, kernel=(2, 3), stride=(1, 2), padding=(1, 1)),
+        "col2im",
+        False,
+    ),
+    "stride3-dilated-col2im": (
+        ConvCase(n=2, c=2, o=2, h=8, w=8, kernel=(2, 3), stride=(3, 3), padding=(2, 1), dilation=(2, 2)),
+        "col2im",
+        False,
+    ),
+    "stride2-groups-col2im": (GROUPS_STRIDED, "col2im", False),
+}
+
+
+@pytest.mark.parametrize("name", list(PATHS))
+def test_backward_path(xp, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Each path is taken where the docstring says (spied on), and agrees with the naive loop and gradcheck."""
+    case, path, crops = PATHS[name]
+    calls: dict[str, list] = {"flip": [], "col2im": [], "pad": []}
+    real_flipped, real_col2im, real_pad = conv_module._flipped, conv_module.col2im, conv_module.pad_hw
+    monkeypatch.setattr(conv_module, "_flipped", lambda *a: calls["flip"].append(a) or real_flipped(*a))
+    monkeypatch.setattr(conv_module, "col2im", lambda *a: calls["col2im"].append(a) or real_col2im(*a))
+    monkeypatch.setattr(conv_module, "pad_hw", lambda g, ph, pw: calls["pad"].append((ph, pw)) or real_pad(g, ph, pw))
+
+    xa, wa, ba = case.arrays()
+    x, w, b = _tensors(xp, xa, wa, ba)
+    y = F.conv2d(x, w, b, **case.kwargs())
+    gy = np.random.default_rng(0).standard_normal(y.shape)
+    y.backward(to_xp(xp, gy))
+    assert calls[path], f"{name}: the {path} path was not taken"
+    assert not calls["col2im" if path == "flip" else "flip"]
+    if path == "flip":
+        assert any(min(q) < 0 for q in calls["pad"]) == crops, calls["pad"]
+    dx, dw, db = naive_conv2d_grads(xa, wa, gy, case.stride, case.padding, case.dilation, case.groups)
+    np.testing.assert_allclose(backend.to_host(x.grad), dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backend.to_host(w.grad), dw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backend.to_host(b.grad), db, rtol=1e-12, atol=1e-12)
+    x2, w2, b2 = _tensors(xp, xa, wa, ba)
+    assert minise.gradcheck(_conv_fn(case), x2, w2, b2).ok
+
+
+# --------------------------------------------------------------------------------------------------
+# chunks and threads
+# --------------------------------------------------------------------------------------------------
+def _spy_run_chunks(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[int, int]], set[str]]:
+    """Record (batch, chunk size) of every run_chunks call and the threads the chunks ran on."""
+    sizes: list[tuple[int, int]] = []
+    threads: set[str] = set()
+    real = backend.run_chunks
+
+    def spy(xp, batch, size, work):
+        sizes.append((batch, size))
+
+        def traced(a, z):
+            threads.add(threading.current_thread().name)
+            return work(a, z)
+
+        return real(xp, batch, size, traced)
+
+    monkeypatch.setattr(backend, "run_chunks", spy)
+    return sizes, threads
+
+
+CHUNK_CASES = {
+    "stride1": ConvCase(n=5, c=2, o=3, h=5, w=5, kernel=(3, 3), padding=(1, 1), seed=11),
+    "stride1-crop-groups": ConvCase(n=5, c=4, o=2, h=4, w=4, kernel=(1, 1), padding=(1, 1), groups=2, seed=12),
+    "stride2": ConvCase(n=5, c=2, o=2, h=7, w=6, kernel=(3, 2), stride=(2, 2), padding=(1, 1), seed=13),
+    "stride2-groups": ConvCase(
+        n=5, c=6, o=3, h=5, w=5, kernel=(2, 2), stride=(2, 1), groups=3, dilation=(2, 1), seed=14
+    ),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("chunk", [1, 2])
+@pytest.mark.parametrize("name", list(CHUNK_CASES))
+def test_chunked_conv_matches_naive_loop(monkeypatch: pytest.MonkeyPatch, name: str, chunk: int, threads: int) -> None:
+    """A batch of 5 cut into chunks of 1 or 2 images, run on 1 or 2 threads: same values as the loop."""
+    case = CHUNK_CASES[name]
+    monkeypatch.setenv("MINISE_NUM_THREADS", str(threads))
+    monkeypatch.setattr(backend, "chunk_size", lambda *args, **kwargs: chunk)
+    sizes, names = _spy_run_chunks(monkeypatch)
+    xa, wa, ba = case.arrays()
+    x, w, b = _tensors(np, xa, wa, ba)
+    y = F.conv2d(x, w, b, **case.kwargs())
+    gy = np.random.default_rng(1).standard_normal(y.shape)
+    y.backward(gy)
+    assert sizes == [(5, chunk), (5, chunk)]  # forward and backward, each in ceil(5 / chunk) > 1 chunks
+    if threads == 2 and backend._find_openblas() is not None:
+        assert any(n.startswith("minise") for n in names), names  # the chunks ran on the pool
+    if threads == 1:
+        assert names == {threading.current_thread().name}
+    np.testing.assert_allclose(y.numpy(), naive_conv2d(xa, wa, ba, **case.kwargs()), rtol=1e-12, atol=1e-12)
+    dx, dw, db = naive_conv2d_grads(xa, wa, gy, case.stride, case.padding, case.dilation, case.groups)
+    np.testing.assert_allclose(x.grad, dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(b.grad, db, rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_conv_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gradcheck through the chunked, threaded path (chunks of one image on two threads)."""
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+    monkeypatch.setattr(backend, "chunk_size", lambda *args, **kwargs: 1)
+    for case in (CHUNK_CASES["stride1-crop-groups"], ConvCase(n=3, c=2, o=2, h=4, w=3, kernel=(2, 2), stride=(2, 1))):
+        x, w, b = _tensors(np, *case.arrays())
+        assert minise.gradcheck(_conv_fn(case), x, w, b).ok
+
+
+def test_default_chunk_size_splits_the_batch_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unpatched: with two threads a batch of 6 is cut into chunks of at most 3, and the result is unchanged."""
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+    sizes, _ = _spy_run_chunks(monkeypatch)
+    case = ConvCase(n=6, c=2, o=2, h=5, w=5, kernel=(3, 3), padding=(1, 1), seed=21)
+    xa, wa, ba = case.arrays()
+    x, w, b = _tensors(np, xa, wa, ba)
+    y = F.conv2d(x, w, b, padding=1)
+    y.backward(np.ones(y.shape))
+    assert len(sizes) == 2 and all(1 <= size <= 3 for _, size in sizes)
+    np.testing.assert_allclose(y.numpy(), naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-12, atol=1e-12)
+    dx, dw, _ = naive_conv2d_grads(xa, wa, np.ones(y.shape), padding=(1, 1))
+    np.testing.assert_allclose(x.grad, dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs that are views
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_view(kind: str, x: np.ndarray) -> tuple[minise.Tensor, minise.Tensor, Callable[[np.ndarray], np.ndarray]]:
+    """A leaf holding x's values in another memory layout, and a tensor that reads it as (N, C, H, W)."""
+    if kind == "nhwc":  # stored (N, H, W, C), permuted to NCHW: H and W still merge into one axis
+        leaf = minise.Tensor(x.transpose(0, 2, 3, 1).copy(), requires_grad=True)
+        return leaf, leaf.transpose(0, 3, 1, 2), lambda g: g.transpose(0, 2, 3, 1)
+    if kind == "swap-hw":  # stored (N, C, W, H), e.g. after transposing images
+        leaf = minise.Tensor(x.transpose(0, 1, 3, 2).copy(), requires_grad=True)
+        return leaf, leaf.transpose(0, 1, 3, 2), lambda g: g.transpose(0, 1, 3, 2)
+    leaf = minise.Tensor(np.asfortranarray(x), requires_grad=True)  # "fortran": a column-major array
+    return leaf, leaf, lambda g: g
+
+
+@pytest.mark.parametrize(
+    ("kind", "stride"),
+    [
+        ("nhwc", 1),
+        ("swap-hw", 2),
+        ("fortran", 2),
+        ("swap-hw", 1),
+        ("fortran", 1),
+    ],
+)
+def test_conv2d_input_gradient_of_a_non_contiguous_input(kind: str, stride: int) -> None:
+    """conv2d of a non-contiguous input must get the same gradient as of a contiguous one.
+
+    BUG (stride 1, layouts where H and W cannot merge): Conv2dOp.backward allocates
+    ``dx = xp.empty_like(x)``, which copies x's memory layout; then ``dx[a:z]`` is not C-contiguous,
+    ``_conv_chunk`` writes into ``out.reshape(n, o, -1)``, a temporary copy, and dx is left as
+    uninitialised memory. Stride > 1 assigns ``dx[a:z] = col2im(...)`` and is right; an NHWC batch
+    permuted to NCHW happens to work because its H and W axes still merge. Fix:
+    ``xp.empty(x.shape, dtype=x.dtype)``.
+    """
+    rng = np.random.default_rng(0)
+    x_nchw, w = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3, 3, 3))
+    leaf, x, to_leaf_layout = _as_view(kind, x_nchw)
+    assert not x.data.flags.c_contiguous
+    y = F.conv2d(x, minise.Tensor(w), stride=stride, padding=1)
+    np.testing.assert_allclose(y.numpy(), naive_conv2d(x_nchw, w, None, (stride, stride), (1, 1)), atol=1e-12)
+    gy = rng.standard_normal(y.shape)
+    y.backward(gy)
+    dx, _, _ = naive_conv2d_grads(x_nchw, w, gy, (stride, stride), (1, 1))
+    np.testing.assert_allclose(leaf.grad, to_leaf_layout(dx), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# PyTorch
+# --------------------------------------------------------------------------------------------------
+@requires_torch
+@pytest.mark.torch
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases())
+@example(case=BATCH_1)
+@example(case=SPATIAL_1X1_PADDED)
+@example(case=KERNEL_EQUALS_PADDED_INPUT)
+@example(case=CROP)
+@example(case=GROUPS_STRIDED)
+def test_conv2d_matches_torch(xp, case: ConvCase) -> None:
+    import torch
+
+    xa, wa, ba = case.arrays()
+    x, w, b = _tensors(xp, xa, wa, ba)
+    y = F.conv2d(x, w, b, **case.kwargs())
+    gy = np.random.default_rng(case.seed).standard_normal(y.shape)
+    y.backward(to_xp(xp, gy))
+    tx, tw = torch.tensor(xa, requires_grad=True), torch.tensor(wa, requires_grad=True)
+    tb = None if ba is None else torch.tensor(ba, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, **case.kwargs())
+    ty.backward(torch.tensor(gy))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(backend.to_host(x.grad), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(backend.to_host(w.grad), tw.grad.numpy(), rtol=1e-10, atol=1e-12)
+    if tb is not None:
+        np.testing.assert_allclose(backend.to_host(b.grad), tb.grad.numpy(), rtol=1e-10, atol=1e-12)
