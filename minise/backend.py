@@ -295,9 +295,11 @@ def chunk_size(xp: ModuleType, batch: int, bytes_per_item: int, budget: int = 4 
     """
     if xp is not np:
         return batch
+    threads = num_threads()
     by_cache = max(1, budget // max(1, bytes_per_item))
-    by_threads = max(1, -(-batch // num_threads()))
-    return max(1, min(batch, by_cache, by_threads))
+    chunks = -(-batch // by_cache)  # as few chunks as fit the budget ...
+    chunks = -(-chunks // threads) * threads  # ... rounded up to a multiple of the threads, so none idles
+    return max(1, -(-batch // chunks))
 
 
 def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int], Any]) -> list[Any]:

@@ -37,7 +37,8 @@ class BatchNormOp(Function):
     How it is computed: every formula above is per channel an affine map, y = a x + b and
     dx = A gy + B x + C with (C,) coefficients, plus a few per-channel sums. So the op works through
     the batch in chunks of a few images (on all cores, see ``backend.run_chunks``): one pass for the
-    sums, one for the affine map, each chunk small enough to stay in cache, instead of a chain of
+    sums (the moments combined across chunks exactly, see ``_batch_moments``), one for the affine
+    map, each chunk small enough to stay in cache, instead of a chain of
     whole-batch temporaries (x - mu, its square, xhat, gamma xhat ...) each streamed through memory.
     xhat is not stored; backward recomputes it from x, mu and 1/sqrt(var + eps).
     """
@@ -56,15 +57,7 @@ class BatchNormOp(Function):
         m = n * x3.shape[2]
         size = backend.chunk_size(xp, n, x3[0].nbytes, budget=1 << 20)
         if self.training:
-            # two passes over x: the mean, then the variance around it (more accurate than E[x^2] - mu^2)
-            mu = _sum_chunks(xp, n, size, lambda a, z: x3[a:z].sum(axis=(0, 2))) / m  # (C,)
-            mu3 = mu.reshape(1, c, 1).astype(x.dtype)
-
-            def sq(a: int, z: int) -> Any:
-                xc = x3[a:z] - mu3
-                return xp.einsum("ncl,ncl->c", xc, xc)
-
-            var = _sum_chunks(xp, n, size, sq) / m  # (C,) biased
+            mu, var = _batch_moments(xp, x3, size)  # (C,), (C,) biased
             if self.running_mean is not None:
                 self.running_mean *= 1 - self.momentum
                 self.running_mean += self.momentum * mu
@@ -99,11 +92,12 @@ class BatchNormOp(Function):
         need_x, need_g, need_b = self.needs_input_grad
 
         def sums(a: int, z: int) -> Any:  # (2, C): sum gy and sum gy * x
-            return xp.stack([g3[a:z].sum(axis=(0, 2)), xp.einsum("ncl,ncl->c", g3[a:z], x3[a:z])])
+            return xp.stack([xp.einsum("ncl->c", g3[a:z]), xp.einsum("ncl,ncl->c", g3[a:z], x3[a:z])])
 
         s = _sum_chunks(xp, n, size, sums)
-        dbeta = s[0]  # sum gy
-        dgamma = (s[1] - mu * s[0]) * inv_std  # sum gy * xhat = (sum gy x - mu sum gy) / sigma
+        # the sums were accumulated in float64; the gradients take the input's dtype, as every gradient does
+        dbeta = s[0].astype(x.dtype)  # sum gy
+        dgamma = ((s[1] - mu * s[0]) * inv_std).astype(x.dtype)  # sum gy * xhat = (sum gy x - mu sum gy) / sigma
         dx = None
         if need_x:
             scale = inv_std if gamma is None else gamma * inv_std  # (C,)
@@ -126,6 +120,30 @@ class BatchNormOp(Function):
 
             backend.run_chunks(xp, n, size, grad)
         return dx, dgamma if need_g else None, dbeta if need_b else None
+
+
+def _batch_moments(xp: Any, x3: Any, size: int) -> tuple[Any, Any]:
+    """Per-channel mean and biased variance of x3 (N, C, L) over axes 0 and 2, in one sweep over memory.
+
+    Each chunk computes its own mean and sum of squared deviations M2 while it is in cache (two
+    passes over the chunk, none over memory again); the chunks are then combined exactly, as in Chan
+    et al.'s parallel algorithm:  mean = sum_i n_i m_i / n,  M2 = sum_i M2_i + sum_i n_i (m_i - mean)^2.
+    This is as accurate as the two-pass formula, unlike E[x^2] - mean^2, which cancels in float32.
+    """
+    n, c, length = x3.shape
+
+    def moments(a: int, z: int) -> Any:
+        chunk = x3[a:z]
+        count = (z - a) * length
+        m = xp.einsum("ncl->c", chunk) / count  # (C,) chunk mean
+        centred = chunk - m.reshape(1, c, 1).astype(chunk.dtype)
+        return count, m, xp.einsum("ncl,ncl->c", centred, centred)
+
+    parts = backend.run_chunks(xp, n, size, moments)
+    total = sum(p[0] for p in parts)
+    mean = sum(p[0] * p[1].astype(xp.float64) for p in parts) / total
+    m2 = sum(p[2].astype(xp.float64) + p[0] * (p[1] - mean) ** 2 for p in parts)
+    return mean, m2 / total
 
 
 def _sum_chunks(xp: Any, n: int, size: int, part: Any) -> Any:
