@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import numpy as np
 from minise import backend
 
 FORMAT = "minise-checkpoint-1"
+ZIP_MAGIC = b"PK\x03\x04"  # how every .npz (a zip archive) begins
 
 
 class CheckpointError(ValueError):
@@ -37,9 +38,12 @@ def save_checkpoint(path: str | Path, meta: dict[str, Any], arrays: dict[str, An
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {name: backend.to_host(a) for name, a in arrays.items()}
-    meta = {"format": FORMAT, **meta}
+    meta = {**meta, "format": FORMAT}  # ours wins: a caller's "format" key would make the file unreadable
     payload["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A fresh name in the same folder (os.replace is atomic only within one file system), created
+    # exclusively and with the permissions the umask gives any new file (mkstemp would make it 0600).
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)  # type: ignore[arg-type]
@@ -52,28 +56,62 @@ def save_checkpoint(path: str | Path, meta: dict[str, Any], arrays: dict[str, An
     return path
 
 
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(meta, arrays) from a checkpoint; raises CheckpointError with a one-line reason if it is unusable."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist - check the path (runs keep last.npz and best.npz)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file - give the .npz file, e.g. {path / 'last.npz'}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path} ({_one_line(e)}) - check its permissions") from None
+    if head != ZIP_MAGIC:
+        # Checked before numpy.load, which would otherwise read a .npy file as one array, or say of
+        # random bytes that they might be a pickle to load "unsafely".
+        what = "empty" if not head else "truncated" if ZIP_MAGIC.startswith(head) else "not a .npz archive"
+        raise CheckpointError(f"{path} is not a minise checkpoint ({what}) - use a .npz file written by minise.train")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # an object array: pickled Python objects, which minise never writes
+            raise CheckpointError(
+                f"checkpoint {path} holds pickled Python objects, which minise never writes and does not load "
+                "(loading a pickle can run code) - use a checkpoint written by minise.train"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}) - "
-            "use another checkpoint, e.g. best.npz"
+            f"checkpoint {path} is corrupt or truncated ({_one_line(e)}) - use another checkpoint, e.g. best.npz"
         ) from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, NotImplementedError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({_one_line(e)}) - use another checkpoint, e.g. best.npz"
+        ) from None
+    not_arrays = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if not_arrays:  # numpy.load hands back the raw bytes of a zip member that is not a .npy file
+        raise CheckpointError(
+            f"{path} is not a minise checkpoint (entry {not_arrays[0]!r} is not an array) - use one minise.train wrote"
+        )
     raw = arrays.pop("__meta__", None)
     if raw is None:
-        raise CheckpointError(f"{path} is not a minise checkpoint (no __meta__ entry)")
+        raise CheckpointError(f"{path} is not a minise checkpoint (no __meta__ entry) - use one minise.train wrote")
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({e})") from None
+        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({_one_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has metadata of type {type(meta).__name__}, not a JSON object")
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise CheckpointError(
+            f"{path} has format {meta.get('format')!r}, expected {FORMAT!r} - it was not written by this minise"
+        )
     return meta, arrays
 
 

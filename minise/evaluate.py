@@ -26,6 +26,13 @@ from minise.nn import Module
 from minise.tensor import Tensor
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit status 2), not a usage block."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 @dataclass
 class EvalResult:
     loss: float
@@ -79,7 +86,16 @@ def model_from_checkpoint(meta: dict[str, Any], arrays: dict[str, np.ndarray], p
     name = meta.get("model")
     if name not in models.list_models():
         raise CheckpointError(f"checkpoint {path} holds model {name!r}, which this minise does not know")
-    model = models.create(name, num_classes=meta["num_classes"], **meta.get("model_options", {}))
+    num_classes, options = meta.get("num_classes"), meta.get("model_options", {})
+    if not isinstance(num_classes, int) or not isinstance(options, dict):
+        raise CheckpointError(
+            f"checkpoint {path} has num_classes {num_classes!r} and model_options {options!r} - expected an int "
+            "and a dict; it was not written by minise.train"
+        )
+    try:
+        model = models.create(name, num_classes=num_classes, **options)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: cannot build {name} with {options}: {e}") from None
     try:
         model.load_state_dict(split(arrays, "model"))
     except (KeyError, ValueError) as e:
@@ -90,31 +106,48 @@ def model_from_checkpoint(meta: dict[str, Any], arrays: dict[str, np.ndarray], p
 def main(argv: list[str] | None = None) -> int:
     from minise import data  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(prog="python -m minise.evaluate", description="Evaluate a minise checkpoint.")
+    p = OneLineParser(prog="python -m minise.evaluate", description="Evaluate a minise checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a .npz checkpoint written by minise.train")
     p.add_argument("--dataset", default=None, help=f"one of {', '.join(data.DATASETS)} (default: the training one)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set (default: the cache)")
     p.add_argument("--download", action="store_true", help="download the data set if it is missing")
     p.add_argument("--backend", choices=backend.BACKENDS, default=None)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--test-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="for quick checks: only the first N held-out images (shapes: draw N instead of 1,000)",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--plot", default=None, help="write the confusion matrix to this PNG")
     args = p.parse_args(argv)
+    for flag in ("batch_size", "test_images"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     try:
         if args.backend:
             backend.set_backend(args.backend)
         meta, arrays = load_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(meta, arrays, args.checkpoint)
         dataset = args.dataset or meta.get("dataset", "shapes")
         if dataset != meta.get("dataset", dataset):
             num = meta["num_classes"]
             print(f"note: the model was trained on {meta.get('dataset')} ({num} classes)", file=sys.stderr)
-        test = data.load_dataset(dataset, root=args.data_dir, train=False, download=args.download)
+        if dataset == "shapes" and args.test_images is not None:
+            test = data.load_shapes(train=False, n=args.test_images)
+        else:
+            test = data.load_dataset(dataset, root=args.data_dir, train=False, download=args.download)
+            if args.test_images is not None:
+                n = args.test_images
+                test = data.Dataset(test.images[:n], test.labels[:n], test.classes, test.name)
         if int(test.labels.max()) >= meta["num_classes"]:
             raise CheckpointError(
                 f"{dataset} has more classes than the checkpoint's model ({meta['num_classes']}) - "
                 "evaluate on the data set it was trained on"
             )
-        model = model_from_checkpoint(meta, arrays, args.checkpoint)
         norm = meta.get("normalize", {})
         loader = data.DataLoader(
             test.images, test.labels, args.batch_size, mean=norm.get("mean"), std=norm.get("std"), prefetch=2
@@ -124,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         from minise.plotting import plot_confusion  # noqa: PLC0415
 
         plot_confusion(result.confusion, test.classes, plot, title=f"{meta['model']} on {dataset}")
-    except (CheckpointError, backend.BackendUnavailableError, FileNotFoundError, ValueError, OSError) as e:
+    except (CheckpointError, backend.BackendUnavailableError, data.DownloadError, ValueError, OSError) as e:
         print(f"minise.evaluate: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -11,6 +11,9 @@ epoch, and exits; ``--resume`` continues from it to exactly the result an uninte
 same seed would have reached (the batches are a function of seed, epoch and index; the checkpoint
 holds weights, momentum buffers, schedule, BN statistics and the RNG state). A loss that turns NaN or
 infinite stops the run with the epoch and step, keeping the last good checkpoint.
+
+For a smoke run that takes seconds, use a few images: ``--train-images 64 --test-images 32
+--batch-size 16 --epochs 1``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +32,17 @@ import minise
 from minise import backend, data, models, optim
 from minise import functional as F
 from minise.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, split
-from minise.evaluate import evaluate, model_from_checkpoint
+from minise.evaluate import OneLineParser, evaluate, model_from_checkpoint
 from minise.nn import Module
 from minise.plotting import plot_curves
 from minise.progress import Progress
 from minise.tensor import Tensor
 
+# arguments that fix the batches, the schedule and what a position means: a resumed run must keep them
+RESUME_KEYS = ("batch_size", "seed", "train_images", "no_augment", "epochs", "schedule", "warmup_epochs")
 SE_OPTIONS = ("reduction", "min_channels", "se_bias", "squeeze", "gate", "placement", "se_stages")
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+NUMPY_FP_WARNINGS = r"(overflow|invalid value|divide by zero) encountered"
 
 
 class TrainError(Exception):
@@ -44,13 +51,6 @@ class TrainError(Exception):
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
         super().__init__(message)
         self.code = code
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit status 2), not a usage block."""
-
-    def error(self, message: str) -> Any:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--download", action="store_true", help="download the data set if it is missing")
     d.add_argument("--no-augment", action="store_true", help="no random crop and flip")
+    d.add_argument(
+        "--train-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="for quick runs: use only the first N training images (shapes: draw N instead of 5,000)",
+    )
+    d.add_argument(
+        "--test-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="for quick runs: evaluate on the first N held-out images only (shapes: draw N instead of 1,000)",
+    )
     m = p.add_argument_group("model")
     m.add_argument("--model", default="se_resnet20", help="a name from minise.models.list_models()")
     m.add_argument("--reduction", type=int, default=None, help="SE reduction ratio r (default 16)")
@@ -124,6 +138,28 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def load_split(args: argparse.Namespace, train: bool) -> data.Dataset:
+    """The training or held-out split, cut to ``--train-images`` / ``--test-images`` if given.
+
+    CIFAR keeps its first N images. ``shapes`` is drawn from a seed and its images depend on how many
+    are drawn, so N images are drawn instead of the default number (drawing 6,000 to keep a few
+    would make a smoke run mostly image drawing)."""
+    n = args.train_images if train else args.test_images
+    if args.dataset == "shapes" and n is not None:
+        return data.load_shapes(train=train, n=n)
+    ds = data.load_dataset(args.dataset, root=args.data_dir, train=train, download=args.download)
+    if n is None or n >= len(ds):
+        return ds
+    return data.Dataset(
+        images=ds.images[:n],
+        labels=ds.labels[:n],
+        classes=ds.classes,
+        name=ds.name,
+        coarse_labels=None if ds.coarse_labels is None else ds.coarse_labels[:n],
+        coarse_classes=ds.coarse_classes,
+    )
+
+
 def normalization(name: str, train: data.Dataset) -> tuple[list[float], list[float]]:
     """Per-channel mean and std: the published ones for CIFAR, measured on the training set otherwise."""
     if name == "cifar10":
@@ -132,6 +168,25 @@ def normalization(name: str, train: data.Dataset) -> tuple[list[float], list[flo
         return list(data.CIFAR100_MEAN), list(data.CIFAR100_STD)
     mean, std = data.channel_stats(train.images)
     return [float(v) for v in mean], [float(v) for v in std]
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuse numeric options out of range with a TrainError naming the flag (before any work is done)."""
+    at_least_one = ["epochs", "batch_size", "train_images", "test_images"]
+    for flag in at_least_one:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise TrainError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if not args.lr > 0 or not math.isfinite(args.lr):
+        raise TrainError(f"--lr must be a positive number, got {args.lr}")
+    for flag in ("momentum", "weight_decay", "warmup_epochs"):
+        value = getattr(args, flag)
+        if not value >= 0 or not math.isfinite(value):
+            raise TrainError(f"--{flag.replace('_', '-')} must be a number >= 0, got {value}")
+    if args.nesterov and args.momentum == 0:
+        raise TrainError("--nesterov needs momentum - give --momentum greater than 0 (e.g. 0.9)")
+    if not 0 <= args.label_smoothing < 1:
+        raise TrainError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
 
 
 def build_schedule(optimizer: optim.SGD, schedule: str, total: int, warmup: int) -> optim.LRScheduler:
@@ -161,16 +216,12 @@ class Run:
             raise TrainError(f"unknown data set {args.dataset!r} - use one of {', '.join(data.DATASETS)}")
         if args.model not in models.list_models():
             raise TrainError(f"unknown model {args.model!r} - use one of {', '.join(models.list_models())}")
-        for flag in ("epochs", "batch_size"):
-            if getattr(args, flag) < 1:
-                raise TrainError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-        if args.lr <= 0:
-            raise TrainError(f"--lr must be positive, got {args.lr}")
+        check_numbers(args)
         if args.backend:
             backend.set_backend(args.backend)
         self.out = Path(args.out or f"runs/{args.dataset}-{args.model}-s{args.seed}")
-        self.train_set = data.load_dataset(args.dataset, root=args.data_dir, train=True, download=args.download)
-        self.test_set = data.load_dataset(args.dataset, root=args.data_dir, train=False, download=args.download)
+        self.train_set = load_split(args, train=True)
+        self.test_set = load_split(args, train=False)
         self.num_classes = len(self.train_set.classes)
         self.mean, self.std = normalization(args.dataset, self.train_set)
         self.options = model_options(args)
@@ -179,10 +230,7 @@ class Run:
             self.model: Module = models.create(args.model, num_classes=self.num_classes, **self.options)
         except (TypeError, ValueError) as e:
             raise TrainError(f"cannot build {args.model} with {self.options}: {e}") from None
-        groups = optim.param_groups_no_decay(self.model, args.weight_decay)
-        self.optimizer = optim.SGD(
-            groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay
-        )
+        self.optimizer = self.build_optimizer()
         transform = None if args.no_augment else data.train_transform()
         self.train_loader = data.DataLoader(
             self.train_set.images,
@@ -211,6 +259,22 @@ class Run:
         self.sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
         self.history: list[dict[str, Any]] = []
         self.stop_requested = False
+        self.last_saved: Path | None = None  # the last good checkpoint of this run: a resumed or saved last.npz
+
+    def diverged(self, what: str) -> TrainError:
+        """The error (exit 3) that stops a diverged run; the checkpoints on disk are left as they are."""
+        last = self.last_saved
+        kept = f"{last} keeps the last good state" if last else "no checkpoint of this run had been written yet"
+        return TrainError(f"{what} - stopped; {kept}. Try a lower --lr or more --warmup-epochs", EXIT_DIVERGED)
+
+    def build_optimizer(self) -> optim.SGD:
+        """SGD over the model's parameters, with weight decay off for BN and bias parameters."""
+        a = self.args
+        groups = optim.param_groups_no_decay(self.model, a.weight_decay)
+        try:
+            return optim.SGD(groups, lr=a.lr, momentum=a.momentum, nesterov=a.nesterov, weight_decay=a.weight_decay)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
 
     # ------------------------------------------------------------------ checkpoints
     def meta(self) -> dict[str, Any]:
@@ -232,43 +296,85 @@ class Run:
             "rng_state": backend.get_rng_state(),
         }
 
+    def check_weights(self) -> None:
+        """Stop (exit 3) if a parameter or buffer is no longer finite: a step can overflow the weights while
+        its own loss is still finite, and such weights must never overwrite the last good checkpoint."""
+        state = self.model.state_dict()
+        xp = backend.get_array_module(next(iter(state.values())))
+        bad = [k for k, v in state.items() if not bool(xp.isfinite(v).all())]
+        if bad:
+            e, k = self.epoch, self.step_in_epoch
+            where = f"epoch {e + 1}, step {k}" if k else f"the end of epoch {e}"
+            raise self.diverged(f"the weights ({bad[0]}, ...) became NaN or infinite by {where}")
+
     def save(self, name: str) -> Path:
+        """Write ``name`` in the run folder atomically (after :meth:`check_weights`)."""
+        self.check_weights()
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
-        for index, state in self.optimizer.state_dict()["state"].items():
-            for key, value in state.items():
+        for index, entry in self.optimizer.state_dict()["state"].items():
+            for key, value in entry.items():
                 arrays[f"optim/{index}/{key}"] = value
-        return save_checkpoint(self.out / name, self.meta(), arrays)
+        path = save_checkpoint(self.out / name, self.meta(), arrays)
+        if name == "last.npz":
+            self.last_saved = path
+        return path
 
     def resume(self, path: Path) -> None:
+        """Restore the model, optimiser, schedule, position and RNG from a checkpoint of this same run;
+        CheckpointError (one line) for one of another model, data set or batch sequence, or a damaged one."""
         meta, arrays = load_checkpoint(path)
         if meta.get("model") != self.args.model or meta.get("model_options") != self.options:
             raise CheckpointError(
                 f"checkpoint {path} is of {meta.get('model')} {meta.get('model_options')}, not "
                 f"{self.args.model} {self.options} - resume with the same --model and SE options"
             )
+        if meta.get("dataset") != self.args.dataset or meta.get("num_classes") != self.num_classes:
+            raise CheckpointError(
+                f"checkpoint {path} was trained on {meta.get('dataset')} ({meta.get('num_classes')} classes), not "
+                f"{self.args.dataset} ({self.num_classes}) - resume with the same --dataset"
+            )
+        saved = meta.get("config", {})
+        for key in RESUME_KEYS:
+            if key in saved and saved[key] != getattr(self.args, key):
+                flag = "--" + key.replace("_", "-")
+                raise CheckpointError(
+                    f"checkpoint {path} was trained with {flag} {saved[key]}, not {getattr(self.args, key)} - "
+                    "resume with the same arguments (the batches, the schedule and the position depend on them)"
+                )
         self.model = model_from_checkpoint(meta, arrays, path)
-        state: dict[int, dict[str, Any]] = {}
-        for key, value in split(arrays, "optim").items():
-            index, name = key.split("/", 1)
-            state.setdefault(int(index), {})[name] = value
-        groups = optim.param_groups_no_decay(self.model, self.args.weight_decay)
-        self.optimizer = optim.SGD(
-            groups,
-            lr=self.args.lr,
-            momentum=self.args.momentum,
-            nesterov=self.args.nesterov,
-            weight_decay=self.args.weight_decay,
-        )
-        self.optimizer.load_state_dict({"param_groups": meta["optimizer"], "state": state})
-        self.scheduler = build_schedule(self.optimizer, self.args.schedule, self.total_steps, self.warmup_steps)
-        self.scheduler.load_state_dict(meta["scheduler"])
-        self.epoch, self.step_in_epoch, self.best = meta["epoch"], meta["step_in_epoch"], meta["best_acc"]
-        self.sums = meta["epoch_sums"]
-        backend.set_rng_state(meta["rng_state"])
+        try:
+            state: dict[int, dict[str, Any]] = {}
+            for key, value in split(arrays, "optim").items():
+                index, name = key.split("/", 1)
+                state.setdefault(int(index), {})[name] = value
+            self.optimizer = self.build_optimizer()
+            self.optimizer.load_state_dict({"param_groups": meta["optimizer"], "state": state})
+            self.scheduler = build_schedule(self.optimizer, self.args.schedule, self.total_steps, self.warmup_steps)
+            self.scheduler.load_state_dict(meta["scheduler"])
+            self.epoch, self.step_in_epoch, self.best = meta["epoch"], meta["step_in_epoch"], meta["best_acc"]
+            self.sums = {k: float(meta["epoch_sums"][k]) for k in self.sums}
+            backend.set_rng_state(meta["rng_state"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(
+                f"checkpoint {path} has an unusable training state ({type(e).__name__}: {e}) - "
+                "start a new run or use another checkpoint"
+            ) from None
+        if not 0 <= self.step_in_epoch < self.steps_per_epoch:
+            raise CheckpointError(
+                f"checkpoint {path} is at step {self.step_in_epoch} of an epoch of {self.steps_per_epoch} - "
+                "it was saved with other data or batch size; resume with the same arguments"
+            )
+        self.last_saved = path
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():
-            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            self.history = [m for m in lines if m["epoch"] <= self.epoch]
+            try:
+                lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+                self.history = [m for m in lines if m["epoch"] <= self.epoch]
+            except (ValueError, KeyError, TypeError) as e:
+                raise TrainError(
+                    f"{metrics} is not one JSON object with an 'epoch' per line ({type(e).__name__}: {e}) - "
+                    "repair or delete it to resume"
+                ) from None
 
     # ------------------------------------------------------------------ the loop
     def train_epoch(self) -> None:
@@ -281,18 +387,15 @@ class Run:
         try:
             for xb, yb in self.train_loader.iter_epoch(self.epoch, self.step_in_epoch):
                 t0 = time.perf_counter()
-                step = self.epoch * self.steps_per_epoch + self.step_in_epoch
+                step_in = self.step_in_epoch
+                step = self.epoch * self.steps_per_epoch + step_in
                 lr = self.optimizer.param_groups[0]["lr"]
                 x, y = Tensor(backend.to_device(xb)), backend.to_device(yb)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=a.label_smoothing)
                 value = float(loss.item())
                 if not math.isfinite(value):
-                    raise TrainError(
-                        f"the loss became {value} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} - "
-                        "stopped; last.npz keeps the last good state. Try a lower --lr or more --warmup-epochs",
-                        EXIT_DIVERGED,
-                    )
+                    raise self.diverged(f"the loss became {value} at epoch {self.epoch + 1}, step {step_in + 1}")
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -320,6 +423,8 @@ class Run:
             bar.close()
 
     def end_epoch(self) -> dict[str, Any]:
+        """Evaluate, append to metrics.jsonl, write last.npz (and best.npz), redraw the curves."""
+        self.check_weights()  # before anything is written for this epoch
         result = evaluate(self.model, self.test_loader, self.num_classes)
         s = self.sums
         record = {
@@ -329,7 +434,8 @@ class Run:
             "test_loss": result.loss,
             "test_acc": result.top1,
             "test_top5": result.top5,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            # the rate the epoch's last step used (the optimiser already holds the next step's)
+            "lr": self.scheduler.lr_at((self.epoch + 1) * self.steps_per_epoch - 1)[0],
             "images_per_s": s["seen"] / max(s["seconds"], 1e-9),
             "seconds": s["seconds"],
         }
@@ -347,23 +453,53 @@ class Run:
         plot_curves(self.history, self.out / "curves.png", title=f"{self.args.model} on {self.args.dataset}")
         return record
 
+    def loop(self) -> int:
+        """Train and evaluate epoch after epoch up to --epochs; 0 when done, EXIT_INTERRUPTED when stopped."""
+        a = self.args
+        # Printed once Ctrl-C is handled: from this line on, an interrupt always saves a checkpoint.
+        print(
+            f"{a.model} ({self.model.num_parameters():,} parameters) on {a.dataset}: {len(self.train_set)} "
+            f"train / {len(self.test_set)} held-out images, backend {backend.get_backend()}, run folder "
+            f"{self.out}",
+            file=sys.stderr,
+        )
+        while self.epoch < a.epochs:
+            self.train_epoch()
+            if self.stop_requested and self.step_in_epoch < self.steps_per_epoch:
+                path = self.save("last.npz")
+                print(
+                    f"stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {path} - continue with "
+                    f"--resume (same arguments)",
+                    file=sys.stderr,
+                )
+                return EXIT_INTERRUPTED
+            r = self.end_epoch()
+            print(
+                f"epoch {r['epoch']}/{a.epochs}: train loss {r['train_loss']:.4f} "
+                f"acc {100 * r['train_acc']:.2f}% | "
+                f"held-out loss {r['test_loss']:.4f} top-1 {100 * r['test_acc']:.2f}% top-5 "
+                f"{100 * r['test_top5']:.2f}% | {r['images_per_s']:.0f} img/s",
+                file=sys.stderr,
+            )
+            if self.stop_requested:
+                print(f"stopped after epoch {self.epoch}; continue with --resume", file=sys.stderr)
+                return EXIT_INTERRUPTED
+        return 0
+
     def run(self) -> int:
         a = self.args
-        self.out.mkdir(parents=True, exist_ok=True)
         if a.resume:
             path = self.out / "last.npz" if a.resume == "auto" else Path(a.resume)
             self.resume(path)
+        self.out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder behind
+        if a.resume:
             # metrics.jsonl is rewritten to the checkpoint's epochs, so a resumed file has no duplicates
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
             print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}", file=sys.stderr)
         else:
             (self.out / "metrics.jsonl").write_text("")
-        (self.out / "config.json").write_text(json.dumps(vars(a) | {"model_options": self.options}, indent=2))
-        print(
-            f"{a.model} ({self.model.num_parameters():,} parameters) on {a.dataset}: {len(self.train_set)} train / "
-            f"{len(self.test_set)} held-out images, backend {backend.get_backend()}, run folder {self.out}",
-            file=sys.stderr,
-        )
+        config = vars(a) | {"model_options": self.options, "num_parameters": self.model.num_parameters()}
+        (self.out / "config.json").write_text(json.dumps(config, indent=2))
 
         previous = signal.getsignal(signal.SIGINT)
 
@@ -376,29 +512,16 @@ class Run:
 
         signal.signal(signal.SIGINT, on_sigint)
         try:
-            while self.epoch < a.epochs:
-                self.train_epoch()
-                if self.stop_requested and self.step_in_epoch < self.steps_per_epoch:
-                    path = self.save("last.npz")
-                    print(
-                        f"stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {path} - continue with "
-                        f"--resume (same arguments)",
-                        file=sys.stderr,
-                    )
-                    return EXIT_INTERRUPTED
-                r = self.end_epoch()
-                print(
-                    f"epoch {r['epoch']}/{a.epochs}: train loss {r['train_loss']:.4f} "
-                    f"acc {100 * r['train_acc']:.2f}% | "
-                    f"held-out loss {r['test_loss']:.4f} top-1 {100 * r['test_acc']:.2f}% top-5 "
-                    f"{100 * r['test_top5']:.2f}% | {r['images_per_s']:.0f} img/s",
-                    file=sys.stderr,
-                )
-                if self.stop_requested:
-                    print(f"stopped after epoch {self.epoch}; continue with --resume", file=sys.stderr)
-                    return EXIT_INTERRUPTED
+            # A diverging run overflows in NumPy before its loss turns NaN: rather than a screen of
+            # RuntimeWarnings, the loss and weight checks (see diverged) report it in one line. (A warnings
+            # filter, not np.errstate, which would not reach the ops' worker threads.)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", NUMPY_FP_WARNINGS, RuntimeWarning)
+                status = self.loop()
         finally:
             signal.signal(signal.SIGINT, previous)
+        if status != 0:
+            return status
         print(f"done: best held-out top-1 {100 * self.best:.2f}%; curves in {self.out / 'curves.png'}")
         return 0
 
