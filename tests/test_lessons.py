@@ -1,0 +1,279 @@
+"""The lessons: every lesson runs end to end (fast mode, NumPy backend) with all its asserts holding;
+lesson 9's NumPy backward equals the fused SE op; lesson 9 and SqueezeExciteOp's docstring state the
+same formulas; the runner's command line and its error reporting; the table of contents."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import minise
+import minise.functional as F
+from minise import lessons
+from minise.functional.squeeze_excite import SqueezeExciteOp
+
+LESSONS = lessons.lesson_files()
+LESSON_09 = lessons.lessons_dir() / "09_the_excitation_gradient.md"
+
+
+@pytest.fixture(scope="module")
+def namespace(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], dict[str, Any]]:
+    """Run a lesson once per test module (on the NumPy backend) and hand out its namespace."""
+    cache: dict[Path, dict[str, Any]] = {}
+
+    def run(path: Path) -> dict[str, Any]:
+        if path not in cache:
+            with minise.use_backend("numpy"):
+                cache[path] = lessons.run_lesson(path, fast=True, figures=tmp_path_factory.mktemp(path.stem))
+        return cache[path]
+
+    return run
+
+
+def test_the_lessons_are_there() -> None:
+    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 10)]
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_lesson_runs_and_its_checks_hold(path: Path, namespace: Callable[[Path], dict[str, Any]]) -> None:
+    ns = namespace(path)  # raises LessonError, naming block and line, if any block (any assert) fails
+    assert ns["FAST"] is True and isinstance(ns["FIGURES"], Path)
+
+
+# --------------------------------------------------------------------------------------------------
+# lesson 9: the excitation gradient
+# --------------------------------------------------------------------------------------------------
+SE_CASES = [
+    ((2, 8, 4, 4), 2, True, 0),
+    ((3, 6, 5, 3), 3, False, 1),
+    ((1, 4, 1, 1), 5, True, 2),  # batch 1, 1x1 spatial, R > C
+    ((4, 16, 7, 7), 4, False, 3),
+]
+
+
+@pytest.mark.parametrize("shape, r, biases, seed", SE_CASES)
+def test_lesson_09_numpy_backward_equals_squeeze_excite(
+    namespace: Callable[[Path], dict[str, Any]], shape: tuple[int, ...], r: int, biases: bool, seed: int
+) -> None:
+    se_backward_numpy = namespace(LESSON_09)["se_backward_numpy"]
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x, g = rng.standard_normal(shape), rng.standard_normal(shape)
+    w1, w2 = rng.standard_normal((r, c)), rng.standard_normal((c, r))
+    b1 = rng.standard_normal(r) if biases else None
+    b2 = rng.standard_normal(c) if biases else None
+    tensors = [None if a is None else minise.Tensor(a.copy(), requires_grad=True) for a in (x, w1, b1, w2, b2)]
+    F.squeeze_excite(*tensors).backward(g)
+
+    ours = se_backward_numpy(x, w1, b1, w2, b2, g)
+    assert len(ours) == 5
+    for name, a, t in zip(("dx", "dw1", "db1", "dw2", "db2"), ours, tensors):
+        if t is None:
+            assert a is None, f"{name}: no bias, so no bias gradient"
+            continue
+        assert a.shape == t.shape, name
+        np.testing.assert_allclose(a, t.grad, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+def backward_formulas(doc: str) -> list[str]:
+    """The formulas on the lines after "Backward" in a docstring, without trailing shape notes like "(N, C)".
+
+    A line may hold two formulas separated by a comma and several spaces ("dW2  = g_a2^T h,   db2 = ...").
+    The formulas end at the first line without "=".
+    """
+    lines = doc.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("Backward"))
+    formulas: list[str] = []
+    for line in lines[start + 1 :]:
+        if "=" not in line:
+            break
+        line = re.sub(r"\s{2,}\([^()]*\)\s*$", "", line.strip())
+        formulas += [f.strip() for f in re.split(r",\s{2,}", line) if f.strip()]
+    return formulas
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_backward_formulas_are_extracted_from_the_docstring() -> None:
+    formulas = backward_formulas(SqueezeExciteOp.__doc__ or "")
+    lhs = [normalise(f.split("=")[0]) for f in formulas]
+    assert lhs == ["g_e", "g_a2", "dW2", "db2", "g_a1", "dW1", "db1", "g_s", "dx"]
+    assert normalise(formulas[-1]) == "dx = G * e + g_s / (H W)"
+
+
+def test_lesson_09_states_the_formulas_of_the_docstring() -> None:
+    formulas = backward_formulas(SqueezeExciteOp.__doc__ or "")
+    text = normalise(LESSON_09.read_text(encoding="utf-8"))
+    missing = [f for f in formulas if normalise(f) not in text]
+    assert not missing, f"lesson 09 does not state these formulas of SqueezeExciteOp's docstring: {missing}"
+
+
+# --------------------------------------------------------------------------------------------------
+# the runner: command line, errors, Markdown parsing
+# --------------------------------------------------------------------------------------------------
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MINISE_BACKEND": "numpy", "MPLBACKEND": "Agg"}
+    return subprocess.run(
+        [sys.executable, "-m", "minise.lessons", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+
+
+def test_cli_list(tmp_path: Path) -> None:
+    result = run_cli("list", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {line[:2]: line for line in result.stdout.splitlines() if re.match(r"\d\d ", line)}
+    assert sorted(rows) == [f"{i:02d}" for i in range(1, 15)]
+    assert all(rows[f"{i:02d}"].rstrip().endswith("ready") for i in range(1, 10))
+    assert all(rows[f"{i:02d}"].rstrip().endswith("coming") for i in range(10, 15))
+    assert "The excitation gradient" in rows["09"] and "60 minutes" in rows["09"]
+
+
+def test_cli_run_01(tmp_path: Path) -> None:
+    result = run_cli("run", "01", "--figures", str(tmp_path / "figures"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--- block 1 (line " in result.stdout
+    assert "01_arrays_and_backends.md passed" in result.stdout
+
+
+FAILING = """# Lesson 99 — A lesson that fails
+
+- **Time:** 1 minute
+
+```python
+x = 1
+print("first block ran")
+```
+
+```text
+not run: assert False
+```
+
+```python
+y = x + 1
+assert y == 3, "y should be 3"
+```
+"""
+
+
+def test_a_failing_assert_names_the_block_through_the_api(tmp_path: Path) -> None:
+    path = tmp_path / "99_failing.md"
+    path.write_text(FAILING, encoding="utf-8")
+    with pytest.raises(lessons.LessonError) as info:
+        lessons.run_lesson(path, figures=tmp_path / "figures", echo=False)
+    error = info.value
+    assert (error.block, error.line) == (2, 15)
+    assert str(error) == "lesson 99_failing.md: block 2 (line 15) failed - AssertionError: y should be 3"
+    assert f'File "{path}", line 16' in error.lesson_traceback  # the Markdown line of the failing assert
+
+
+def test_a_failing_assert_makes_run_exit_non_zero(tmp_path: Path) -> None:
+    path = tmp_path / "99_failing.md"
+    path.write_text(FAILING, encoding="utf-8")
+    result = run_cli("run", "--file", str(path), "--figures", str(tmp_path / "figures"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "first block ran" in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "lesson 99_failing.md: block 2 (line 15) failed - AssertionError: y should be 3"
+    assert f'File "{path}", line 16' in result.stderr
+    assert "minise/lessons.py" not in result.stderr  # only the lesson's own frames are shown
+
+
+def test_a_coming_lesson_is_reported_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(lessons.LessonsNotFoundError, match="coming"):
+        lessons.lesson_path(12)
+    result = run_cli("run", "12", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_lessons_folder_is_reported_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(minise, "__file__", str(tmp_path / "site-packages" / "minise" / "__init__.py"))
+    with pytest.raises(lessons.LessonsNotFoundError) as info:
+        lessons.lesson_files()
+    message = str(info.value)
+    assert "\n" not in message and "no lessons folder at" in message and "pip install -e ." in message
+
+
+def test_extract_blocks() -> None:
+    text = "\n".join(
+        [
+            "# title",  # 1
+            "```python",  # 2
+            "a = 1",  # 3
+            "```",  # 4
+            "```text",  # 5
+            "not code",  # 6
+            "```",  # 7
+            "~~~python",  # 8
+            "b = 2",  # 9
+            "~~~",  # 10
+            "````python",  # 11
+            "s = '''",  # 12
+            "```",  # 13
+            "'''",  # 14
+            "````",  # 15
+            "- a list item:",  # 16
+            "  ```python",  # 17
+            "  c = 3",  # 18
+            "  ```",  # 19
+            "```bash",  # 20
+            "python -m minise.lessons list",  # 21
+            "```",  # 22
+        ]
+    )
+    blocks = lessons.extract_blocks(text)
+    assert blocks == [(3, "a = 1\n"), (9, "b = 2\n"), (12, "s = '''\n```\n'''\n"), (18, "c = 3\n")]
+
+
+def test_the_last_expression_of_a_block_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "98_echo.md"
+    path.write_text("```python\nvalue = 6 * 7\nvalue\n```\n\n```python\nNone\n```\n", encoding="utf-8")
+    ns = lessons.run_lesson(path, figures=tmp_path / "figures")
+    out = capsys.readouterr().out
+    assert ns["value"] == 42 and "--- block 1 (line 2) ---\n42\n--- block 2 (line 7) ---\n" in out
+
+
+# --------------------------------------------------------------------------------------------------
+# the lessons' shape and the table of contents
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_lesson_shape(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    for part in ("**You will be able to:**", "**You need:**", "**Time:**", "## Summary", "## Exercises"):
+        assert part in text, f"{path.name} lacks {part!r}"
+    blocks = lessons.extract_blocks(text)
+    first = blocks[0][1]
+    assert 'globals().get("FIGURES")' in first and 'globals().get("FAST"' in first, "first block must define both"
+    code = "\n".join(c for _, c in blocks)
+    assert "assert True" not in code
+    assert not re.search(r"^\s*(minise(\.\w+)+\s*=[^=]|setattr\(\s*minise)", code, re.MULTILINE), "lessons never patch"
+    assert 'matplotlib.use("Agg")' in code or "savefig" not in code
+
+
+def test_table_of_contents_agrees_with_the_lessons() -> None:
+    entries = {e.number: e for e in lessons.table_of_contents()}
+    readme = (lessons.lessons_dir() / "README.md").read_text(encoding="utf-8")
+    for path in LESSONS:
+        title, time = lessons.lesson_header(path.read_text(encoding="utf-8"))
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {path.name[:2]} |"))
+        assert f"[{title}]({path.name})" in row and f"| {time} |" in row and row.rstrip().endswith("| ready |")
+        assert entries[int(path.name[:2])].status == "ready"
+    for number in range(10, 15):
+        assert entries[number].status == "coming" and entries[number].title and entries[number].time
+
+
+def test_jupytext_reads_the_lessons_as_notebooks() -> None:
+    jupytext = pytest.importorskip("jupytext", reason="jupytext is optional (pip install jupytext)")
+    for path in LESSONS:
+        notebook = jupytext.read(path)
+        cells = [c.source.strip() for c in notebook.cells if c.cell_type == "code"]
+        assert cells == [code.strip() for _, code in lessons.extract_blocks(path.read_text(encoding="utf-8"))]
