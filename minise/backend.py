@@ -126,12 +126,13 @@ def set_backend(name: str) -> None:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """``with use_backend("cupy"): ...`` selects a backend for a block and restores the previous one."""
+    global _current
     previous = _current
     set_backend(name)
     try:
         yield
     finally:
-        set_backend(previous)
+        _current = previous  # it was valid (or unchecked, from MINISE_BACKEND) before: restore it as it was
 
 
 def xp_of_backend(name: str | None = None) -> ModuleType:
