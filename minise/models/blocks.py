@@ -208,6 +208,14 @@ class Bottleneck(ResidualBlock):
         return self.bn3
 
 
+def zero_init_last_bn(model: Module) -> None:
+    """Start every residual branch's last BN with weight 0, so each block begins as the identity
+    (Goyal et al. 2017; torchvision's ``zero_init_residual``)."""
+    for m in model.modules():
+        if isinstance(m, ResidualBlock):
+            m.last_bn.weight.data[...] = 0
+
+
 def make_stage(
     block: type[BasicBlock] | type[Bottleneck],
     inplanes: int,

@@ -20,7 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from minise.models.blocks import BasicBlock, Bottleneck, SEConfig, check_se_stages, conv3x3, make_stage, split_options
+from minise.models.blocks import (
+    BasicBlock,
+    Bottleneck,
+    SEConfig,
+    check_se_stages,
+    conv3x3,
+    make_stage,
+    split_options,
+    zero_init_last_bn,
+)
 from minise.nn import BatchNorm2d, GlobalAvgPool2d, Linear, Module, ReLU, Sequential
 from minise.tensor import Tensor
 
@@ -78,9 +87,7 @@ class CifarResNet(Module):
         self.fc = Linear(inplanes, num_classes, dtype=dtype)
         self.num_features = inplanes
         if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
-                    m.last_bn.weight.data[...] = 0
+            zero_init_last_bn(self)
 
     @property
     def stages(self) -> list[Sequential]:

@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from minise.models.blocks import BasicBlock, Bottleneck, SEConfig, check_se_stages, make_stage, split_options
+from minise.models.blocks import (
+    BasicBlock,
+    Bottleneck,
+    SEConfig,
+    check_se_stages,
+    make_stage,
+    split_options,
+    zero_init_last_bn,
+)
 from minise.nn import BatchNorm2d, Conv2d, GlobalAvgPool2d, Linear, MaxPool2d, Module, ReLU, Sequential
 from minise.tensor import Tensor
 
@@ -95,9 +103,7 @@ class ResNet(Module):
         self.fc = Linear(inplanes, num_classes, dtype=dtype)
         self.num_features = inplanes
         if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
-                    m.last_bn.weight.data[...] = 0
+            zero_init_last_bn(self)
 
     @property
     def stages(self) -> list[Sequential]:
