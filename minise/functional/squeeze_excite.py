@@ -15,6 +15,7 @@ class SqueezeExciteOp(Function):
     """y = x * sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2)    (Hu et al., SENet, Sec. 3, Eqs. 2-4)
 
     Shapes: x (N, C, H, W); W1 (R, C), b1 (R,); W2 (C, R), b2 (C,); R = hidden width (C / r).
+    (h below is the hidden activation; sum_hw and mean_hw run over the H x W pixels.)
     Forward, step by step (all per image n):
         s  = mean_hw(x)            (N, C)   squeeze
         a1 = s W1^T + b1           (N, R)
@@ -29,7 +30,7 @@ class SqueezeExciteOp(Function):
         g_a1 = (g_a2 W2) * [a1 > 0]         (N, R)
         dW1  = g_a1^T s,   db1 = sum_n g_a1
         g_s  = g_a1 W1                      (N, C)
-        dx   = G * e + g_s / (H W)          (both broadcast over h, w)
+        dx   = G * e + g_s / (H W)          (both broadcast over the H x W pixels)
     The first term of dx is the path through the scale, the second the path through the squeeze.
     Derivation, step by step with numerical checks: lesson 09. Biases may be None (no bias).
     """
