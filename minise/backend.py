@@ -276,7 +276,11 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def num_threads() -> int:
-    """CPU threads used by the chunked ops: ``MINISE_NUM_THREADS`` or the number of cores."""
+    """CPU threads minise uses: ``MINISE_NUM_THREADS`` or the number of cores.
+
+    Setting ``MINISE_NUM_THREADS`` also caps BLAS at that many threads (e.g. 1 to run two trainings
+    side by side on two cores without four BLAS threads fighting over them).
+    """
     env = os.environ.get("MINISE_NUM_THREADS")
     if env:
         return max(1, int(env))
@@ -313,11 +317,14 @@ def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int],
     global _blas, _pool
     spans = [(i, min(i + size, batch)) for i in range(0, batch, size)]
     threads = num_threads()
-    if xp is not np or len(spans) == 1 or threads == 1:
+    if xp is not np:
         return [work(a, b) for a, b in spans]
     if _blas is False:
         _blas = _find_openblas()
-    if _blas is None:  # cannot hold BLAS to one thread: run serially and let BLAS use the cores
+        if _blas is not None and os.environ.get("MINISE_NUM_THREADS"):
+            _blas[0](threads)  # the user's cap applies to BLAS too
+    if len(spans) == 1 or threads == 1 or _blas is None:
+        # one chunk, one thread, or no way to hold BLAS to one thread: run serially, BLAS uses the cores
         return [work(a, b) for a, b in spans]
     if _pool is None or _pool._max_workers != threads:
         _pool = ThreadPoolExecutor(threads, thread_name_prefix="minise")
