@@ -1,6 +1,8 @@
 """The lessons: every lesson runs end to end (fast mode, NumPy backend) with all its asserts holding;
 lesson 9's NumPy backward equals the fused SE op; lesson 9 and SqueezeExciteOp's docstring state the
-same formulas; the runner's command line and its error reporting; the table of contents."""
+same formulas; the helpers lessons 10, 11 and 13 define (parameter formula, SGD update, class
+specificity) hold beyond the cases the lessons run; the runner's command line and its error reporting;
+the table of contents."""
 
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ import pytest
 
 import minise
 import minise.functional as F
-from minise import lessons
+from minise import lessons, models, optim
 from minise.functional.squeeze_excite import SqueezeExciteOp
 
 LESSONS = lessons.lesson_files()
 LESSON_09 = lessons.lessons_dir() / "09_the_excitation_gradient.md"
+LESSON_10 = lessons.lessons_dir() / "10_residual_blocks_and_se_resnet.md"
+LESSON_11 = lessons.lessons_dir() / "11_sgd_momentum.md"
+LESSON_13 = lessons.lessons_dir() / "13_what_the_excitations_learn.md"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def namespace(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], dict
 
 
 def test_the_lessons_are_there() -> None:
-    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 10)]
+    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 15)]
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
@@ -81,6 +86,64 @@ def test_lesson_09_numpy_backward_equals_squeeze_excite(
             continue
         assert a.shape == t.shape, name
         np.testing.assert_allclose(a, t.grad, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------------
+# lessons 10, 11 and 13: the helpers they define, beyond the cases the lessons run
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("depth", [32, 44])
+def test_lesson_10_parameter_formula_counts_every_cifar_resnet(
+    namespace: Callable[[Path], dict[str, Any]], depth: int
+) -> None:
+    count = namespace(LESSON_10)["cifar_resnet_parameters"]
+    n = (depth - 2) // 6
+    assert count(n) == models.create(f"resnet{depth}").num_parameters()
+    assert count(n, se_reduction=8) == models.create(f"se_resnet{depth}", reduction=8).num_parameters()
+    assert count(n, se_reduction=16, se_bias=False) == models.create(f"se_resnet{depth}", bias=False).num_parameters()
+
+
+@pytest.mark.parametrize(
+    "nesterov, weight_decay, dampening", [(False, 0.0, 0.0), (True, 1e-2, 0.0), (False, 1e-3, 0.3)]
+)
+def test_lesson_11_sgd_step_numpy_equals_minise_sgd(
+    namespace: Callable[[Path], dict[str, Any]], nesterov: bool, weight_decay: float, dampening: float
+) -> None:
+    sgd_step_numpy = namespace(LESSON_11)["sgd_step_numpy"]
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    params = [minise.nn.Parameter(a.copy()) for a in start]
+    opt = optim.SGD(params, lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay, dampening=dampening)
+    ours, buffers = [a.copy() for a in start], [None, None]
+    for step in range(6):
+        grads = [rng.standard_normal(a.shape) for a in start]
+        for p, g in zip(params, grads):
+            p.grad = g.copy()
+        lr = 0.05 if step < 3 else 0.01  # a schedule changes the rate: the buffer keeps gradients
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        sgd_step_numpy(ours, grads, buffers, lr, 0.9, dampening, nesterov, weight_decay)
+        for mine, p in zip(ours, params):
+            np.testing.assert_allclose(mine, p.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_lesson_13_class_specificity(namespace: Callable[[Path], dict[str, Any]]) -> None:
+    ns = namespace(LESSON_13)
+    class_specificity, over_chance = ns["class_specificity"], ns["specificity_over_chance"]
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(5), 40)
+    noise = rng.uniform(0, 1, (200, 16))
+    separated = np.clip(rng.uniform(0.1, 0.9, (5, 16))[labels] + 0.05 * rng.standard_normal((200, 16)), 0, 1)
+    for gates in (noise, separated):
+        values = class_specificity(gates, labels)
+        assert len(values) == 3 and all(np.isfinite(v) and v >= 0 for v in values)
+        ratio, chance, times = over_chance(gates, labels)
+        assert all(np.isfinite(v) and v >= 0 for v in (ratio, chance, times))
+    assert over_chance(separated, labels)[2] > 5 > 1.5 > over_chance(noise, labels)[2]
+    assert class_specificity(np.full((20, 4), 0.3), np.arange(20) % 2)[2] == 0.0  # gates that never vary
+    order = rng.permutation(200)  # the images' order does not matter, only which class each is in
+    np.testing.assert_allclose(class_specificity(separated[order], labels[order]), class_specificity(separated, labels))
+    table = ns["table"]  # the lesson's own measurement: one row per SE block, every number finite
+    assert len(table) == 9 and all(np.isfinite(v) and v >= 0 for row in table.values() for v in row.values())
 
 
 def backward_formulas(doc: str) -> list[str]:
@@ -133,8 +196,7 @@ def test_cli_list(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = {line[:2]: line for line in result.stdout.splitlines() if re.match(r"\d\d ", line)}
     assert sorted(rows) == [f"{i:02d}" for i in range(1, 15)]
-    assert all(rows[f"{i:02d}"].rstrip().endswith("ready") for i in range(1, 10))
-    assert all(rows[f"{i:02d}"].rstrip().endswith("coming") for i in range(10, 15))
+    assert all(rows[f"{i:02d}"].rstrip().endswith("ready") for i in range(1, 15))
     assert "The excitation gradient" in rows["09"] and "60 minutes" in rows["09"]
 
 
@@ -188,11 +250,25 @@ def test_a_failing_assert_makes_run_exit_non_zero(tmp_path: Path) -> None:
     assert "minise/lessons.py" not in result.stderr  # only the lesson's own frames are shown
 
 
-def test_a_coming_lesson_is_reported_in_one_line(tmp_path: Path) -> None:
+def test_a_coming_lesson_is_reported_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = tmp_path / "lessons"  # every real lesson is ready: a folder whose README lists one still coming
+    folder.mkdir()
+    (folder / "01_first.md").write_text("# Lesson 1 — First\n\n- **Time:** 5 minutes\n", encoding="utf-8")
+    (folder / "README.md").write_text(
+        "| # | Lesson | Needs | Time | Status |\n| --- | --- | --- | --- | --- |\n"
+        "| 01 | [First](01_first.md) | | 5 minutes | ready |\n| 02 | Second | 01 | 10 minutes | coming |\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(lessons, "lessons_dir", lambda: folder)
+    assert [(e.number, e.status) for e in lessons.table_of_contents()] == [(1, "ready"), (2, "coming")]
     with pytest.raises(lessons.LessonsNotFoundError, match="coming"):
-        lessons.lesson_path(12)
-    result = run_cli("run", "12", cwd=tmp_path)
+        lessons.lesson_path(2)
+
+
+def test_a_missing_lesson_is_reported_in_one_line(tmp_path: Path) -> None:
+    result = run_cli("run", "99", cwd=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "no lesson '99'" in result.stderr
 
 
 def test_a_missing_lessons_folder_is_reported_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -267,8 +343,7 @@ def test_table_of_contents_agrees_with_the_lessons() -> None:
         row = next(line for line in readme.splitlines() if line.startswith(f"| {path.name[:2]} |"))
         assert f"[{title}]({path.name})" in row and f"| {time} |" in row and row.rstrip().endswith("| ready |")
         assert entries[int(path.name[:2])].status == "ready"
-    for number in range(10, 15):
-        assert entries[number].status == "coming" and entries[number].title and entries[number].time
+    assert all(e.status == "ready" and e.title and e.time for e in entries.values())
 
 
 def test_jupytext_reads_the_lessons_as_notebooks() -> None:
