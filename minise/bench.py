@@ -1,5 +1,11 @@
 """Benchmarks: ``python -m minise.bench ops [--backend numpy|cupy] [--json FILE]``.
 
+``data --data-dir DIR [--image-size 128] [--workers N]`` times the image pipeline on an image folder
+(``DIR/train/<class>/<image>``): decoding + augmentation alone, from the files and from the decoded-image
+cache (and how long building that cache takes), against full training steps of ``se_resnet18`` at the
+same size - with batches already in memory, and fed live by the decoding workers - to show which of the
+two is the bottleneck.
+
 ``ops`` times forward + backward (input and weight gradients) of the ops a SE-ResNet spends its time
 in, on the shapes of a CIFAR SE-ResNet at batch 128, and puts the numbers in context measured in the
 same run: the machine's float32 GEMM rate (what im2col + GEMM can reach at best) and, if torch is
@@ -444,6 +450,107 @@ def format_train(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------
+# the image pipeline
+# --------------------------------------------------------------------------------------------------
+def _loader_rate(loader: Any, batches: int) -> tuple[float, list[Any]]:
+    """Images/s of the first ``batches`` batches of epoch 0 (from the request to the last batch), and the
+    batches."""
+    start = time.perf_counter()
+    got = list(loader.iter_epoch(0, stop_batch=batches))  # no job is left running past the last batch
+    seconds = time.perf_counter() - start
+    return sum(len(y) for _, y in got) / max(seconds, 1e-9), got
+
+
+def bench_data(
+    data_dir: str, image_size: int, workers: int | None, batch: int, batches: int, steps: int, model_name: str
+) -> dict[str, Any]:
+    """Time the image pipeline on ``data_dir/train`` and training steps of ``model_name`` fed by it."""
+    import tempfile  # noqa: PLC0415
+
+    from minise import data, models, optim  # noqa: PLC0415
+
+    folder = data.load_image_folder(data_dir, "train")
+    pool = data.DecodePool(workers)
+    augment = data.RandomResizedCrop(image_size)
+    rows: list[dict[str, Any]] = []
+
+    def row(what: str, rate: float, note: str = "") -> None:
+        rows.append({"what": what, "images_per_s": rate, "note": note})
+
+    def loader(transform: Any, cache: Any = None, on: Any = pool) -> Any:
+        return data.ImageFolderLoader(folder, batch, transform=transform, shuffle=True, pool=on, cache=cache)
+
+    try:
+        # Start every worker process (and its imports) before any timing: one one-image job each.
+        job = data.image_workers.Job((0,), (folder.paths[0],), augment, (0, 0))
+        for future in [pool.submit(data.image_workers.run_job, job) for _ in range(pool.workers)]:
+            pool.result(future)
+        with data.DecodePool(0) as serial:
+            rate, _ = _loader_rate(loader(augment, on=serial), max(batches // 2, 1))
+            row("decode + RandomResizedCrop + flip, files, in-process", rate, "--workers 0")
+        rate, _ = _loader_rate(loader(augment), batches)
+        row("decode + RandomResizedCrop + flip, files", rate, f"{pool.workers} workers")
+        rate, _ = _loader_rate(loader(data.ResizeCenterCrop(image_size)), batches)
+        row("decode + resize + centre crop (evaluation), files", rate, f"{pool.workers} workers")
+        with tempfile.TemporaryDirectory(prefix="minise-bench-cache-") as tmp:
+            side = data.default_cache_size(image_size)
+            start = time.perf_counter()
+            cache, _ = data.open_cache(folder, side, root=tmp, pool=pool, progress=False)
+            row(f"building the cache ({len(folder)} images at {side} px)", len(folder) / (time.perf_counter() - start))
+            rate, cached = _loader_rate(loader(augment, cache), batches)
+            row("RandomResizedCrop + flip from the cache", rate, f"{pool.workers} workers, --cache")
+
+        backend.set_backend("numpy")
+        minise.manual_seed(0)
+        model = models.create(model_name, num_classes=len(folder.classes))
+        opt = optim.SGD(optim.param_groups_no_decay(model, 5e-5), lr=0.1, momentum=0.9, weight_decay=5e-5)
+
+        def step(xb: np.ndarray, yb: np.ndarray) -> None:
+            opt.zero_grad()
+            F.cross_entropy(model(minise.Tensor(xb)), yb).backward()
+            opt.step()
+
+        step(*cached[0])  # warm-up
+        start = time.perf_counter()
+        for i in range(steps):
+            step(*cached[i % len(cached)])
+        row(f"{model_name} training steps, batches in memory", steps * batch / (time.perf_counter() - start))
+        start, seen = time.perf_counter(), 0  # the workers are running already
+        for xb, yb in loader(augment).iter_epoch(2, stop_batch=steps):
+            step(xb, yb)
+            seen += len(yb)
+        row(f"{model_name} training steps fed by the workers", seen / (time.perf_counter() - start), "from files")
+    finally:
+        pool.close()
+    return {
+        "data_dir": str(data_dir),
+        "images": len(folder),
+        "image_size": image_size,
+        "batch": batch,
+        "workers": pool.workers,
+        "cores": os.cpu_count(),
+        "threads": backend.num_threads(),
+        "model": model_name,
+        "rows": rows,
+    }
+
+
+def format_data(r: dict[str, Any]) -> str:
+    lines = [
+        f"minise data benchmark: {r['data_dir']} ({r['images']} training images), {r['image_size']} px crops, "
+        f"batch {r['batch']}, {r['workers']} workers on {r['cores']} cores",
+        f"{'':<58}{'images/s':>10}  note",
+    ]
+    for row in r["rows"]:
+        lines.append(f"{row['what']:<58}{row['images_per_s']:>10.1f}  {row['note']}")
+    decode = next(x["images_per_s"] for x in r["rows"] if x["note"].endswith("workers"))
+    train = next(x["images_per_s"] for x in r["rows"] if "in memory" in x["what"])
+    who = "the model" if decode > train else "the decoder"
+    lines.append(f"decoding delivers {decode / train:.1f}x what training consumes: {who} is the bottleneck")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minise.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -456,6 +563,15 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--steps", type=int, default=10)
     tr.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
     tr.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    da = sub.add_parser("data", help="time image decoding + augmentation against training steps")
+    da.add_argument("--data-dir", required=True, help="an image folder: DIR/train/<class>/<image>")
+    da.add_argument("--image-size", type=int, default=128)
+    da.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core)")
+    da.add_argument("--batch-size", type=int, default=64)
+    da.add_argument("--batches", type=int, default=8, help="batches timed per pipeline measurement")
+    da.add_argument("--steps", type=int, default=3, help="training steps timed (after one warm-up step)")
+    da.add_argument("--model", default="se_resnet18")
+    da.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     child = sub.add_parser("train-child")  # internal: one framework's run, in its own process
     for name in ("framework", "model", "batch", "steps", "backend_name"):
         child.add_argument(name)
@@ -472,6 +588,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "train":
             result = bench_train(args.model, args.batch_size, args.steps, args.backend)
             print(format_train(result))
+        if args.what == "data":
+            result = bench_data(
+                args.data_dir, args.image_size, args.workers, args.batch_size, args.batches, args.steps, args.model
+            )
+            print(format_data(result))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)

@@ -5,6 +5,10 @@
 A checkpoint records the model's name and options, so the model is rebuilt from it; a checkpoint of
 another model, with other shapes, or a corrupt or truncated file is refused with one line and exit
 status 2.
+
+On an image-folder data set (imagenette, imagewoof, imagefolder) the ``val/`` split is evaluated with the
+training run's ``--image-size`` and release (from the checkpoint; the options below override them): the
+short side resized to ``image-size / 0.875``, the central square of ``image-size`` kept.
 """
 
 from __future__ import annotations
@@ -103,30 +107,77 @@ def model_from_checkpoint(meta: dict[str, Any], arrays: dict[str, np.ndarray], p
     return model
 
 
+def image_loader(args: argparse.Namespace, meta: dict[str, Any], dataset: str) -> Any:
+    """The held-out split of an image-folder data set and its loader, with the training run's image size,
+    release and data folder (from the checkpoint's config) unless given on the command line."""
+    from minise import data  # noqa: PLC0415
+
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    assert isinstance(config, dict)
+    size = args.image_size or config.get("image_size", 128)
+    release = args.image_release or config.get("image_release", "160")
+    root = args.data_dir or config.get("data_dir")
+    test = data.load_image_dataset(dataset, root=root, train=False, release=release, download=args.download)
+    if len(test.classes) != meta.get("num_classes"):
+        raise CheckpointError(
+            f"{test.root} has {len(test.classes)} classes but the checkpoint's model {meta.get('num_classes')} - "
+            "evaluate on the data set it was trained on"
+        )
+    if args.test_images is not None:
+        test = test.subset(args.test_images)
+    transform = data.ResizeCenterCrop(size)
+    pool = data.DecodePool(args.workers)
+    cache = None
+    if args.cache:
+        cache, _ = data.open_cache(test, transform.resize_to, pool=pool, strict=args.strict)
+    norm = meta.get("normalize", {})
+    loader = data.ImageFolderLoader(
+        test,
+        args.batch_size or 64,
+        transform=transform,
+        mean=norm.get("mean"),
+        std=norm.get("std"),
+        pool=pool,
+        cache=cache,
+        strict=args.strict,
+    )
+    return test, loader, pool
+
+
 def main(argv: list[str] | None = None) -> int:
     from minise import data  # noqa: PLC0415
 
     p = OneLineParser(prog="python -m minise.evaluate", description="Evaluate a minise checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a .npz checkpoint written by minise.train")
-    p.add_argument("--dataset", default=None, help=f"one of {', '.join(data.DATASETS)} (default: the training one)")
+    names = ", ".join(data.DATASETS + data.IMAGE_DATASETS)
+    p.add_argument("--dataset", default=None, help=f"one of {names} (default: the training one)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set (default: the cache)")
     p.add_argument("--download", action="store_true", help="download the data set if it is missing")
     p.add_argument("--backend", choices=backend.BACKENDS, default=None)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="default 256 (64 for image folders)")
     p.add_argument(
         "--test-images",
         type=int,
         default=None,
         metavar="N",
-        help="for quick checks: only the first N held-out images (shapes: draw N instead of 1,000)",
+        help="for quick checks: only the first N held-out images (shapes: draw N instead of 1,000; "
+        "image folders: N evenly spaced images)",
     )
+    p.add_argument("--image-size", type=int, default=None, help="image folders: crop side (default: the run's)")
+    p.add_argument("--image-release", choices=data.IMAGE_RELEASES, default=None, help="default: the run's")
+    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: one per core)")
+    p.add_argument("--cache", action="store_true", help="decode the images once into a memory-mapped cache")
+    p.add_argument("--strict", action="store_true", help="stop at an image that cannot be decoded")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--plot", default=None, help="write the confusion matrix to this PNG")
     args = p.parse_args(argv)
-    for flag in ("batch_size", "test_images"):
+    for flag in ("batch_size", "test_images", "image_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.workers is not None and args.workers < 0:
+        p.error(f"--workers must be >= 0, got {args.workers}")
+    pool = None
     try:
         if args.backend:
             backend.set_backend(args.backend)
@@ -136,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         if dataset != meta.get("dataset", dataset):
             num = meta["num_classes"]
             print(f"note: the model was trained on {meta.get('dataset')} ({num} classes)", file=sys.stderr)
-        if dataset == "shapes" and args.test_images is not None:
+        loader: Any
+        if dataset in data.IMAGE_DATASETS:
+            test, loader, pool = image_loader(args, meta, dataset)
+        elif dataset == "shapes" and args.test_images is not None:
             test = data.load_shapes(train=False, n=args.test_images)
         else:
             test = data.load_dataset(dataset, root=args.data_dir, train=False, download=args.download)
@@ -148,18 +202,31 @@ def main(argv: list[str] | None = None) -> int:
                 f"{dataset} has more classes than the checkpoint's model ({meta['num_classes']}) - "
                 "evaluate on the data set it was trained on"
             )
-        norm = meta.get("normalize", {})
-        loader = data.DataLoader(
-            test.images, test.labels, args.batch_size, mean=norm.get("mean"), std=norm.get("std"), prefetch=2
-        )
+        if dataset not in data.IMAGE_DATASETS:
+            norm = meta.get("normalize", {})
+            loader = data.DataLoader(
+                test.images, test.labels, args.batch_size or 256, mean=norm.get("mean"), std=norm.get("std")
+            )
         result = evaluate(model, loader, meta["num_classes"])
+        if getattr(loader, "skipped", None):
+            print(f"skipped {len(loader.skipped)} images that could not be decoded (paths above)", file=sys.stderr)
         plot = args.plot or str(Path(args.checkpoint).with_suffix("").as_posix() + "_confusion.png")
         from minise.plotting import plot_confusion  # noqa: PLC0415
 
         plot_confusion(result.confusion, test.classes, plot, title=f"{meta['model']} on {dataset}")
-    except (CheckpointError, backend.BackendUnavailableError, data.DownloadError, ValueError, OSError) as e:
+    except (
+        CheckpointError,
+        backend.BackendUnavailableError,
+        data.DownloadError,
+        data.DataLoaderError,
+        ValueError,
+        OSError,
+    ) as e:
         print(f"minise.evaluate: {e}", file=sys.stderr)
         return 2
+    finally:
+        if pool is not None:
+            pool.close()
     if args.json:
         print(json.dumps(result.as_dict(test.classes), indent=2))
     else:

@@ -14,6 +14,13 @@ infinite stops the run with the epoch and step, keeping the last good checkpoint
 
 For a smoke run that takes seconds, use a few images: ``--train-images 64 --test-images 32
 --batch-size 16 --epochs 1``.
+
+Photographs (``--dataset imagenette``, ``imagewoof`` or ``imagefolder --data-dir DIR``, the ImageNet-style
+models ``resnet18`` ... ``se_resnext50_32x4d``) are read from their files by ``--workers`` processes:
+RandomResizedCrop to ``--image-size`` (area ``--crop-scale-min``..1, ratio 3/4..4/3) and a flip to train,
+the short side resized to ``image-size / 0.875`` and the centre cut out to evaluate, ImageNet's mean and
+std; ``--cache`` decodes every image once into a memory-mapped file (see :mod:`minise.data.image_cache`).
+A file that cannot be decoded is reported and skipped (``--strict``: the run stops).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from minise.tensor import Tensor
 
 # arguments that fix the batches, the schedule and what a position means: a resumed run must keep them
 RESUME_KEYS = ("batch_size", "seed", "train_images", "no_augment", "epochs", "schedule", "warmup_epochs")
+IMAGE_RESUME_KEYS = ("image_size", "image_release", "crop_scale_min", "cache", "cache_size")  # image data sets
 SE_OPTIONS = ("reduction", "min_channels", "se_bias", "squeeze", "gate", "placement", "se_stages")
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 NUMPY_FP_WARNINGS = r"(overflow|invalid value|divide by zero) encountered"
@@ -60,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="shapes", help=f"one of {', '.join(data.DATASETS)}")
+    d.add_argument("--dataset", default="shapes", help=f"one of {', '.join(data.DATASETS + data.IMAGE_DATASETS)}")
     d.add_argument(
         "--data-dir", default=None, help="folder holding the data set (default: $MINISE_DATA or ~/.cache/minise)"
     )
@@ -71,15 +79,54 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="for quick runs: use only the first N training images (shapes: draw N instead of 5,000)",
+        help="for quick runs: use only the first N training images (shapes: draw N instead of 5,000; image "
+        "folders: N images evenly spaced over the class-sorted files, so every class keeps its share)",
     )
     d.add_argument(
         "--test-images",
         type=int,
         default=None,
         metavar="N",
-        help="for quick runs: evaluate on the first N held-out images only (shapes: draw N instead of 1,000)",
+        help="for quick runs: evaluate on the first N held-out images only (shapes: draw N instead of 1,000; "
+        "image folders: N evenly spaced images)",
     )
+    i = p.add_argument_group("image data sets (imagenette, imagewoof, imagefolder)")
+    i.add_argument("--image-size", type=int, default=128, help="side of the square crops the model sees")
+    i.add_argument(
+        "--image-release",
+        choices=data.IMAGE_RELEASES,
+        default="160",
+        help="imagenette/imagewoof release to read or download: short side 160 px (99 MB, enough for 128 px "
+        "crops), 320 px or full size (1.5 GB)",
+    )
+    i.add_argument(
+        "--crop-scale-min",
+        type=float,
+        default=0.35,
+        help="smallest area fraction of a RandomResizedCrop: 0.35 as fast.ai's Imagenette baseline, 0.08 as "
+        "the ImageNet recipe",
+    )
+    i.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes decoding images (default: one per core; 0: decode in the training process)",
+    )
+    i.add_argument(
+        "--cache",
+        action="store_true",
+        help="decode every image once into a memory-mapped .npy under $MINISE_DATA (or ~/.cache/minise)/decoded "
+        "and read the pixels from there in every epoch",
+    )
+    i.add_argument(
+        "--cache-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="side of the cached training images (default 1.25 x --image-size; the centre square is kept, "
+        "so random crops come from it)",
+    )
+    i.add_argument("--strict", action="store_true", help="stop at an image that cannot be decoded (default: skip it)")
     m = p.add_argument_group("model")
     m.add_argument("--model", default="se_resnet20", help="a name from minise.models.list_models()")
     m.add_argument("--reduction", type=int, default=None, help="SE reduction ratio r (default 16)")
@@ -160,8 +207,25 @@ def load_split(args: argparse.Namespace, train: bool) -> data.Dataset:
     )
 
 
-def normalization(name: str, train: data.Dataset) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std: the published ones for CIFAR, measured on the training set otherwise."""
+def load_image_splits(args: argparse.Namespace) -> tuple[data.ImageFolder, data.ImageFolder]:
+    """The training and held-out splits of an image-folder data set, checked to have the same classes,
+    then cut to ``--train-images`` / ``--test-images`` evenly spaced images (every class keeps its share)."""
+    options = {"root": args.data_dir, "release": args.image_release, "progress": not args.no_progress}
+    train = data.load_image_dataset(args.dataset, train=True, download=args.download, **options)
+    test = data.load_image_dataset(args.dataset, train=False, **options)
+    data.check_same_classes(train, test)
+    if args.train_images is not None:
+        train = train.subset(args.train_images)
+    if args.test_images is not None:
+        test = test.subset(args.test_images)
+    return train, test
+
+
+def normalization(name: str, train: data.Dataset | data.ImageFolder) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std: the published ones for CIFAR and ImageNet-like photographs, measured on
+    the training set otherwise."""
+    if isinstance(train, data.ImageFolder):
+        return list(data.IMAGENET_MEAN), list(data.IMAGENET_STD)
     if name == "cifar10":
         return list(data.CIFAR10_MEAN), list(data.CIFAR10_STD)
     if name == "cifar100":
@@ -172,7 +236,7 @@ def normalization(name: str, train: data.Dataset) -> tuple[list[float], list[flo
 
 def check_numbers(args: argparse.Namespace) -> None:
     """Refuse numeric options out of range with a TrainError naming the flag (before any work is done)."""
-    at_least_one = ["epochs", "batch_size", "train_images", "test_images"]
+    at_least_one = ["epochs", "batch_size", "train_images", "test_images", "image_size", "cache_size"]
     for flag in at_least_one:
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -187,6 +251,10 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise TrainError("--nesterov needs momentum - give --momentum greater than 0 (e.g. 0.9)")
     if not 0 <= args.label_smoothing < 1:
         raise TrainError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    if not 0 < args.crop_scale_min <= 1:
+        raise TrainError(f"--crop-scale-min must be in (0, 1], got {args.crop_scale_min}")
+    if args.workers is not None and args.workers < 0:
+        raise TrainError(f"--workers must be >= 0 (0: decode in the training process), got {args.workers}")
 
 
 def build_schedule(optimizer: optim.SGD, schedule: str, total: int, warmup: int) -> optim.LRScheduler:
@@ -212,16 +280,24 @@ class Run:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        if args.dataset not in data.DATASETS:
-            raise TrainError(f"unknown data set {args.dataset!r} - use one of {', '.join(data.DATASETS)}")
+        names = data.DATASETS + data.IMAGE_DATASETS
+        if args.dataset not in names:
+            raise TrainError(f"unknown data set {args.dataset!r} - use one of {', '.join(names)}")
         if args.model not in models.list_models():
             raise TrainError(f"unknown model {args.model!r} - use one of {', '.join(models.list_models())}")
         check_numbers(args)
         if args.backend:
             backend.set_backend(args.backend)
         self.out = Path(args.out or f"runs/{args.dataset}-{args.model}-s{args.seed}")
-        self.train_set = load_split(args, train=True)
-        self.test_set = load_split(args, train=False)
+        self.images = args.dataset in data.IMAGE_DATASETS
+        self.pool: data.DecodePool | None = None
+        self.train_set: data.Dataset | data.ImageFolder
+        self.test_set: data.Dataset | data.ImageFolder
+        if self.images:
+            self.train_set, self.test_set = load_image_splits(args)
+        else:
+            self.train_set = load_split(args, train=True)
+            self.test_set = load_split(args, train=False)
         self.num_classes = len(self.train_set.classes)
         self.mean, self.std = normalization(args.dataset, self.train_set)
         self.options = model_options(args)
@@ -231,26 +307,36 @@ class Run:
         except (TypeError, ValueError) as e:
             raise TrainError(f"cannot build {args.model} with {self.options}: {e}") from None
         self.optimizer = self.build_optimizer()
-        transform = None if args.no_augment else data.train_transform()
-        self.train_loader = data.DataLoader(
-            self.train_set.images,
-            self.train_set.labels,
-            args.batch_size,
-            shuffle=True,
-            drop_last=True,
-            seed=args.seed,
-            transform=transform,
-            mean=self.mean,
-            std=self.std,
-        )
-        if len(self.train_loader) == 0:
+        if len(self.train_set) < args.batch_size:  # an epoch would have no (full) batch
             raise TrainError(
                 f"--batch-size {args.batch_size} is larger than the {len(self.train_set)} training images - "
                 "use a smaller one"
             )
-        self.test_loader = data.DataLoader(
-            self.test_set.images, self.test_set.labels, 256, mean=self.mean, std=self.std
-        )
+        self.train_loader: data.DataLoader | data.ImageFolderLoader
+        self.test_loader: data.DataLoader | data.ImageFolderLoader
+        if isinstance(self.train_set, data.ImageFolder) and isinstance(self.test_set, data.ImageFolder):
+            try:
+                self.train_loader, self.test_loader = self.image_loaders(self.train_set, self.test_set)
+            except BaseException:
+                self.close()
+                raise
+        else:
+            assert isinstance(self.train_set, data.Dataset) and isinstance(self.test_set, data.Dataset)
+            transform = None if args.no_augment else data.train_transform()
+            self.train_loader = data.DataLoader(
+                self.train_set.images,
+                self.train_set.labels,
+                args.batch_size,
+                shuffle=True,
+                drop_last=True,
+                seed=args.seed,
+                transform=transform,
+                mean=self.mean,
+                std=self.std,
+            )
+            self.test_loader = data.DataLoader(
+                self.test_set.images, self.test_set.labels, 256, mean=self.mean, std=self.std
+            )
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = args.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(args.warmup_epochs * self.steps_per_epoch))
@@ -260,6 +346,58 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.stop_requested = False
         self.last_saved: Path | None = None  # the last good checkpoint of this run: a resumed or saved last.npz
+
+    def image_loaders(
+        self, train: data.ImageFolder, test: data.ImageFolder
+    ) -> tuple[data.ImageFolderLoader, data.ImageFolderLoader]:
+        """Loaders of an image-folder data set sharing one pool of decoding processes; with --cache the
+        decoded-image caches are opened (built the first time) here, before training starts."""
+        a = self.args
+        self.pool = data.DecodePool(a.workers)
+        test_tf = data.ResizeCenterCrop(a.image_size)
+        train_tf: data.RandomResizedCrop | data.ResizeCenterCrop = (
+            test_tf if a.no_augment else data.RandomResizedCrop(a.image_size, scale=(a.crop_scale_min, 1.0))
+        )
+        caches: list[data.DecodedCache | None] = [None, None]
+        if a.cache:
+            train_side = a.cache_size or (test_tf.resize_to if a.no_augment else data.default_cache_size(a.image_size))
+            for k, (folder, side) in enumerate(((train, train_side), (test, test_tf.resize_to))):
+                start = time.perf_counter()
+                cache, built = data.open_cache(
+                    folder, side, pool=self.pool, strict=a.strict, progress=not a.no_progress
+                )
+                what = f"built in {time.perf_counter() - start:.0f} s" if built else "reused"
+                print(f"cache of {folder.split}/ at {side} px {what}: {cache.path}", file=sys.stderr)
+                caches[k] = cache
+        common: dict[str, Any] = {"mean": self.mean, "std": self.std, "pool": self.pool, "strict": a.strict}
+        train_loader = data.ImageFolderLoader(
+            train,
+            a.batch_size,
+            transform=train_tf,
+            shuffle=True,
+            drop_last=True,
+            seed=a.seed,
+            cache=caches[0],
+            **common,
+        )
+        test_loader = data.ImageFolderLoader(test, a.batch_size, transform=test_tf, cache=caches[1], **common)
+        return train_loader, test_loader
+
+    def close(self) -> None:
+        """Stop the image-decoding processes, if any."""
+        if self.pool is not None:
+            self.pool.close()
+
+    def skipped_line(self) -> str | None:
+        """The end-of-epoch count of images that could not be decoded, or None if there were none."""
+        counts = [len(loader.skipped) for loader in (self.train_loader, self.test_loader)
+                  if isinstance(loader, data.ImageFolderLoader)]  # fmt: skip
+        if not sum(counts):
+            return None
+        return (
+            f"  skipped {counts[0]} training and {counts[1]} held-out images that could not be decoded "
+            "(paths above; --strict stops at the first)"
+        )
 
     def diverged(self, what: str) -> TrainError:
         """The error (exit 3) that stops a diverged run; the checkpoints on disk are left as they are."""
@@ -334,7 +472,7 @@ class Run:
                 f"{self.args.dataset} ({self.num_classes}) - resume with the same --dataset"
             )
         saved = meta.get("config", {})
-        for key in RESUME_KEYS:
+        for key in RESUME_KEYS + (IMAGE_RESUME_KEYS if self.images else ()):
             if key in saved and saved[key] != getattr(self.args, key):
                 flag = "--" + key.replace("_", "-")
                 raise CheckpointError(
@@ -481,12 +619,21 @@ class Run:
                 f"{100 * r['test_top5']:.2f}% | {r['images_per_s']:.0f} img/s",
                 file=sys.stderr,
             )
+            skipped = self.skipped_line()
+            if skipped:
+                print(skipped, file=sys.stderr)
             if self.stop_requested:
                 print(f"stopped after epoch {self.epoch}; continue with --resume", file=sys.stderr)
                 return EXIT_INTERRUPTED
         return 0
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> int:
         a = self.args
         if a.resume:
             path = self.out / "last.npz" if a.resume == "auto" else Path(a.resume)
@@ -539,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         data.DatasetNotFoundError,
         data.DatasetCorruptError,
         data.DownloadError,
+        data.DataLoaderError,
         OSError,
     ) as e:
         print(f"minise.train: {e}", file=sys.stderr)
