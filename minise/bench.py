@@ -231,18 +231,19 @@ TARGETS = {"conv2d": 1.5, "squeeze_excite": 1.5, "batch_norm": 1.5, "max_pool2d"
 
 
 def bench_ops(backend_name: str) -> dict[str, Any]:
-    backend.set_backend(backend_name)
+    """Time every case on ``backend_name`` (the previous backend is restored afterwards)."""
     xp = backend.xp_of_backend(backend_name)
     torch = _torch()
-    gemm = gemm_gflops(xp)
-    cases = [
-        _conv_case(xp, torch, (128, 16, 32, 32), 16, 1, gemm),
-        _conv_case(xp, torch, (128, 64, 8, 8), 64, 1, gemm),
-        _conv_case(xp, torch, (128, 32, 16, 16), 64, 2, gemm),
-        _se_case(xp, torch),
-        _bn_case(xp, torch),
-        _pool_case(xp, torch),
-    ]
+    with backend.use_backend(backend_name):
+        gemm = gemm_gflops(xp)
+        cases = [
+            _conv_case(xp, torch, (128, 16, 32, 32), 16, 1, gemm),
+            _conv_case(xp, torch, (128, 64, 8, 8), 64, 1, gemm),
+            _conv_case(xp, torch, (128, 32, 16, 16), 64, 2, gemm),
+            _se_case(xp, torch),
+            _bn_case(xp, torch),
+            _pool_case(xp, torch),
+        ]
     return {
         "backend": backend_name,
         "threads": backend.num_threads(),
