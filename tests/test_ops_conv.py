@@ -205,10 +205,15 @@ def test_backward_path(xp, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Each path is taken where the docstring says (spied on), and agrees with the naive loop and gradcheck."""
     case, path, crops = PATHS[name]
     calls: dict[str, list] = {"flip": [], "col2im": [], "pad": []}
-    real_flipped, real_col2im, real_pad = conv_module._flipped, conv_module.col2im, conv_module.pad_hw
+    real_flipped, real_col2im, real_chunk = conv_module._flipped, conv_module.col2im, conv_module._conv_chunk
     monkeypatch.setattr(conv_module, "_flipped", lambda *a: calls["flip"].append(a) or real_flipped(*a))
     monkeypatch.setattr(conv_module, "col2im", lambda *a: calls["col2im"].append(a) or real_col2im(*a))
-    monkeypatch.setattr(conv_module, "pad_hw", lambda g, ph, pw: calls["pad"].append((ph, pw)) or real_pad(g, ph, pw))
+
+    def chunk_spy(x, w, stride, padding, *rest):  # records the padding of every convolution run
+        calls["pad"].append(padding)
+        return real_chunk(x, w, stride, padding, *rest)
+
+    monkeypatch.setattr(conv_module, "_conv_chunk", chunk_spy)
 
     xa, wa, ba = case.arrays()
     x, w, b = _tensors(xp, xa, wa, ba)
