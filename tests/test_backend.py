@@ -398,6 +398,40 @@ def test_chunk_size_covers_the_batch_within_the_cache_budget(monkeypatch: pytest
     assert backend.chunk_size(types.ModuleType("fake_xp"), 64, 1 << 30) == 64  # a GPU takes the whole batch
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("shape", [(), (1, 3), (7, 5, 3), (64, 16, 32, 32)])
+def test_elementwise_in_chunks_equals_one_pass(
+    shape: tuple[int, ...], threads: str, monkeypatch: pytest.MonkeyPatch, own_pool: None
+) -> None:
+    """backend.elementwise splits along axis 0 (for the largest shape: 2 or more chunks, on the pool's
+    threads when there are 2) and gives exactly what one whole-array call gives, in the given ``out``."""
+    monkeypatch.setenv("MINISE_NUM_THREADS", threads)
+    spans: list[int] = []
+    real = backend.run_chunks
+
+    def spy(xp, batch, size, work):  # type: ignore[no-untyped-def]
+        spans.append(-(-batch // size))
+        return real(xp, batch, size, work)
+
+    monkeypatch.setattr(backend, "run_chunks", spy)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(shape).astype(np.float32)
+    out = np.full(shape, np.nan, dtype=np.float32)
+    assert backend.elementwise(np, out, np.add, a, b) is out
+    np.testing.assert_array_equal(out, a + b)
+    if len(shape) == 4:
+        assert spans and spans[0] >= 2  # 2 MB over a 1 MB budget: cut into chunks
+    neg = backend.elementwise(np, np.empty(shape, np.float32), lambda x, out: np.maximum(x, 0, out=out), a)
+    np.testing.assert_array_equal(neg, np.maximum(a, 0))
+    if len(shape) == 4:  # operands that broadcast: per image and channel (cut with out), per channel (whole)
+        e, t = a[:, :, :1, :1].copy(), b[:1, :, :1, :1].copy()
+        scaled = backend.elementwise(
+            np, np.empty(shape, np.float32), lambda x, e_, t_, out: np.add(x * e_, t_, out=out), a, e, t
+        )
+        np.testing.assert_array_equal(scaled, a * e + t)
+
+
 # --------------------------------------------------------------------------------------------------
 # the import rule
 # --------------------------------------------------------------------------------------------------

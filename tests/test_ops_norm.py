@@ -187,12 +187,8 @@ def test_chunked_batch_norm_matches_formula(monkeypatch: pytest.MonkeyPatch, tra
     assert minise.gradcheck(fn, x, w, b).ok
 
 
-
-
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize(
-    "layout", ["nhwc", "swap-hw", "fortran"]
-)
+@pytest.mark.parametrize("layout", ["nhwc", "swap-hw", "fortran"])
 def test_batch_norm_of_a_non_contiguous_input(layout: str, training: bool) -> None:
     """batch_norm of a view in another memory layout must equal batch_norm of the contiguous input.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minise import backend
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float
@@ -17,13 +18,23 @@ class ReLUOp(Function):
 
     def forward(self, x: Any) -> Any:
         xp = get_array_module(x)
-        y = xp.maximum(x, 0)
+        y = backend.elementwise(xp, xp.empty(x.shape, dtype=x.dtype), _relu, x)
         self.save(y)
         return y
 
     def backward(self, gy: Any) -> Any:
         (y,) = self.saved  # type: ignore[misc]
-        return gy * (y > 0)
+        xp = get_array_module(gy)
+        return backend.elementwise(xp, xp.empty(gy.shape, dtype=gy.dtype), _relu_grad, gy, y)
+
+
+def _relu(x: Any, out: Any) -> Any:
+    return get_array_module(x).maximum(x, 0, out=out)
+
+
+def _relu_grad(gy: Any, y: Any, out: Any) -> Any:
+    """gy * [y > 0]: y > 0 exactly where x > 0."""
+    return get_array_module(gy).multiply(gy, y > 0, out=out)
 
 
 def stable_sigmoid(x: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minise import backend
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
@@ -48,7 +49,8 @@ class SqueezeExciteOp(Function):
             a2 += b2
         e = stable_sigmoid(a2)  # (N, C)   excitation
         self.save(x, s, h, e, w1, w2)
-        return x * e[:, :, None, None]  # (N, C, H, W)   scale
+        xp = get_array_module(x)
+        return backend.elementwise(xp, xp.empty(x.shape, x.dtype), xp.multiply, x, e[:, :, None, None])  # scale
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
         x, s, h, e, w1, w2 = self.saved  # type: ignore[misc]
@@ -65,9 +67,18 @@ class SqueezeExciteOp(Function):
         dx = None
         if need_x:
             g_s = g_a1 @ w1  # (N, C)
-            dx = gy * e[:, :, None, None]
-            dx += (g_s / (hh * ww))[:, :, None, None]
+            dx = backend.elementwise(
+                xp, xp.empty(x.shape, x.dtype), _scale_add, gy, e[:, :, None, None], (g_s / (hh * ww))[:, :, None, None]
+            )  # G * e + g_s / (H W)
         return dx, dw1, db1, dw2, db2
+
+
+def _scale_add(g: Any, e: Any, t: Any, out: Any) -> Any:
+    """out = g * e + t, in two passes over one chunk while it is in cache."""
+    xp = get_array_module(g)
+    xp.multiply(g, e, out=out)
+    out += t
+    return out
 
 
 def squeeze_excite(input: Any, w1: Any, b1: Any = None, w2: Any = None, b2: Any = None) -> Tensor:
