@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.workers is not None and args.workers < 0:
         p.error(f"--workers must be >= 0, got {args.workers}")
+    backend.retain_freed_memory()  # reuse freed memory from batch to batch (see its docstring)
     pool = None
     try:
         if args.backend:

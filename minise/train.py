@@ -463,6 +463,7 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    backend.retain_freed_memory()  # reuse freed memory from step to step (see its docstring)
     try:
         return Run(args).run()
     except TrainError as e:
