@@ -10,13 +10,11 @@ import hashlib
 import io
 import pickle
 import tarfile
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import Server
 
 from minise.data import (
     DownloadError,
@@ -69,50 +67,6 @@ def cifar10_tarball(seed: int = 0) -> tuple[bytes, dict[str, np.ndarray]]:
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
-
-
-class Server:
-    """Serves ``routes[path] = (body, announced Content-Length or None)`` and counts the requests."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[bytes, int | None]] = {}
-        self.requests: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.requests.append(self.path)
-                if self.path not in outer.routes:
-                    self.send_error(404)
-                    return
-                body, announced = outer.routes[self.path]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body) if announced is None else announced))
-                self.end_headers()
-                self.wfile.write(body)  # with HTTP/1.0 the connection closes after this
-
-            def log_message(self, *args: object) -> None:  # keep the test output quiet
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
-    s.thread.start()
-    try:
-        yield s
-    finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
-        s.thread.join(timeout=5)
-    assert not s.thread.is_alive()
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, Server
 from PIL import Image
-from test_data_download import Server, leftovers, make_tarball, md5
+from test_data_download import leftovers, make_tarball, md5
 
 from minise import data
 from minise.data import (
@@ -414,18 +414,6 @@ def test_interrupted_cache_build_leaves_nothing(tree: Path, tmp_path: Path, monk
 
 
 # ----------------------------------------------------------------------------------------- download
-@pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
-    s.thread.start()
-    try:
-        yield s
-    finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
-        s.thread.join(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def archive(tree: Path) -> bytes:
     """imagenette2-160.tgz holding the tree (about 30 small images)."""
