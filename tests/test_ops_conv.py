@@ -6,12 +6,14 @@ stride > 1 (col2im), groups > 1, and the batch cut into chunks run on one or two
 from __future__ import annotations
 
 import threading
+import types
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 from conftest import requires_torch, to_xp
 from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from strategies import ConvCase, conv_cases
 
 import minise
@@ -153,6 +155,46 @@ def test_conv2d_matches_naive_loop(xp, case: ConvCase) -> None:
     np.testing.assert_allclose(backend.to_host(w.grad), dw, rtol=1e-12, atol=1e-12)
     if case.bias:
         np.testing.assert_allclose(backend.to_host(b.grad), db, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=conv_cases(), block=st.integers(1, 3))
+@example(case=GROUPS_STRIDED, block=2)
+@example(case=CROP, block=1)
+def test_conv2d_in_column_blocks_matches_naive_loop(case: ConvCase, block: int) -> None:
+    """The GEMMs cut into blocks of a few output columns (as backend.gemm_columns does for OpenBLAS's
+    small-matrix kernels, forced here to 1-3 columns) give the same forward and gradients."""
+    xa, wa, ba = case.arrays()
+    x, w, b = _tensors(np, xa, wa, ba)
+    widths: list[int] = []
+
+    def blocks(xp, m, k, n):  # type: ignore[no-untyped-def]
+        widths.append(n)
+        return min(block, n)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv_module.backend, "gemm_columns", blocks)
+        y = F.conv2d(x, w, b, **case.kwargs())
+        gy = np.random.default_rng(case.seed + 1).standard_normal(y.shape)
+        y.backward(gy)
+    assert widths  # every GEMM asked for its block width
+    np.testing.assert_allclose(y.numpy(), naive_conv2d(xa, wa, ba, **case.kwargs()), rtol=1e-12, atol=1e-12)
+    dx, dw, db = naive_conv2d_grads(xa, wa, gy, case.stride, case.padding, case.dilation, case.groups)
+    np.testing.assert_allclose(x.grad, dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
+
+
+def test_gemm_columns_keeps_each_product_within_the_small_kernel_bound() -> None:
+    """Blocks of a power of two with M*K*block <= 10^6, at least 16 wide, only when that cuts the columns."""
+    assert backend.gemm_columns(np, 16, 144, 1024) == 256  # the 16-channel 3x3 layer of a CIFAR ResNet
+    assert backend.gemm_columns(np, 32, 288, 256) == 64
+    assert backend.gemm_columns(np, 64, 576, 64) == 16
+    assert backend.gemm_columns(np, 16, 144, 200) == 200  # 256 would not cut 200 columns: one product
+    assert backend.gemm_columns(np, 512, 4608, 49) == 49  # a block would be under 16 columns: one product
+    for m, k, n in [(16, 144, 1024), (32, 288, 256), (64, 576, 64), (3, 5, 100_000)]:
+        width = backend.gemm_columns(np, m, k, n)
+        assert width == n or (m * k * width <= backend.SMALL_GEMM_MNK and width & (width - 1) == 0)
+    assert backend.gemm_columns(types.ModuleType("fake_xp"), 16, 144, 1024) == 1024  # a GPU: one product
 
 
 def test_naive_loop_is_a_convolution() -> None:

@@ -8,6 +8,9 @@ How the fast path works, and what each trick buys (measured in ``python -m minis
 * **Threads.** On the CPU the chunks run on all cores (NumPy releases the GIL inside copies and BLAS),
   with BLAS held to one thread meanwhile: two cores splitting the batch beat two cores splitting a
   small matrix product. ``backend.run_chunks`` owns this.
+* **Small GEMMs.** OpenBLAS multiplies products of at most 10^6 multiply-adds without packing them
+  first; cutting the output columns into such blocks (``backend.gemm_columns``) runs the forward and
+  input-gradient GEMMs of a 16-channel layer twice as fast.
 * **The weight gradient as its transpose.** dW^T = sum_n cols gy^T runs OpenBLAS at up to twice the
   rate of gy cols^T on these shapes (16 output rows are a poor shape for its packing).
 * **The input gradient as a convolution.** For stride 1, dL/dx is the convolution of dL/dy, padded by
@@ -33,20 +36,29 @@ from minise.tensor import Tensor, as_tensor
 Pair = tuple[int, int]
 
 
+def _gemm_into(a: Any, b: Any, out: Any) -> None:
+    """out[...] = a @ b for a (M, K), b (n, K, L), out (n, M, L): in blocks of columns sized for the BLAS
+    (``backend.gemm_columns``), each written straight into ``out`` when out is one contiguous block."""
+    xp = get_array_module(b)
+    length = b.shape[-1]
+    step = backend.gemm_columns(xp, a.shape[0], a.shape[1], length)
+    if step == length and out.flags.c_contiguous:
+        xp.matmul(a, b, out=out)  # no temporary
+        return
+    for s in range(0, length, step):
+        out[..., s : s + step] = a @ b[..., s : s + step]
+
+
 def _conv_chunk(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, groups: int, out: Any) -> None:
     """out[...] = conv2d(x, w) for one chunk of images, by im2col + one GEMM per group."""
-    xp = get_array_module(x)
     n = x.shape[0]
     o, cg, kh, kw = w.shape
     og, k = o // groups, cg * kh * kw
     cols = im2col(x, (kh, kw), stride, padding, dilation)  # (n, C*KH*KW, OH*OW)
     w2 = w.reshape(groups, og, k)  # (G, O/G, Cg*KH*KW)
     out3 = out.reshape(n, o, -1)  # (n, O, OH*OW), a view of out
-    if groups == 1:
-        xp.matmul(w2[0], cols, out=out3)  # straight into the result, no temporary
-    else:
-        for g in range(groups):
-            out3[:, g * og : (g + 1) * og] = w2[g] @ cols[:, g * k : (g + 1) * k]
+    for g in range(groups):
+        _gemm_into(w2[g], cols[:, g * k : (g + 1) * k], out3[:, g * og : (g + 1) * og])
 
 
 def _flipped(w: Any, groups: int) -> Any:
@@ -131,7 +143,7 @@ class Conv2dOp(Function):
             elif need_x:
                 dcols = xp.empty((z - a, c * kh * kw, oh * ow), dtype=x.dtype)
                 for g in range(g_):
-                    dcols[:, g * k : (g + 1) * k] = w3[g].T @ g3[:, g * og : (g + 1) * og]  # (n, K, L)
+                    _gemm_into(w3[g].T, g3[:, g * og : (g + 1) * og], dcols[:, g * k : (g + 1) * k])  # (n, K, L)
                 dx[a:z] = col2im(dcols, (z - a, c, h, wd), (kh, kw), self.stride, self.padding, self.dilation)
             return dw_part
 
