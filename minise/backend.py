@@ -312,9 +312,12 @@ def chunk_size(xp: ModuleType, batch: int, bytes_per_item: int, budget: int = 4 
 def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int], Any]) -> list[Any]:
     """Call ``work(start, stop)`` for consecutive chunks of ``range(batch)`` and return the results in order.
 
-    On NumPy the chunks run on a pool of threads (NumPy releases the GIL inside copies and BLAS) with
-    BLAS itself held to one thread meanwhile, so the cores split the batch instead of fighting over
-    small matrix products. On CuPy there is one chunk and the GPU does the parallel work.
+    On NumPy the chunks run on all cores (NumPy releases the GIL inside copies and BLAS) with BLAS
+    itself held to one thread meanwhile, so the cores split the batch instead of fighting over small
+    matrix products. The calling thread and ``threads - 1`` pool threads each take the next chunk
+    until none is left: one hand-off per thread and call, not one per chunk (a training step makes
+    about 200 calls of a few chunks each, and each hand-off costs tens of microseconds). On CuPy there
+    is one chunk and the GPU does the parallel work.
     """
     global _blas, _pool
     spans = [(i, min(i + size, batch)) for i in range(0, batch, size)]
@@ -328,15 +331,36 @@ def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int],
     if len(spans) == 1 or threads == 1 or _blas is None:
         # one chunk, one thread, or no way to hold BLAS to one thread: run serially, BLAS uses the cores
         return [work(a, b) for a, b in spans]
-    if _pool is None or _pool._max_workers != threads:
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="minise")
+    if _pool is None or _pool._max_workers != threads - 1:
+        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="minise")
+    results: list[Any] = [None] * len(spans)
+    taken = [0]  # how many chunks have been handed out
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                i = taken[0]
+                taken[0] += 1
+            if i >= len(spans):
+                return
+            results[i] = work(*spans[i])
+
     setter, getter = _blas
     before = getter()
     setter(1)
     try:
-        return list(_pool.map(lambda span: work(*span), spans))
+        helpers = [_pool.submit(drain) for _ in range(min(threads, len(spans)) - 1)]
+        try:
+            drain()  # the calling thread works too
+        finally:
+            errors = [f.exception() for f in helpers]  # waits for every helper, even if drain() raised
+        for e in errors:
+            if e is not None:
+                raise e
     finally:
         setter(before)
+    return results
 
 
 SMALL_GEMM_MNK = 1_000_000  # OpenBLAS's unpacked small-matrix kernels take products with M*N*K up to this
