@@ -14,6 +14,7 @@ import platform
 import subprocess
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -360,6 +361,28 @@ def test_run_chunks_returns_results_in_order_and_covers_the_range(
     assert [i for chunk in results for i in chunk] == list(range(batch))  # in order, each index once
     assert all(0 < len(chunk) <= size for chunk in results)
     assert sorted(calls) == [(a, min(a + size, batch)) for a in range(0, batch, size)]
+
+
+def test_run_chunks_shares_the_chunks_between_the_caller_and_the_pool(
+    monkeypatch: pytest.MonkeyPatch, own_pool: None
+) -> None:
+    """With 2 threads, the calling thread and one pool thread both take chunks (each chunk here waits
+    5 ms, so neither can finish them all alone); the results still come back in order."""
+    if backend._find_openblas() is None:
+        pytest.skip("OpenBLAS not found in this process: run_chunks runs serially")
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+    ran_on: dict[int, str] = {}
+
+    def work(start: int, stop: int) -> int:
+        ran_on[start] = threading.current_thread().name
+        time.sleep(0.005)
+        return start
+
+    assert backend.run_chunks(np, 12, 2, work) == [0, 2, 4, 6, 8, 10]
+    names = set(ran_on.values())
+    assert threading.current_thread().name in names
+    assert any(n.startswith("minise") for n in names), names
+    assert backend._pool is not None and backend._pool._max_workers == 1  # threads - 1 helpers
 
 
 def test_run_chunks_on_a_device_module_is_one_serial_pass(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ stride > 1 (col2im), groups > 1, and the batch cut into chunks run on one or two
 from __future__ import annotations
 
 import threading
+import time
 import types
 from collections.abc import Callable
 
@@ -288,6 +289,7 @@ def _spy_run_chunks(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[int, in
 
         def traced(a, z):
             threads.add(threading.current_thread().name)
+            time.sleep(0.002)  # long enough that the pool's thread takes chunks before the caller has done them all
             return work(a, z)
 
         return real(xp, batch, size, traced)
