@@ -122,7 +122,9 @@ class Conv2dOp(Function):
         wf = _flipped(w, g_) if need_x and unit_stride else None
         dx: Any = xp.empty(x.shape, dtype=x.dtype) if need_x else None  # C-contiguous, whatever x is
         w3 = w.reshape(g_, og, k)
-        size = backend.chunk_size(xp, n, max(c * kh * kw * oh * ow, o * kh * kw * h * wd) * x.itemsize)
+        # per image: the columns of x (and, with stride > 1, of dx, the same size); for stride 1, those of gy
+        per_image = max(c * kh * kw * oh * ow, o * kh * kw * h * wd if need_x and unit_stride else 0)
+        size = backend.chunk_size(xp, n, per_image * x.itemsize)
 
         def work(a: int, z: int) -> Any:
             g3 = gy[a:z].reshape(z - a, o, oh * ow)  # (n, O, OH*OW)
