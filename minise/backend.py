@@ -328,8 +328,10 @@ def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int],
         _blas = _find_openblas()
         if _blas is not None and os.environ.get("MINISE_NUM_THREADS"):
             _blas[0](threads)  # the user's cap applies to BLAS too
-    if len(spans) == 1 or threads == 1 or _blas is None:
-        # one chunk, one thread, or no way to hold BLAS to one thread: run serially, BLAS uses the cores
+    nested = threading.current_thread().name.startswith("minise")  # called from inside a chunk's work
+    if len(spans) == 1 or threads == 1 or _blas is None or nested:
+        # one chunk, one thread, no way to hold BLAS to one thread, or already on the pool (waiting for the
+        # pool from inside it could wait for ever): run serially
         return [work(a, b) for a, b in spans]
     if _pool is None or _pool._max_workers != threads - 1:
         _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="minise")

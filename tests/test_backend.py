@@ -385,6 +385,27 @@ def test_run_chunks_shares_the_chunks_between_the_caller_and_the_pool(
     assert backend._pool is not None and backend._pool._max_workers == 1  # threads - 1 helpers
 
 
+def test_run_chunks_inside_a_chunk_runs_serially(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
+    """A chunk's work may itself call run_chunks (an op inside an op): that inner call runs on the thread
+    it was made from instead of waiting for a pool whose threads are all busy with the outer call."""
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+
+    def inner(start: int, stop: int) -> tuple[int, str]:
+        time.sleep(0.002)
+        return start, threading.current_thread().name
+
+    def outer(start: int, stop: int) -> list[tuple[int, str]]:
+        time.sleep(0.002)
+        return backend.run_chunks(np, 4, 1, inner)
+
+    results = backend.run_chunks(np, 6, 1, outer)  # would hang if the inner calls waited for the pool
+    assert len(results) == 6
+    for chunk in results:
+        assert [s for s, _ in chunk] == [0, 1, 2, 3]
+        if any(name.startswith("minise") for _, name in chunk):  # an inner call made on the pool's thread
+            assert {name for _, name in chunk} == {chunk[0][1]}  # stayed on that one thread
+
+
 def test_run_chunks_on_a_device_module_is_one_serial_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINISE_NUM_THREADS", "4")
     not_numpy = types.ModuleType("fake_xp")
