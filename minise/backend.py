@@ -314,10 +314,14 @@ def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int],
 
     On NumPy the chunks run on all cores (NumPy releases the GIL inside copies and BLAS) with BLAS
     itself held to one thread meanwhile, so the cores split the batch instead of fighting over small
-    matrix products. The calling thread and ``threads - 1`` pool threads each take the next chunk
-    until none is left: one hand-off per thread and call, not one per chunk (a training step makes
-    about 200 calls of a few chunks each, and each hand-off costs tens of microseconds). On CuPy there
-    is one chunk and the GPU does the parallel work.
+    matrix products. That needs a BLAS whose thread count minise can set: the OpenBLAS of NumPy's
+    Linux wheels. Without it (another BLAS, or no ``/proc/self/maps``), and for a call made from inside
+    a chunk, the chunks run one after the other in the calling thread.
+
+    The calling thread and ``threads - 1`` pool threads each take the next chunk until none is left:
+    one hand-off per thread and call, not one per chunk. A training step of se_resnet20 makes about 190
+    calls of a few chunks each, and handing every chunk to the pool separately cost 9 % of its speed
+    (measured). On CuPy there is one chunk and the GPU does the parallel work.
     """
     global _blas, _pool
     spans = [(i, min(i + size, batch)) for i in range(0, batch, size)]
@@ -371,13 +375,15 @@ SMALL_GEMM_MNK = 1_000_000  # OpenBLAS's unpacked small-matrix kernels take prod
 def gemm_columns(xp: ModuleType, m: int, k: int, n: int) -> int:
     """How many columns of an (m, k) x (k, n) product to hand the BLAS at a time.
 
-    OpenBLAS (0.3.16 and later, on CPUs with AVX-512) multiplies a product with M*N*K <= 10^6 by a
-    kernel that reads the operands in place, without first copying them into packed panels. For the
-    thin products of small convolutions the packing costs as much as the arithmetic: a 16-channel
-    3x3 layer's (16, 144) x (144, 1024) runs in about half the time as four products of 256 columns
-    each (measured with ``python -m minise.bench ops``). So on the CPU the columns are cut into
-    blocks of a power of two that keeps M*N*K within that bound, when such a block still has at least
-    16 columns (narrower ones lose more than they gain); otherwise, and on the GPU, all n at once.
+    OpenBLAS (0.3.16 and later, with its AVX-512 "SkylakeX" kernels) multiplies a product with
+    M*N*K <= 10^6 by a kernel that reads the operands in place, without first copying them into packed
+    panels (for most operand layouts; a few transposed ones are excluded). For the thin products of
+    small convolutions the packing costs as much as the arithmetic: four products of 256 columns each
+    take about half the time of one (16, 144) x (144, 1024) product, the forward GEMM of a 16-channel
+    3x3 layer (timed with NumPy's matmul on the 2-core machine of ``BENCHMARKS.md``). So on the CPU the
+    columns are cut into blocks of a power of two that keeps M*N*K within that bound, when such a block
+    still has at least 16 columns (narrower ones were slower); otherwise, and on the GPU, all n at once.
+    With another BLAS the blocks only cost a few extra calls.
     """
     if xp is not np:
         return n
@@ -392,7 +398,7 @@ def elementwise(xp: ModuleType, out: Any, fn: Callable[..., Any], *arrays: Any) 
     Arrays with out's number of axes and its length along axis 0 are cut with it; any other array
     (a per-channel (1, C, 1, 1) scale, say) broadcasts whole against each chunk. A ReLU or a residual
     add over a (128, 16, 32, 32) activation is memory-bound work that one core does at a fraction of
-    the machine's bandwidth; two cores halve it.
+    the machine's bandwidth, so a second core shortens it (by how much depends on the machine's memory).
     """
     if out.ndim == 0 or out.shape[0] < 2:
         fn(*arrays, out=out)
