@@ -35,6 +35,7 @@ from .image_cache import DecodedCache
 from .image_transforms import ImageTransform
 from .image_workers import DataLoaderError, DecodePool, Job, JobResult, run_job
 from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolder
+from .loader import check_epoch_start, epoch_order
 from .transforms import normalize
 
 __all__ = ["ImageFolderLoader"]
@@ -116,19 +117,12 @@ class ImageFolderLoader:
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Make the next iteration go over epoch ``epoch`` from batch ``start_batch`` (for ``--resume``)."""
-        if epoch < 0:
-            raise ValueError(f"ImageFolderLoader.set_epoch: epoch is {epoch} - it must be >= 0")
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(
-                f"ImageFolderLoader.set_epoch: start_batch is {start_batch} but an epoch has {len(self)} batches"
-            )
+        check_epoch_start("ImageFolderLoader", epoch, start_batch, len(self))
         self.epoch, self.start_batch = epoch, start_batch
 
     def order(self, epoch: int) -> np.ndarray:
         """The image indices of epoch ``epoch``, in visiting order (N,)."""
-        if self.shuffle:
-            return np.random.default_rng([self.seed, epoch]).permutation(len(self.folder))
-        return np.arange(len(self.folder))
+        return epoch_order(len(self.folder), self.seed, epoch, self.shuffle)
 
     # ------------------------------------------------------------------------- one batch
     def _job(self, epoch: int, index: int, order: np.ndarray) -> tuple[Job, np.ndarray, list[str]]:

@@ -44,6 +44,25 @@ class _Failed:
 _DONE = object()  # the worker's last item: the epoch is complete
 
 
+def check_epoch_start(owner: str, epoch: int, start_batch: int, batches: int) -> None:
+    """The checks of ``set_epoch`` shared by the loaders: epoch >= 0 and 0 <= start_batch <= batches."""
+    if epoch < 0:
+        raise ValueError(f"{owner}.set_epoch: epoch is {epoch} - it must be >= 0")
+    if not 0 <= start_batch <= batches:
+        raise ValueError(
+            f"{owner}.set_epoch: start_batch is {start_batch} but an epoch has "
+            f"{batches} batches - use 0 <= start_batch <= {batches}"
+        )
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The visiting order of n items in epoch ``epoch`` (N,): a permutation drawn from (seed, epoch) when
+    shuffling, so any epoch can be replayed on its own (``--resume``), else 0..n-1."""
+    if shuffle:
+        return np.random.default_rng([seed, epoch]).permutation(n)
+    return np.arange(n)
+
+
 class DataLoader:
     """Iterate over ``(x, y)`` batches: x float32 (B, C, H, W), y int64 (B,).
 
@@ -120,21 +139,13 @@ class DataLoader:
         ``start_batch`` applies to the next iteration only: skipped batches are not computed, and the
         ones that follow are identical to those of an uninterrupted epoch.
         """
-        if epoch < 0:
-            raise ValueError(f"DataLoader.set_epoch: epoch is {epoch} - it must be >= 0")
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(
-                f"DataLoader.set_epoch: start_batch is {start_batch} but an epoch has "
-                f"{len(self)} batches - use 0 <= start_batch <= {len(self)}"
-            )
+        check_epoch_start("DataLoader", epoch, start_batch, len(self))
         self.epoch, self.start_batch = epoch, start_batch
 
     # ------------------------------------------------------------------------- one batch, purely
     def order(self, epoch: int) -> np.ndarray:
         """The image indices of epoch ``epoch``, in visiting order (N,)."""
-        if self.shuffle:
-            return np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
-        return np.arange(len(self.images))
+        return epoch_order(len(self.images), self.seed, epoch, self.shuffle)
 
     def make_batch(self, epoch: int, index: int, order: np.ndarray | None = None) -> Batch:
         """Batch ``index`` of epoch ``epoch``: a pure function of (seed, epoch, index)."""
