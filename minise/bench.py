@@ -431,8 +431,7 @@ def bench_train(model: str, batch: int, steps: int, backend_name: str, rounds: i
             per_round[f].append(child(f))
     results = []
     for f, runs in per_round.items():
-        rates = sorted(run["images_per_s"] for run in runs)
-        median = rates[len(rates) // 2] if len(rates) % 2 else (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2
+        median = float(np.median([run["images_per_s"] for run in runs]))
         results.append(
             {
                 "framework": f,
