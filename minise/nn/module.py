@@ -1,10 +1,17 @@
-"""Module, Parameter and Sequential: how layers hold parameters, buffers and sub-layers."""
+"""Module, Parameter and Sequential: how layers hold parameters, buffers and sub-layers.
+
+Also the two hooks PyTorch users reach for to look inside a model without editing it:
+``register_forward_pre_hook(fn)`` runs ``fn(module, args)`` before ``forward`` and
+``register_forward_hook(fn)`` runs ``fn(module, args, output)`` after it; each returns a
+:class:`RemovableHandle` whose ``remove()`` takes the hook off again.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from minise import backend
 from minise.tensor import Tensor
@@ -20,6 +27,35 @@ class Parameter(Tensor):
         return "Parameter(" + super().__repr__() + ")"
 
 
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict(strict=False)`` returns, as PyTorch's ``_IncompatibleKeys``."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+_hook_ids = itertools.count()
+
+
+class RemovableHandle:
+    """What ``register_forward_hook`` / ``register_forward_pre_hook`` return: ``handle.remove()`` takes
+    the hook off (removing twice does nothing). Also a context manager: ``with m.register_forward_hook(f):``
+    keeps the hook only inside the block."""
+
+    def __init__(self, hooks: OrderedDict[int, Callable[..., Any]]) -> None:
+        self.id = next(_hook_ids)
+        self._hooks = hooks
+
+    def remove(self) -> None:
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self) -> RemovableHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
 class Module:
     """The base of every layer and model, as ``torch.nn.Module``.
 
@@ -33,11 +69,15 @@ class Module:
     _parameters: OrderedDict[str, Parameter | None]
     _buffers: OrderedDict[str, Any]
     _modules: OrderedDict[str, Module]
+    _forward_pre_hooks: OrderedDict[int, Callable[..., Any]]
+    _forward_hooks: OrderedDict[int, Callable[..., Any]]
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -69,7 +109,39 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} has no forward")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        """``forward``, with the hooks around it, in the order they were registered (as PyTorch).
+
+        A pre-hook ``fn(module, args)`` may return new inputs (a tuple, or one value for one input);
+        a forward hook ``fn(module, args, output)`` may return a new output. ``None`` keeps them.
+        """
+        for hook in list(self._forward_pre_hooks.values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        output = self.forward(*args, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            result = hook(self, args, output)
+            if result is not None:
+                output = result
+        return output
+
+    # ------------------------------------------------------------------ hooks
+    def register_forward_pre_hook(self, hook: Callable[..., Any]) -> RemovableHandle:
+        """Run ``hook(module, args)`` before every ``forward``; it may return replaced inputs."""
+        handle = RemovableHandle(self._forward_pre_hooks)
+        self._forward_pre_hooks[handle.id] = hook
+        return handle
+
+    def register_forward_hook(self, hook: Callable[..., Any]) -> RemovableHandle:
+        """Run ``hook(module, args, output)`` after every ``forward``; it may return a replaced output.
+
+        E.g. record what every SE block multiplies its input by (``args[0]`` is the block's input):
+        ``h = se.register_forward_hook(lambda m, args, y: seen.append(m.excitation(args[0]).numpy()))``,
+        run the model, then ``h.remove()``.
+        """
+        handle = RemovableHandle(self._forward_hooks)
+        self._forward_hooks[handle.id] = hook
+        return handle
 
     # ------------------------------------------------------------------ walking the tree
     def named_children(self) -> Iterator[tuple[str, Module]]:
@@ -116,6 +188,16 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
+    def apply(self, fn: Callable[[Module], Any]) -> Module:
+        """Call ``fn(m)`` on every sub-module, children first, then on self (as PyTorch); returns self.
+
+        E.g. ``model.apply(lambda m: m.bias.data.fill(0) if isinstance(m, nn.Linear) else None)``.
+        """
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None
@@ -145,11 +227,12 @@ class Module:
             out[name] = b
         return out
 
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy arrays into this module's parameters and buffers, in place, on their current backend.
 
-        Raises a KeyError naming every missing and unexpected key, or a ValueError naming every key of
-        the wrong shape, before changing anything.
+        Returns ``(missing_keys, unexpected_keys)`` as a named tuple, as PyTorch. With ``strict=True``
+        (the default) any such key raises a KeyError naming every one; a key of the wrong shape always
+        raises a ValueError naming every one. Either error comes before anything is changed.
         """
         own = self.state_dict()
         missing = [k for k in own if k not in state]
@@ -175,6 +258,7 @@ class Module:
                 value = state[k].data if isinstance(state[k], Tensor) else state[k]
                 xp = backend.get_array_module(target)
                 target[...] = xp.asarray(backend.to_device(value, backend.backend_name(target)), dtype=target.dtype)
+        return IncompatibleKeys(missing, unexpected)
 
     def extra_repr(self) -> str:
         return ""
