@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 import minise
-from minise import backend
+from minise import backend, cpu
 from minise import functional as F
 
 
@@ -100,7 +100,7 @@ def _torch() -> Any:
         import torch  # noqa: PLC0415  (optional reference, never a dependency)
     except ImportError:
         return None
-    torch.set_num_threads(backend.num_threads())
+    torch.set_num_threads(cpu.num_threads())
     return torch
 
 
@@ -246,7 +246,7 @@ def bench_ops(backend_name: str) -> dict[str, Any]:
         ]
     return {
         "backend": backend_name,
-        "threads": backend.num_threads(),
+        "threads": cpu.num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"NumPy {np.__version__}" + (f", torch {torch.__version__}" if torch is not None else ""),
         "gemm_gflops": gemm,
@@ -362,7 +362,7 @@ def train_child(framework: str, model_name: str, batch: int, steps: int, backend
     else:
         from minise import models, optim  # noqa: PLC0415
 
-        backend.retain_freed_memory()  # as minise.train runs (torch's process keeps glibc's defaults)
+        cpu.retain_freed_memory()  # as minise.train runs (torch's process keeps glibc's defaults)
         backend.set_backend(backend_name)
         sync = backend.xp_of_backend(backend_name)
         minise.manual_seed(0)
@@ -447,7 +447,7 @@ def bench_train(model: str, batch: int, steps: int, backend_name: str, rounds: i
         "batch": batch,
         "steps": steps,
         "backend": backend_name,
-        "threads": backend.num_threads(),
+        "threads": cpu.num_threads(),
         "runs": results,
     }
 
@@ -554,7 +554,7 @@ def bench_data(
         "batch": batch,
         "workers": pool.workers,
         "cores": os.cpu_count(),
-        "threads": backend.num_threads(),
+        "threads": cpu.num_threads(),
         "model": model_name,
         "rows": rows,
     }
@@ -579,14 +579,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minise.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     ops = sub.add_parser("ops", help="time forward+backward of each op against GEMM and PyTorch")
-    ops.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
+    ops.add_argument("--backend", choices=backend.BACKEND_NAMES, default="numpy")
     ops.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     tr = sub.add_parser("train", help="time full training steps against the same model in PyTorch")
     tr.add_argument("--model", default="se_resnet20")
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--steps", type=int, default=10)
     tr.add_argument("--rounds", type=int, default=3, help="alternating runs of each framework (median reported)")
-    tr.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
+    tr.add_argument("--backend", choices=backend.BACKEND_NAMES, default="numpy")
     tr.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     da = sub.add_parser("data", help="time image decoding + augmentation against training steps")
     da.add_argument("--data-dir", required=True, help="an image folder: DIR/train/<class>/<image>")
@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.what in ("ops", "data"):
-            backend.retain_freed_memory()  # as minise.train runs; the torch ops in this process share it
+            cpu.retain_freed_memory()  # as minise.train runs; the torch ops in this process share it
         if args.what == "ops":
             result = bench_ops(args.backend)
             print(format_ops(result))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from minise import backend
+from minise import backend, cpu
 from minise import functional as F
 from minise.autograd import no_grad
 from minise.checkpoint import CheckpointError, load_checkpoint, split
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default=None, help=f"one of {names} (default: the training one)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set (default: the cache)")
     p.add_argument("--download", action="store_true", help="download the data set if it is missing")
-    p.add_argument("--backend", choices=backend.BACKENDS, default=None)
+    p.add_argument("--backend", choices=backend.BACKEND_NAMES, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="default 256 (64 for image folders)")
     p.add_argument(
         "--test-images",
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.workers is not None and args.workers < 0:
         p.error(f"--workers must be >= 0, got {args.workers}")
-    backend.retain_freed_memory()  # reuse freed memory from batch to batch (see its docstring)
+    cpu.retain_freed_memory()  # reuse freed memory from batch to batch (see its docstring)
     pool = None
     try:
         if args.backend:

@@ -135,8 +135,9 @@ class Tensor:
         return self.numpy().tolist()
 
     def to(self, backend_name: str) -> Tensor:
-        """A copy on backend ``"numpy"`` or ``"cupy"`` (a new leaf, with the same requires_grad)."""
-        moved = backend.to_device(self.data, backend_name)
+        """A copy on backend ``"numpy"`` (or ``"cpu"``) or ``"cupy"`` (or ``"cuda"``, ``"gpu"``): a new leaf,
+        with the same requires_grad."""
+        moved = backend.to_device(self.data, backend.canonical_backend(backend_name, "Tensor.to"))
         if moved is self.data or backend.backend_name(moved) == self.device:
             moved = moved.copy()
         return Tensor(moved, requires_grad=self.requires_grad)
@@ -303,6 +304,8 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False, backend_na
     """
     if isinstance(data, Tensor):
         data = data.data
+    if backend_name is not None:
+        backend_name = backend.canonical_backend(backend_name, "tensor")
     xp = backend.xp_of_backend(backend_name)
     arr = backend.to_device(data, backend_name or backend.get_backend()) if xp is not np else backend.to_host(data)
     if arr is data or backend.backend_name(data) == backend.backend_name(arr):

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import minise
-from minise import backend, data, models, optim
+from minise import backend, cpu, data, models, optim
 from minise import functional as F
 from minise.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, split
 from minise.evaluate import evaluate, model_from_checkpoint
@@ -463,7 +463,7 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    backend.retain_freed_memory()  # reuse freed memory from step to step (see its docstring)
+    cpu.retain_freed_memory()  # reuse freed memory from step to step (see its docstring)
     try:
         return Run(args).run()
     except TrainError as e:

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up from lr/10")
     r = p.add_argument_group("run")
-    r.add_argument("--backend", choices=backend.BACKENDS, default=None, help="default: $MINISE_BACKEND or numpy")
+    r.add_argument("--backend", choices=backend.BACKEND_NAMES, default=None, help="default: $MINISE_BACKEND or numpy")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<model>-s<seed>)")
     r.add_argument(

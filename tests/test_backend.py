@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import ast
 import os
-import platform
 import subprocess
 import sys
-import threading
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -112,8 +109,80 @@ def test_minise_backend_env_var_with_a_bogus_value_is_a_clear_error() -> None:
     out = _run_python("import minise", MINISE_BACKEND="bogus")
     assert out.returncode != 0
     assert "ValueError" in out.stderr
-    assert "MINISE_BACKEND='bogus'" in out.stderr
-    assert "numpy, cupy" in out.stderr
+    assert "MINISE_BACKEND: unknown backend 'bogus'" in out.stderr
+    assert "numpy (or cpu), cupy (or cuda, gpu)" in out.stderr
+
+
+@pytest.mark.parametrize("value", ["cpu", "CPU"])
+def test_minise_backend_env_var_accepts_the_aliases(value: str) -> None:
+    out = _run_python("import minise; print(minise.get_backend())", MINISE_BACKEND=value)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "numpy"
+
+
+# --------------------------------------------------------------------------------------------------
+# backend names: numpy/cpu and cupy/cuda/gpu, everywhere, and nothing else
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "canonical"), [("numpy", "numpy"), ("cpu", "numpy"), ("cupy", "cupy"), ("cuda", "cupy"), ("gpu", "cupy")]
+)
+def test_canonical_backend_accepts_exactly_the_documented_names(name: str, canonical: str) -> None:
+    assert backend.canonical_backend(name) == canonical
+    assert name in backend.BACKEND_NAMES
+
+
+@pytest.mark.parametrize("bad", ["banana", "CUDA", "cuda:0", "", None, 0])
+def test_canonical_backend_refuses_anything_else_in_one_line_listing_the_names(bad: Any) -> None:
+    with pytest.raises(ValueError) as info:
+        backend.canonical_backend(bad, "Module.to")
+    text = str(info.value)
+    assert text.startswith(f"Module.to: unknown backend {bad!r}") and "\n" not in text
+    assert "numpy (or cpu), cupy (or cuda, gpu)" in text
+
+
+def test_every_entry_point_refuses_an_unknown_backend_name(restore_backend: None) -> None:
+    model = nn.Linear(2, 3)
+    before = model.weight.data
+    for call, where in [
+        (lambda: model.to("banana"), "Module.to"),
+        (lambda: minise.tensor([1.0]).to("banana"), "Tensor.to"),
+        (lambda: minise.tensor([1.0], backend_name="banana"), "tensor"),
+        (lambda: minise.set_backend("banana"), "set_backend"),
+        (lambda: backend.to_device(np.zeros(2), "banana"), "to_device"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{where}: unknown backend 'banana'"):
+            call()
+    assert model.weight.data is before  # nothing moved
+
+
+def test_the_numpy_aliases_work_everywhere(restore_backend: None) -> None:
+    minise.set_backend("cpu")
+    assert minise.get_backend() == "numpy"
+    model = nn.Linear(2, 3).to("cpu")
+    assert isinstance(model.weight.data, np.ndarray)
+    assert minise.tensor([1.0], backend_name="cpu").device == "numpy"
+    assert minise.tensor([1.0]).to("cpu").device == "numpy"
+
+
+def test_an_empty_model_still_refuses_an_unknown_name() -> None:
+    with pytest.raises(ValueError, match="^Module.to: unknown backend 'banana'"):
+        nn.Sequential().to("banana")
+
+
+@pytest.mark.parametrize("command", ["minise.train", "minise.evaluate", "minise.bench ops"])
+def test_the_backend_option_accepts_the_aliases_and_refuses_the_rest(command: str) -> None:
+    module, *sub = command.split()
+    ok = _run_python(
+        f"import runpy, sys; sys.argv = ['x', *{sub!r}, '--backend', 'cuda', '--help']; "
+        f"runpy.run_module('{module}', run_name='__main__')"
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = _run_python(
+        f"import runpy, sys; sys.argv = ['x', *{sub!r}, '--backend', 'banana']; "
+        f"runpy.run_module('{module}', run_name='__main__')"
+    )
+    assert bad.returncode == 2
+    assert "invalid choice: 'banana'" in bad.stderr and "cuda" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_minise_backend_cupy_without_cupy_fails_clearly_by_the_first_tensor() -> None:
@@ -331,153 +400,6 @@ def test_rng_state_round_trip(restore_rng: None) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# chunks and CPU threads
-# --------------------------------------------------------------------------------------------------
-@pytest.fixture
-def own_pool(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """A fresh thread pool for the test (sized by its MINISE_NUM_THREADS), shut down afterwards."""
-    monkeypatch.setattr(backend, "_pool", None)
-    yield
-    if backend._pool is not None:
-        backend._pool.shutdown(wait=True)
-
-
-@pytest.mark.parametrize("threads", ["1", "2", "4"])
-@pytest.mark.parametrize(("batch", "size"), [(10, 1), (10, 3), (10, 4), (10, 10), (10, 25), (1, 1), (0, 3), (17, 5)])
-def test_run_chunks_returns_results_in_order_and_covers_the_range(
-    batch: int, size: int, threads: str, monkeypatch: pytest.MonkeyPatch, own_pool: None
-) -> None:
-    monkeypatch.setenv("MINISE_NUM_THREADS", threads)
-    assert backend.num_threads() == int(threads)
-    lock = threading.Lock()
-    calls: list[tuple[int, int]] = []
-
-    def work(start: int, stop: int) -> list[int]:
-        with lock:
-            calls.append((start, stop))
-        return list(range(start, stop))
-
-    results = backend.run_chunks(np, batch, size, work)
-    assert [i for chunk in results for i in chunk] == list(range(batch))  # in order, each index once
-    assert all(0 < len(chunk) <= size for chunk in results)
-    assert sorted(calls) == [(a, min(a + size, batch)) for a in range(0, batch, size)]
-
-
-def test_run_chunks_shares_the_chunks_between_the_caller_and_the_pool(
-    monkeypatch: pytest.MonkeyPatch, own_pool: None
-) -> None:
-    """With 2 threads, the calling thread and one pool thread both take chunks (each chunk here waits
-    5 ms, so neither can finish them all alone); the results still come back in order."""
-    if backend._find_openblas() is None:
-        pytest.skip("OpenBLAS not found in this process: run_chunks runs serially")
-    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
-    ran_on: dict[int, str] = {}
-
-    def work(start: int, stop: int) -> int:
-        ran_on[start] = threading.current_thread().name
-        time.sleep(0.005)
-        return start
-
-    assert backend.run_chunks(np, 12, 2, work) == [0, 2, 4, 6, 8, 10]
-    names = set(ran_on.values())
-    assert threading.current_thread().name in names
-    assert any(n.startswith("minise") for n in names), names
-    assert backend._pool is not None and backend._pool._max_workers == 1  # threads - 1 helpers
-
-
-def test_run_chunks_inside_a_chunk_runs_serially(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
-    """A chunk's work may itself call run_chunks (an op inside an op): that inner call runs on the thread
-    it was made from instead of waiting for a pool whose threads are all busy with the outer call."""
-    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
-
-    def inner(start: int, stop: int) -> tuple[int, str]:
-        time.sleep(0.002)
-        return start, threading.current_thread().name
-
-    def outer(start: int, stop: int) -> list[tuple[int, str]]:
-        time.sleep(0.002)
-        return backend.run_chunks(np, 4, 1, inner)
-
-    results = backend.run_chunks(np, 6, 1, outer)  # would hang if the inner calls waited for the pool
-    assert len(results) == 6
-    for chunk in results:
-        assert [s for s, _ in chunk] == [0, 1, 2, 3]
-        if any(name.startswith("minise") for _, name in chunk):  # an inner call made on the pool's thread
-            assert {name for _, name in chunk} == {chunk[0][1]}  # stayed on that one thread
-
-
-def test_run_chunks_on_a_device_module_is_one_serial_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MINISE_NUM_THREADS", "4")
-    not_numpy = types.ModuleType("fake_xp")
-    out = backend.run_chunks(not_numpy, 7, 3, lambda a, b: (a, b, threading.get_ident()))
-    assert [(a, b) for a, b, _ in out] == [(0, 3), (3, 6), (6, 7)]
-    assert {t for _, _, t in out} == {threading.get_ident()}  # run in this thread
-
-
-def test_run_chunks_holds_blas_to_one_thread_and_restores_it(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
-    blas = backend._find_openblas()
-    if blas is None:
-        pytest.skip("OpenBLAS not found in this process: run_chunks runs serially and leaves BLAS alone")
-    setter, getter = blas
-    original = getter()
-    try:
-        setter(2)
-        before = getter()
-        monkeypatch.setenv("MINISE_NUM_THREADS", "3")
-        seen: list[int] = []
-        backend.run_chunks(np, 9, 2, lambda a, b: seen.append(getter()))
-        assert seen and set(seen) == {1}  # BLAS held to one thread while the chunks ran
-        assert getter() == before
-        with pytest.raises(ZeroDivisionError):  # restored even when a chunk fails
-            backend.run_chunks(np, 9, 2, lambda a, b: 1 / (a - 4))
-        assert getter() == before
-    finally:
-        setter(original)
-
-
-def test_chunk_size_covers_the_batch_within_the_cache_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MINISE_NUM_THREADS", "4")
-    assert backend.chunk_size(np, 64, 1 << 20, budget=4 << 20) == 4  # the budget decides
-    assert backend.chunk_size(np, 8, 1, budget=4 << 20) == 2  # at least one chunk per thread
-    assert backend.chunk_size(np, 1, 1 << 30) == 1
-    assert backend.chunk_size(types.ModuleType("fake_xp"), 64, 1 << 30) == 64  # a GPU takes the whole batch
-
-
-@pytest.mark.parametrize("threads", ["1", "2"])
-@pytest.mark.parametrize("shape", [(), (1, 3), (7, 5, 3), (64, 16, 32, 32)])
-def test_elementwise_in_chunks_equals_one_pass(
-    shape: tuple[int, ...], threads: str, monkeypatch: pytest.MonkeyPatch, own_pool: None
-) -> None:
-    """backend.elementwise splits along axis 0 (for the largest shape: 2 or more chunks, on the pool's
-    threads when there are 2) and gives exactly what one whole-array call gives, in the given ``out``."""
-    monkeypatch.setenv("MINISE_NUM_THREADS", threads)
-    spans: list[int] = []
-    real = backend.run_chunks
-
-    def spy(xp, batch, size, work):  # type: ignore[no-untyped-def]
-        spans.append(-(-batch // size))
-        return real(xp, batch, size, work)
-
-    monkeypatch.setattr(backend, "run_chunks", spy)
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal(shape).astype(np.float32)
-    b = rng.standard_normal(shape).astype(np.float32)
-    out = np.full(shape, np.nan, dtype=np.float32)
-    assert backend.elementwise(np, out, np.add, a, b) is out
-    np.testing.assert_array_equal(out, a + b)
-    if len(shape) == 4:
-        assert spans and spans[0] >= 2  # 2 MB over a 1 MB budget: cut into chunks
-    neg = backend.elementwise(np, np.empty(shape, np.float32), lambda x, out: np.maximum(x, 0, out=out), a)
-    np.testing.assert_array_equal(neg, np.maximum(a, 0))
-    if len(shape) == 4:  # operands that broadcast: per image and channel (cut with out), per channel (whole)
-        e, t = a[:, :, :1, :1].copy(), b[:1, :, :1, :1].copy()
-        scaled = backend.elementwise(
-            np, np.empty(shape, np.float32), lambda x, e_, t_, out: np.add(x * e_, t_, out=out), a, e, t
-        )
-        np.testing.assert_array_equal(scaled, a * e + t)
-
-
-# --------------------------------------------------------------------------------------------------
 # the import rule
 # --------------------------------------------------------------------------------------------------
 # NumPy names that describe a dtype and do no array maths: allowed everywhere, e.g. `dtype: Any = np.float32`
@@ -587,42 +509,3 @@ def test_only_backend_imports_cupy_and_agnostic_packages_do_no_numpy_maths() -> 
     assert not violations, "import rule broken:\n" + "\n".join(violations)
     # the allow-lists name files that exist (a renamed file must not keep a stale exception)
     assert NUMPY_ALLOWED <= rel and CUPY_ALLOWED <= rel
-
-
-# --------------------------------------------------------------------------------------------------
-# the CPU allocator
-# --------------------------------------------------------------------------------------------------
-FAULTS_SCRIPT = """
-import resource, sys
-import numpy as np
-from minise import backend
-applied = backend.retain_freed_memory()
-def step():  # allocate, touch and free an 8 MB array, as a training step does with an activation
-    a = np.empty(2 << 20, dtype=np.float32)
-    a.fill(1.0)
-    del a
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    step()
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(
-    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="retain_freed_memory is for Linux with glibc"
-)
-@pytest.mark.parametrize("setting", ["", "system"])
-def test_retain_freed_memory_stops_page_faults_on_reused_blocks(setting: str) -> None:
-    """With the setting, 20 rounds of an 8 MB array fault in (almost) no new pages; with
-    MINISE_MALLOC=system (glibc's defaults) every round faults in its 2,048 pages (or 4 huge pages)
-    again. Run in a fresh process, so that this one's allocator keeps its own settings."""
-    env = {**os.environ, "MINISE_MALLOC": setting}
-    out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, env=env, check=True)
-    applied, faults = out.stdout.split()
-    if setting == "system":
-        assert applied == "False"
-        assert int(faults) >= 20 * 4  # at least the 2 MB huge pages of each round, usually 4 KB pages
-    else:
-        assert applied == "True"
-        assert int(faults) < 20, faults  # at most a stray page or two, not one round's worth

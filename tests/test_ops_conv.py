@@ -19,7 +19,7 @@ from strategies import ConvCase, conv_cases
 
 import minise
 import minise.functional as F
-from minise import backend
+from minise import backend, cpu
 from minise.functional import conv as conv_module
 
 
@@ -163,7 +163,7 @@ def test_conv2d_matches_naive_loop(xp, case: ConvCase) -> None:
 @example(case=GROUPS_STRIDED, block=2)
 @example(case=CROP, block=1)
 def test_conv2d_in_column_blocks_matches_naive_loop(case: ConvCase, block: int) -> None:
-    """The GEMMs cut into blocks of a few output columns (as backend.gemm_columns does for OpenBLAS's
+    """The GEMMs cut into blocks of a few output columns (as cpu.gemm_columns does for OpenBLAS's
     small-matrix kernels, forced here to 1-3 columns) give the same forward and gradients."""
     xa, wa, ba = case.arrays()
     x, w, b = _tensors(np, xa, wa, ba)
@@ -174,7 +174,7 @@ def test_conv2d_in_column_blocks_matches_naive_loop(case: ConvCase, block: int) 
         return min(block, n)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(conv_module.backend, "gemm_columns", blocks)
+        mp.setattr(conv_module.cpu, "gemm_columns", blocks)
         y = F.conv2d(x, w, b, **case.kwargs())
         gy = np.random.default_rng(case.seed + 1).standard_normal(y.shape)
         y.backward(gy)
@@ -187,15 +187,15 @@ def test_conv2d_in_column_blocks_matches_naive_loop(case: ConvCase, block: int) 
 
 def test_gemm_columns_keeps_each_product_within_the_small_kernel_bound() -> None:
     """Blocks of a power of two with M*K*block <= 10^6, at least 16 wide, only when that cuts the columns."""
-    assert backend.gemm_columns(np, 16, 144, 1024) == 256  # the 16-channel 3x3 layer of a CIFAR ResNet
-    assert backend.gemm_columns(np, 32, 288, 256) == 64
-    assert backend.gemm_columns(np, 64, 576, 64) == 16
-    assert backend.gemm_columns(np, 16, 144, 200) == 200  # 256 would not cut 200 columns: one product
-    assert backend.gemm_columns(np, 512, 4608, 49) == 49  # a block would be under 16 columns: one product
+    assert cpu.gemm_columns(np, 16, 144, 1024) == 256  # the 16-channel 3x3 layer of a CIFAR ResNet
+    assert cpu.gemm_columns(np, 32, 288, 256) == 64
+    assert cpu.gemm_columns(np, 64, 576, 64) == 16
+    assert cpu.gemm_columns(np, 16, 144, 200) == 200  # 256 would not cut 200 columns: one product
+    assert cpu.gemm_columns(np, 512, 4608, 49) == 49  # a block would be under 16 columns: one product
     for m, k, n in [(16, 144, 1024), (32, 288, 256), (64, 576, 64), (3, 5, 100_000)]:
-        width = backend.gemm_columns(np, m, k, n)
-        assert width == n or (m * k * width <= backend.SMALL_GEMM_MNK and width & (width - 1) == 0)
-    assert backend.gemm_columns(types.ModuleType("fake_xp"), 16, 144, 1024) == 1024  # a GPU: one product
+        width = cpu.gemm_columns(np, m, k, n)
+        assert width == n or (m * k * width <= cpu.SMALL_GEMM_MNK and width & (width - 1) == 0)
+    assert cpu.gemm_columns(types.ModuleType("fake_xp"), 16, 144, 1024) == 1024  # a GPU: one product
 
 
 def test_naive_loop_is_a_convolution() -> None:
@@ -282,7 +282,7 @@ def _spy_run_chunks(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[int, in
     """Record (batch, chunk size) of every run_chunks call and the threads the chunks ran on."""
     sizes: list[tuple[int, int]] = []
     threads: set[str] = set()
-    real = backend.run_chunks
+    real = cpu.run_chunks
 
     def spy(xp, batch, size, work):
         sizes.append((batch, size))
@@ -294,7 +294,7 @@ def _spy_run_chunks(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[int, in
 
         return real(xp, batch, size, traced)
 
-    monkeypatch.setattr(backend, "run_chunks", spy)
+    monkeypatch.setattr(cpu, "run_chunks", spy)
     return sizes, threads
 
 
@@ -315,7 +315,7 @@ def test_chunked_conv_matches_naive_loop(monkeypatch: pytest.MonkeyPatch, name: 
     """A batch of 5 cut into chunks of 1 or 2 images, run on 1 or 2 threads: same values as the loop."""
     case = CHUNK_CASES[name]
     monkeypatch.setenv("MINISE_NUM_THREADS", str(threads))
-    monkeypatch.setattr(backend, "chunk_size", lambda *args, **kwargs: chunk)
+    monkeypatch.setattr(cpu, "chunk_size", lambda *args, **kwargs: chunk)
     sizes, names = _spy_run_chunks(monkeypatch)
     xa, wa, ba = case.arrays()
     x, w, b = _tensors(np, xa, wa, ba)
@@ -323,7 +323,7 @@ def test_chunked_conv_matches_naive_loop(monkeypatch: pytest.MonkeyPatch, name: 
     gy = np.random.default_rng(1).standard_normal(y.shape)
     y.backward(gy)
     assert sizes == [(5, chunk), (5, chunk)]  # forward and backward, each in ceil(5 / chunk) > 1 chunks
-    if threads == 2 and backend._find_openblas() is not None:
+    if threads == 2 and cpu._find_openblas() is not None:
         assert any(n.startswith("minise") for n in names), names  # the chunks ran on the pool
     if threads == 1:
         assert names == {threading.current_thread().name}
@@ -337,7 +337,7 @@ def test_chunked_conv_matches_naive_loop(monkeypatch: pytest.MonkeyPatch, name: 
 def test_chunked_conv_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
     """gradcheck through the chunked, threaded path (chunks of one image on two threads)."""
     monkeypatch.setenv("MINISE_NUM_THREADS", "2")
-    monkeypatch.setattr(backend, "chunk_size", lambda *args, **kwargs: 1)
+    monkeypatch.setattr(cpu, "chunk_size", lambda *args, **kwargs: 1)
     for case in (CHUNK_CASES["stride1-crop-groups"], ConvCase(n=3, c=2, o=2, h=4, w=3, kernel=(2, 2), stride=(2, 1))):
         x, w, b = _tensors(np, *case.arrays())
         assert minise.gradcheck(_conv_fn(case), x, w, b).ok

@@ -12,7 +12,7 @@ from strategies import BatchNormCase, batch_norm_cases
 
 import minise
 import minise.functional as F
-from minise import backend
+from minise import backend, cpu
 
 
 def reference_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
@@ -171,7 +171,7 @@ def test_batch_norm_training_output_is_normalised() -> None:
 def test_chunked_batch_norm_matches_formula(monkeypatch: pytest.MonkeyPatch, training: bool, threads: int) -> None:
     """The batch cut into chunks of one image, on 1 or 2 threads: same values and gradients as the formula."""
     monkeypatch.setenv("MINISE_NUM_THREADS", str(threads))
-    monkeypatch.setattr(backend, "chunk_size", lambda *args, **kwargs: 1)
+    monkeypatch.setattr(cpu, "chunk_size", lambda *args, **kwargs: 1)
     case = BatchNormCase(shape=(5, 3, 3, 2), seed=7)
     a = case.arrays()
     rm, rv = a["running_mean"].copy(), a["running_var"].copy()

@@ -17,7 +17,7 @@ from strategies import PoolCase, pool_cases, seeds
 
 import minise
 import minise.functional as F
-from minise import backend
+from minise import backend, cpu
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ def test_chunked_pooling_matches_naive_loop(
 ) -> None:
     """A batch cut into chunks of 1 or 2 images on 1 or 2 threads: the same values and gradients as the loops."""
     monkeypatch.setenv("MINISE_NUM_THREADS", str(threads))
-    monkeypatch.setattr(backend, "chunk_size", lambda *args, **kwargs: chunk)
+    monkeypatch.setattr(cpu, "chunk_size", lambda *args, **kwargs: chunk)
     xa = case.x("distinct")
     gy = np.random.default_rng(0).standard_normal((case.n, case.c, *case.out_hw))
     for name in ("max", "avg"):

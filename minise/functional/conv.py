@@ -7,9 +7,9 @@ How the fast path works, and what each trick buys (measured in ``python -m minis
   matrix would stream through main memory twice. On CuPy a chunk is the whole batch.
 * **Threads.** On the CPU the chunks run on all cores (NumPy releases the GIL inside copies and BLAS),
   with BLAS held to one thread meanwhile: two cores splitting the batch beat two cores splitting a
-  small matrix product. ``backend.run_chunks`` owns this.
+  small matrix product. ``cpu.run_chunks`` owns this.
 * **Small GEMMs.** OpenBLAS multiplies products of at most 10^6 multiply-adds without packing them
-  first; cutting the output columns into such blocks (``backend.gemm_columns``) runs the forward and
+  first; cutting the output columns into such blocks (``cpu.gemm_columns``) runs the forward and
   input-gradient GEMMs of a 16-channel layer twice as fast.
 * **The weight gradient as its transpose.** dW^T = sum_n cols gy^T holds the same numbers as
   sum_n gy cols^T, and OpenBLAS computes it up to twice as fast on these shapes (measured; not profiled why).
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minise import backend
+from minise import cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype, pair
@@ -38,10 +38,10 @@ Pair = tuple[int, int]
 
 def _gemm_into(a: Any, b: Any, out: Any) -> None:
     """out[...] = a @ b for a (M, K), b (n, K, L), out (n, M, L): in blocks of columns sized for the BLAS
-    (``backend.gemm_columns``), each written straight into ``out`` when out is one contiguous block."""
+    (``cpu.gemm_columns``), each written straight into ``out`` when out is one contiguous block."""
     xp = get_array_module(b)
     length = b.shape[-1]
-    step = backend.gemm_columns(xp, a.shape[0], a.shape[1], length)
+    step = cpu.gemm_columns(xp, a.shape[0], a.shape[1], length)
     if step == length and out.flags.c_contiguous:
         xp.matmul(a, b, out=out)  # no temporary
         return
@@ -98,12 +98,12 @@ class Conv2dOp(Function):
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
         y = xp.empty((n, o, oh, ow), dtype=x.dtype)
-        size = backend.chunk_size(xp, n, c * kh * kw * oh * ow * x.itemsize)
+        size = cpu.chunk_size(xp, n, c * kh * kw * oh * ow * x.itemsize)
 
         def work(a: int, z: int) -> None:
             _conv_chunk(x[a:z], w, self.stride, self.padding, self.dilation, self.groups, y[a:z])
 
-        backend.run_chunks(xp, n, size, work)
+        cpu.run_chunks(xp, n, size, work)
         if b is not None:
             y += b.reshape(1, o, 1, 1)
         self.save(x, w)
@@ -124,7 +124,7 @@ class Conv2dOp(Function):
         w3 = w.reshape(g_, og, k)
         # per image: the columns of x (and, with stride > 1, of dx, the same size); for stride 1, those of gy
         per_image = max(c * kh * kw * oh * ow, o * kh * kw * h * wd if need_x and unit_stride else 0)
-        size = backend.chunk_size(xp, n, per_image * x.itemsize)
+        size = cpu.chunk_size(xp, n, per_image * x.itemsize)
 
         def work(a: int, z: int) -> Any:
             g3 = gy[a:z].reshape(z - a, o, oh * ow)  # (n, O, OH*OW)
@@ -149,7 +149,7 @@ class Conv2dOp(Function):
                 dx[a:z] = col2im(dcols, (z - a, c, h, wd), (kh, kw), self.stride, self.padding, self.dilation)
             return dw_part
 
-        parts = backend.run_chunks(xp, n, size, work)
+        parts = cpu.run_chunks(xp, n, size, work)
         dw_ = None
         if need_w:
             dw_ = parts[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minise import backend
+from minise import cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float
@@ -18,14 +18,14 @@ class ReLUOp(Function):
 
     def forward(self, x: Any) -> Any:
         xp = get_array_module(x)
-        y = backend.elementwise(xp, xp.empty(x.shape, dtype=x.dtype), _relu, x)
+        y = cpu.elementwise(xp, xp.empty(x.shape, dtype=x.dtype), _relu, x)
         self.save(y)
         return y
 
     def backward(self, gy: Any) -> Any:
         (y,) = self.saved  # type: ignore[misc]
         xp = get_array_module(gy)
-        return backend.elementwise(xp, xp.empty(gy.shape, dtype=gy.dtype), _relu_grad, gy, y)
+        return cpu.elementwise(xp, xp.empty(gy.shape, dtype=gy.dtype), _relu_grad, gy, y)
 
 
 def _relu(x: Any, out: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minise import backend
+from minise import cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
@@ -36,7 +36,7 @@ class BatchNormOp(Function):
 
     How it is computed: every formula above is per channel an affine map, y = a x + b and
     dx = A gy + B x + C with (C,) coefficients, plus a few per-channel sums. So the op works through
-    the batch in chunks of a few images (on all cores, see ``backend.run_chunks``): one pass for the
+    the batch in chunks of a few images (on all cores, see ``cpu.run_chunks``): one pass for the
     sums (the moments combined across chunks exactly, see ``_batch_moments``), one for the affine
     map, each chunk small enough to stay in cache, instead of a chain of
     whole-batch temporaries (x - mu, its square, xhat, gamma xhat ...) each streamed through memory.
@@ -55,7 +55,7 @@ class BatchNormOp(Function):
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)  # (N, C, L), L = H*W
         m = n * x3.shape[2]
-        size = backend.chunk_size(xp, n, x3[0].nbytes, budget=1 << 20)
+        size = cpu.chunk_size(xp, n, x3[0].nbytes, budget=1 << 20)
         if self.training:
             mu, var = _batch_moments(xp, x3, size)  # (C,), (C,) biased
             if self.running_mean is not None:
@@ -78,7 +78,7 @@ class BatchNormOp(Function):
             xp.multiply(x3[s:z], a3, out=y3[s:z])
             y3[s:z] += b3
 
-        backend.run_chunks(xp, n, size, affine)
+        cpu.run_chunks(xp, n, size, affine)
         self.save(x, mu, inv_std, gamma)
         return y
 
@@ -88,7 +88,7 @@ class BatchNormOp(Function):
         n, c = x.shape[:2]
         x3, g3 = x.reshape(n, c, -1), gy.reshape(n, c, -1)  # (N, C, L)
         m = n * x3.shape[2]
-        size = backend.chunk_size(xp, n, x3[0].nbytes, budget=1 << 20)
+        size = cpu.chunk_size(xp, n, x3[0].nbytes, budget=1 << 20)
         need_x, need_g, need_b = self.needs_input_grad
 
         def sums(a: int, z: int) -> Any:  # (2, C): sum gy and sum gy * x
@@ -118,7 +118,7 @@ class BatchNormOp(Function):
                     d3[s_:z] += x3[s_:z] * coef_b.reshape(1, c, 1)
                     d3[s_:z] += coef_c.reshape(1, c, 1)
 
-            backend.run_chunks(xp, n, size, grad)
+            cpu.run_chunks(xp, n, size, grad)
         return dx, dgamma if need_g else None, dbeta if need_b else None
 
 
@@ -139,7 +139,7 @@ def _batch_moments(xp: Any, x3: Any, size: int) -> tuple[Any, Any]:
         centred = chunk - m.reshape(1, c, 1).astype(chunk.dtype)
         return count, m, xp.einsum("ncl,ncl->c", centred, centred)
 
-    parts = backend.run_chunks(xp, n, size, moments)
+    parts = cpu.run_chunks(xp, n, size, moments)
     total = sum(p[0] for p in parts)
     mean = sum(p[0] * p[1].astype(xp.float64) for p in parts) / total
     m2 = sum(p[2].astype(xp.float64) + p[0] * (p[1] - mean) ** 2 for p in parts)
@@ -148,7 +148,7 @@ def _batch_moments(xp: Any, x3: Any, size: int) -> tuple[Any, Any]:
 
 def _sum_chunks(xp: Any, n: int, size: int, part: Any) -> Any:
     """The sum over chunks of ``part(start, stop)``, accumulated in float64 on the host side of rounding."""
-    parts = backend.run_chunks(xp, n, size, part)
+    parts = cpu.run_chunks(xp, n, size, part)
     total = parts[0].astype(xp.float64)
     for p in parts[1:]:
         total += p

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minise import backend
+from minise import cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, pair
@@ -62,7 +62,7 @@ class MaxPool2dOp(Function):
     overlap. The forward records, per output, which kernel offset k = kh*KW + kw won.
 
     How it is computed, and why (each step measured with ``python -m minise.bench ops``):
-    1. Chunks of a few images, on all cores (``backend.run_chunks``), so each chunk stays in cache.
+    1. Chunks of a few images, on all cores (``cpu.run_chunks``), so each chunk stays in cache.
     2. The padded chunk is split into stride phases (:func:`space_to_depth`): a window read becomes a
        unit-stride slice instead of reading every s-th value.
     3. "Wide" outputs: on a phase plane of width Wq, the window at offset (i, j) for every output is
@@ -125,7 +125,7 @@ class MaxPool2dOp(Function):
             y[a:z] = yw.reshape(z - a, c, hq, wq)[:, :, :oh, :ow]  # crop the wide outputs
             arg[a:z] = argw.reshape(z - a, c, hq, wq)[:, :, :oh, :ow]
 
-        backend.run_chunks(xp, n, backend.chunk_size(xp, n, c * hp * wp * x.itemsize, budget=1 << 20), work)
+        cpu.run_chunks(xp, n, cpu.chunk_size(xp, n, c * hp * wp * x.itemsize, budget=1 << 20), work)
         self.save(arg, x.shape)
         return y
 
@@ -155,7 +155,7 @@ class MaxPool2dOp(Function):
             dxpad = depth_to_space(dflat.reshape(sh, sw, z - a, c, hq, wq))
             dx[a:z] = dxpad[:, :, ph : ph + h, pw : pw + w]
 
-        backend.run_chunks(xp, n, backend.chunk_size(xp, n, c * hp * wp * gy.itemsize, budget=1 << 20), work)
+        cpu.run_chunks(xp, n, cpu.chunk_size(xp, n, c * hp * wp * gy.itemsize, budget=1 << 20), work)
         return dx
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minise import backend
+from minise import cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
@@ -50,7 +50,7 @@ class SqueezeExciteOp(Function):
         e = stable_sigmoid(a2)  # (N, C)   excitation
         self.save(x, s, h, e, w1, w2)
         xp = get_array_module(x)
-        return backend.elementwise(xp, xp.empty(x.shape, x.dtype), xp.multiply, x, e[:, :, None, None])  # scale
+        return cpu.elementwise(xp, xp.empty(x.shape, x.dtype), xp.multiply, x, e[:, :, None, None])  # scale
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
         x, s, h, e, w1, w2 = self.saved  # type: ignore[misc]
@@ -67,7 +67,7 @@ class SqueezeExciteOp(Function):
         dx = None
         if need_x:
             g_s = g_a1 @ w1  # (N, C)
-            dx = backend.elementwise(
+            dx = cpu.elementwise(
                 xp, xp.empty(x.shape, x.dtype), _scale_add, gy, e[:, :, None, None], (g_s / (hh * ww))[:, :, None, None]
             )  # G * e + g_s / (H W)
         return dx, dw1, db1, dw2, db2

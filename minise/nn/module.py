@@ -207,7 +207,9 @@ class Module:
 
     # ------------------------------------------------------------------ backends
     def to(self, backend_name: str) -> Module:
-        """Move every parameter and buffer to backend "numpy" or "cupy", in place; returns self."""
+        """Move every parameter and buffer to backend "numpy" (or "cpu") or "cupy" (or "cuda", "gpu"), in
+        place; returns self. Any other name is a ValueError listing these."""
+        backend_name = backend.canonical_backend(backend_name, "Module.to")
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None:

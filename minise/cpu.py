@@ -1,0 +1,231 @@
+"""CPU execution: how big work is cut into chunks and run on the CPU cores, and how the CPU allocator
+keeps freed memory for the next step.
+
+* how many threads minise uses (:func:`num_threads`, ``MINISE_NUM_THREADS``);
+* how a batch is cut into chunks and the chunks run on all cores (:func:`chunk_size`, :func:`run_chunks`),
+  with BLAS held to one thread meanwhile (:func:`_find_openblas`);
+* how a thin matrix product is cut into column blocks (:func:`gemm_columns`);
+* elementwise passes split across cores (:func:`elementwise`);
+* glibc's ``malloc`` keeping freed memory for the next step (:func:`retain_freed_memory`).
+
+On CuPy all of this is off and costs nothing: a chunk is the whole batch, a product is one GEMM and an
+elementwise pass is one call (the GPU does the parallel work). :mod:`minise.backend` holds the other half,
+the NumPy/CuPy switch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+
+# --------------------------------------------------------------------------------------------------
+# chunks and CPU threads
+# --------------------------------------------------------------------------------------------------
+def _find_openblas() -> Any:
+    """The loaded OpenBLAS library (NumPy's wheels ship one), to set its thread count; None if not found."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas_", "openblas_"):
+            for suffix in ("64_", ""):
+                setter = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    getter.restype = ctypes.c_int
+                    return setter, getter
+    return None
+
+
+_blas: Any = False  # False: not looked up yet; None: not found
+_pool: ThreadPoolExecutor | None = None
+
+
+def num_threads() -> int:
+    """CPU threads minise uses: ``MINISE_NUM_THREADS`` or the number of cores.
+
+    Setting ``MINISE_NUM_THREADS`` also caps BLAS at that many threads (e.g. 1 to run two trainings
+    side by side on two cores without four BLAS threads fighting over them).
+    """
+    env = os.environ.get("MINISE_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def chunk_size(xp: ModuleType, batch: int, bytes_per_item: int, budget: int = 4 << 20) -> int:
+    """How many images an op handles at a time.
+
+    On the GPU the whole batch is one chunk. On the CPU, working on a few images at a time keeps the
+    im2col buffer (``bytes_per_item`` each) within about ``budget`` bytes, so it stays in cache and is
+    reused, instead of one whole-batch matrix that streams through memory; and there are at least as
+    many chunks as threads so every core has work.
+    """
+    if xp is not np:
+        return batch
+    threads = num_threads()
+    by_cache = max(1, budget // max(1, bytes_per_item))
+    chunks = -(-batch // by_cache)  # as few chunks as fit the budget ...
+    chunks = -(-chunks // threads) * threads  # ... rounded up to a multiple of the threads, so none idles
+    return max(1, -(-batch // chunks))
+
+
+def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int], Any]) -> list[Any]:
+    """Call ``work(start, stop)`` for consecutive chunks of ``range(batch)`` and return the results in order.
+
+    On NumPy the chunks run on all cores (NumPy releases the GIL inside copies and BLAS) with BLAS
+    itself held to one thread meanwhile, so the cores split the batch instead of fighting over small
+    matrix products. That needs a BLAS whose thread count minise can set: the OpenBLAS of NumPy's
+    Linux wheels. Without it (another BLAS, or no ``/proc/self/maps``), and for a call made from inside
+    a chunk, the chunks run one after the other in the calling thread.
+
+    The calling thread and ``threads - 1`` pool threads each take the next chunk until none is left:
+    one hand-off per thread and call, not one per chunk. A training step of se_resnet20 makes about 190
+    calls of a few chunks each, and handing every chunk to the pool separately cost 9 % of its speed
+    (measured). On CuPy there is one chunk and the GPU does the parallel work.
+    """
+    global _blas, _pool
+    if xp is not np:  # the GPU: one chunk, nothing of the CPU machinery
+        return [work(0, batch)] if size >= batch else [work(i, min(i + size, batch)) for i in range(0, batch, size)]
+    spans = [(i, min(i + size, batch)) for i in range(0, batch, size)]
+    threads = num_threads()
+    if _blas is False:
+        _blas = _find_openblas()
+        if _blas is not None and os.environ.get("MINISE_NUM_THREADS"):
+            _blas[0](threads)  # the user's cap applies to BLAS too
+    nested = threading.current_thread().name.startswith("minise")  # called from inside a chunk's work
+    if len(spans) == 1 or threads == 1 or _blas is None or nested:
+        # one chunk, one thread, no way to hold BLAS to one thread, or already on the pool (waiting for the
+        # pool from inside it could wait for ever): run serially
+        return [work(a, b) for a, b in spans]
+    if _pool is None or _pool._max_workers != threads - 1:
+        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="minise")
+    results: list[Any] = [None] * len(spans)
+    taken = [0]  # how many chunks have been handed out
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                i = taken[0]
+                taken[0] += 1
+            if i >= len(spans):
+                return
+            results[i] = work(*spans[i])
+
+    setter, getter = _blas
+    before = getter()
+    setter(1)
+    try:
+        helpers = [_pool.submit(drain) for _ in range(min(threads, len(spans)) - 1)]
+        try:
+            drain()  # the calling thread works too
+        finally:
+            errors = [f.exception() for f in helpers]  # waits for every helper, even if drain() raised
+        for e in errors:
+            if e is not None:
+                raise e
+    finally:
+        setter(before)
+    return results
+
+
+SMALL_GEMM_MNK = 1_000_000  # OpenBLAS's unpacked small-matrix kernels take products with M*N*K up to this
+
+
+def gemm_columns(xp: ModuleType, m: int, k: int, n: int) -> int:
+    """How many columns of an (m, k) x (k, n) product to hand the BLAS at a time.
+
+    OpenBLAS (0.3.16 and later, with its AVX-512 "SkylakeX" kernels) multiplies a product with
+    M*N*K <= 10^6 by a kernel that reads the operands in place, without first copying them into packed
+    panels (for most operand layouts; a few transposed ones are excluded). For the thin products of
+    small convolutions the packing costs as much as the arithmetic: four products of 256 columns each
+    take about half the time of one (16, 144) x (144, 1024) product, the forward GEMM of a 16-channel
+    3x3 layer (timed with NumPy's matmul on the 2-core machine of ``BENCHMARKS.md``). So on the CPU the
+    columns are cut into blocks of a power of two that keeps M*N*K within that bound, when such a block
+    still has at least 16 columns (narrower ones were slower); otherwise, and on the GPU, all n at once.
+    With another BLAS the blocks only cost a few extra calls.
+    """
+    if xp is not np:
+        return n
+    block = 1 << max(0, (SMALL_GEMM_MNK // max(1, m * k)).bit_length() - 1)  # largest power of two within
+    return block if 16 <= block < n else n
+
+
+def elementwise(xp: ModuleType, out: Any, fn: Callable[..., Any], *arrays: Any) -> Any:
+    """``fn(*arrays, out=out)`` for an elementwise ``fn``, split along axis 0 into chunks that run on
+    all cores (``run_chunks``); returns ``out``. On CuPy: one call.
+
+    Arrays with out's number of axes and its length along axis 0 are cut with it; any other array
+    (a per-channel (1, C, 1, 1) scale, say) broadcasts whole against each chunk. A ReLU or a residual
+    add over a (128, 16, 32, 32) activation is memory-bound work that one core does at a fraction of
+    the machine's bandwidth, so a second core shortens it (by how much depends on the machine's memory).
+    """
+    if xp is not np or out.ndim == 0 or out.shape[0] < 2:  # the GPU, or nothing to cut: one call
+        fn(*arrays, out=out)
+        return out
+    n = out.shape[0]
+    cut = [a.ndim == out.ndim and a.shape[0] == n for a in arrays]
+    size = chunk_size(xp, n, out[0].nbytes, budget=1 << 20)
+
+    def work(a: int, z: int) -> None:
+        fn(*(t[a:z] if c else t for t, c in zip(arrays, cut, strict=True)), out=out[a:z])
+
+    run_chunks(xp, n, size, work)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the CPU allocator
+# --------------------------------------------------------------------------------------------------
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt() parameters, from glibc's <malloc.h>
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit systems
+TRIM_THRESHOLD = 1 << 30
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for the next step instead of handing it back to the OS.
+
+    A training step allocates and frees the same arrays every time: activations, gradients and
+    im2col buffers of a few MB each. By default glibc gives blocks that size their own ``mmap`` or
+    trims them off the top of the heap when they are freed, so on the next step the kernel has to
+    fault in and zero every page again, one page fault at a time under a lock that all threads share.
+    Measured with ``python -m minise.bench train`` on 2 cores, that cost se_resnet20 about a fifth
+    of its speed. Raising ``M_MMAP_THRESHOLD`` to 32 MB and ``M_TRIM_THRESHOLD`` to 1 GB keeps such
+    blocks in the heap, where the next step reuses them. The price: between steps the process keeps
+    the memory of its busiest moment instead of shrinking.
+
+    The minise command lines (train, evaluate, bench) call this at start; a program that imports
+    minise may call it too. ``MINISE_MALLOC=system`` leaves malloc alone. Returns whether the
+    settings were applied: only on Linux with glibc, and only for the NumPy backend's memory (CuPy
+    has its own memory pool on the GPU).
+    """
+    if os.environ.get("MINISE_MALLOC", "").lower() == "system":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success; the trim threshold first, so that no moment has mmap raised alone
+    return bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))

@@ -1,0 +1,203 @@
+"""minise/cpu.py: how work is cut into chunks and run on the CPU cores, BLAS column blocks, elementwise
+passes across cores, and glibc's malloc keeping freed memory; and that none of it runs on CuPy."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+
+from minise import cpu
+
+
+# --------------------------------------------------------------------------------------------------
+# chunks and CPU threads
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture
+def own_pool(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A fresh thread pool for the test (sized by its MINISE_NUM_THREADS), shut down afterwards."""
+    monkeypatch.setattr(cpu, "_pool", None)
+    yield
+    if cpu._pool is not None:
+        cpu._pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "4"])
+@pytest.mark.parametrize(("batch", "size"), [(10, 1), (10, 3), (10, 4), (10, 10), (10, 25), (1, 1), (0, 3), (17, 5)])
+def test_run_chunks_returns_results_in_order_and_covers_the_range(
+    batch: int, size: int, threads: str, monkeypatch: pytest.MonkeyPatch, own_pool: None
+) -> None:
+    monkeypatch.setenv("MINISE_NUM_THREADS", threads)
+    assert cpu.num_threads() == int(threads)
+    lock = threading.Lock()
+    calls: list[tuple[int, int]] = []
+
+    def work(start: int, stop: int) -> list[int]:
+        with lock:
+            calls.append((start, stop))
+        return list(range(start, stop))
+
+    results = cpu.run_chunks(np, batch, size, work)
+    assert [i for chunk in results for i in chunk] == list(range(batch))  # in order, each index once
+    assert all(0 < len(chunk) <= size for chunk in results)
+    assert sorted(calls) == [(a, min(a + size, batch)) for a in range(0, batch, size)]
+
+
+def test_run_chunks_shares_the_chunks_between_the_caller_and_the_pool(
+    monkeypatch: pytest.MonkeyPatch, own_pool: None
+) -> None:
+    """With 2 threads, the calling thread and one pool thread both take chunks (each chunk here waits
+    5 ms, so neither can finish them all alone); the results still come back in order."""
+    if cpu._find_openblas() is None:
+        pytest.skip("OpenBLAS not found in this process: run_chunks runs serially")
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+    ran_on: dict[int, str] = {}
+
+    def work(start: int, stop: int) -> int:
+        ran_on[start] = threading.current_thread().name
+        time.sleep(0.005)
+        return start
+
+    assert cpu.run_chunks(np, 12, 2, work) == [0, 2, 4, 6, 8, 10]
+    names = set(ran_on.values())
+    assert threading.current_thread().name in names
+    assert any(n.startswith("minise") for n in names), names
+    assert cpu._pool is not None and cpu._pool._max_workers == 1  # threads - 1 helpers
+
+
+def test_run_chunks_inside_a_chunk_runs_serially(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
+    """A chunk's work may itself call run_chunks (an op inside an op): that inner call runs on the thread
+    it was made from instead of waiting for a pool whose threads are all busy with the outer call."""
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+
+    def inner(start: int, stop: int) -> tuple[int, str]:
+        time.sleep(0.002)
+        return start, threading.current_thread().name
+
+    def outer(start: int, stop: int) -> list[tuple[int, str]]:
+        time.sleep(0.002)
+        return cpu.run_chunks(np, 4, 1, inner)
+
+    results = cpu.run_chunks(np, 6, 1, outer)  # would hang if the inner calls waited for the pool
+    assert len(results) == 6
+    for chunk in results:
+        assert [s for s, _ in chunk] == [0, 1, 2, 3]
+        if any(name.startswith("minise") for _, name in chunk):  # an inner call made on the pool's thread
+            assert {name for _, name in chunk} == {chunk[0][1]}  # stayed on that one thread
+
+
+def test_run_chunks_on_a_device_module_is_one_serial_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINISE_NUM_THREADS", "4")
+    not_numpy = types.ModuleType("fake_xp")
+    out = cpu.run_chunks(not_numpy, 7, 3, lambda a, b: (a, b, threading.get_ident()))
+    assert [(a, b) for a, b, _ in out] == [(0, 3), (3, 6), (6, 7)]
+    assert {t for _, _, t in out} == {threading.get_ident()}  # run in this thread
+
+
+def test_run_chunks_holds_blas_to_one_thread_and_restores_it(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
+    blas = cpu._find_openblas()
+    if blas is None:
+        pytest.skip("OpenBLAS not found in this process: run_chunks runs serially and leaves BLAS alone")
+    setter, getter = blas
+    original = getter()
+    try:
+        setter(2)
+        before = getter()
+        monkeypatch.setenv("MINISE_NUM_THREADS", "3")
+        seen: list[int] = []
+        cpu.run_chunks(np, 9, 2, lambda a, b: seen.append(getter()))
+        assert seen and set(seen) == {1}  # BLAS held to one thread while the chunks ran
+        assert getter() == before
+        with pytest.raises(ZeroDivisionError):  # restored even when a chunk fails
+            cpu.run_chunks(np, 9, 2, lambda a, b: 1 / (a - 4))
+        assert getter() == before
+    finally:
+        setter(original)
+
+
+def test_chunk_size_covers_the_batch_within_the_cache_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINISE_NUM_THREADS", "4")
+    assert cpu.chunk_size(np, 64, 1 << 20, budget=4 << 20) == 4  # the budget decides
+    assert cpu.chunk_size(np, 8, 1, budget=4 << 20) == 2  # at least one chunk per thread
+    assert cpu.chunk_size(np, 1, 1 << 30) == 1
+    assert cpu.chunk_size(types.ModuleType("fake_xp"), 64, 1 << 30) == 64  # a GPU takes the whole batch
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("shape", [(), (1, 3), (7, 5, 3), (64, 16, 32, 32)])
+def test_elementwise_in_chunks_equals_one_pass(
+    shape: tuple[int, ...], threads: str, monkeypatch: pytest.MonkeyPatch, own_pool: None
+) -> None:
+    """cpu.elementwise splits along axis 0 (for the largest shape: 2 or more chunks, on the pool's
+    threads when there are 2) and gives exactly what one whole-array call gives, in the given ``out``."""
+    monkeypatch.setenv("MINISE_NUM_THREADS", threads)
+    spans: list[int] = []
+    real = cpu.run_chunks
+
+    def spy(xp, batch, size, work):  # type: ignore[no-untyped-def]
+        spans.append(-(-batch // size))
+        return real(xp, batch, size, work)
+
+    monkeypatch.setattr(cpu, "run_chunks", spy)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(shape).astype(np.float32)
+    out = np.full(shape, np.nan, dtype=np.float32)
+    assert cpu.elementwise(np, out, np.add, a, b) is out
+    np.testing.assert_array_equal(out, a + b)
+    if len(shape) == 4:
+        assert spans and spans[0] >= 2  # 2 MB over a 1 MB budget: cut into chunks
+    neg = cpu.elementwise(np, np.empty(shape, np.float32), lambda x, out: np.maximum(x, 0, out=out), a)
+    np.testing.assert_array_equal(neg, np.maximum(a, 0))
+    if len(shape) == 4:  # operands that broadcast: per image and channel (cut with out), per channel (whole)
+        e, t = a[:, :, :1, :1].copy(), b[:1, :, :1, :1].copy()
+        scaled = cpu.elementwise(
+            np, np.empty(shape, np.float32), lambda x, e_, t_, out: np.add(x * e_, t_, out=out), a, e, t
+        )
+        np.testing.assert_array_equal(scaled, a * e + t)
+
+
+# --------------------------------------------------------------------------------------------------
+# the CPU allocator
+# --------------------------------------------------------------------------------------------------
+FAULTS_SCRIPT = """
+import resource, sys
+import numpy as np
+from minise import cpu
+applied = cpu.retain_freed_memory()
+def step():  # allocate, touch and free an 8 MB array, as a training step does with an activation
+    a = np.empty(2 << 20, dtype=np.float32)
+    a.fill(1.0)
+    del a
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="retain_freed_memory is for Linux with glibc"
+)
+@pytest.mark.parametrize("setting", ["", "system"])
+def test_retain_freed_memory_stops_page_faults_on_reused_blocks(setting: str) -> None:
+    """With the setting, 20 rounds of an 8 MB array fault in (almost) no new pages; with
+    MINISE_MALLOC=system (glibc's defaults) every round faults in its 2,048 pages (or 4 huge pages)
+    again. Run in a fresh process, so that this one's allocator keeps its own settings."""
+    env = {**os.environ, "MINISE_MALLOC": setting}
+    out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, env=env, check=True)
+    applied, faults = out.stdout.split()
+    if setting == "system":
+        assert applied == "False"
+        assert int(faults) >= 20 * 4  # at least the 2 MB huge pages of each round, usually 4 KB pages
+    else:
+        assert applied == "True"
+        assert int(faults) < 20, faults  # at most a stray page or two, not one round's worth
