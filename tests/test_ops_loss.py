@@ -12,6 +12,7 @@ from strategies import normal, seeds, shapes
 
 import minise
 import minise.functional as F
+import minise.nn as nn
 from minise import backend
 
 
@@ -143,6 +144,116 @@ def test_cross_entropy_matches_torch(xp, case) -> None:
     tloss.backward(torch.tensor(0.7, dtype=torch.float64))
     np.testing.assert_allclose(loss.item(), tloss.item(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(backend.to_host(x.grad), tx.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------------
+# cross_entropy: reduction="mean" | "sum" | "none" and ignore_index, as PyTorch
+# --------------------------------------------------------------------------------------------------
+IGNORE = -100
+
+
+@st.composite
+def reduction_cases(draw):
+    """Logits (N, K), targets with some rows ignored (possibly all), a reduction and a smoothing."""
+    n, k = draw(st.integers(1, 5)), draw(st.integers(1, 4))
+    ignore = draw(st.sampled_from([IGNORE, 0, 7]))  # the default, a real class, a value never used
+    target = draw(st.lists(st.integers(0, k - 1) | st.just(ignore), min_size=n, max_size=n))
+    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
+    return n, k, np.array(target, dtype=np.int64), ignore, reduction, draw(st.sampled_from([0.0, 0.2])), draw(seeds)
+
+
+def np_cross_entropy_rows(z, target, ignore, smoothing):
+    """Per-row losses (0 where ignored) and the number of rows that count, by the formula."""
+    n, k = z.shape
+    valid = target != ignore
+    q = np.full((n, k), smoothing / k)
+    q[np.arange(n), np.where(valid, target, 0)] += 1 - smoothing
+    return -(q * np_log_softmax(z, 1)).sum(axis=1) * valid, valid.sum()
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=reduction_cases())
+@example(case=(1, 3, np.array([2]), IGNORE, "none", 0.0, 0))  # batch 1
+@example(case=(3, 1, np.array([0, IGNORE, 0]), IGNORE, "mean", 0.2, 1))  # one class
+@example(case=(4, 3, np.array([0, 1, 0, 2]), 0, "mean", 0.0, 2))  # ignore_index is a real class
+@example(case=(3, 2, np.array([1, 0, 1]), 7, "sum", 0.2, 3))  # nothing ignored
+def test_cross_entropy_reductions_and_ignore_index(xp, case) -> None:
+    n, k, target, ignore, reduction, smoothing, seed = case
+    z = normal(seed, (n, k)) * 3
+    t = to_xp(xp, target)
+    rows, count = np_cross_entropy_rows(z, target, ignore, smoothing)
+    expected = {"none": rows, "sum": rows.sum(), "mean": rows.sum() / count if count else np.nan}[reduction]
+
+    def loss_fn(x):
+        return F.cross_entropy(x, t, ignore_index=ignore, reduction=reduction, label_smoothing=smoothing)
+
+    loss = loss_fn(_t(xp, z))
+    assert loss.shape == ((n,) if reduction == "none" else ())
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-12, atol=1e-14)
+    if reduction == "mean" and count == 0:
+        return  # NaN loss (as PyTorch): no finite differences to compare
+    assert minise.gradcheck(loss_fn, _t(xp, z)).ok
+    x = _t(xp, z)
+    loss_fn(x).backward(to_xp(xp, np.ones(loss.shape)))
+    assert (backend.to_host(x.grad)[target == ignore] == 0).all()  # ignored rows: zero gradient
+
+
+@requires_torch
+@pytest.mark.torch
+@settings(max_examples=40, deadline=None)
+@given(case=reduction_cases())
+@example(case=(3, 2, np.array([IGNORE, IGNORE, IGNORE]), IGNORE, "mean", 0.0, 0))  # all ignored: NaN in both
+def test_cross_entropy_reductions_and_ignore_index_match_torch(xp, case) -> None:
+    import torch
+
+    n, k, target, ignore, reduction, smoothing, seed = case
+    z = normal(seed, (n, k)) * 3
+    gy = normal(seed + 1, (n,) if reduction == "none" else ())
+    x, tx = _t(xp, z), torch.tensor(z, requires_grad=True)
+    loss = F.cross_entropy(x, to_xp(xp, target), ignore_index=ignore, reduction=reduction, label_smoothing=smoothing)
+    tloss = torch.nn.functional.cross_entropy(
+        tx, torch.tensor(target), ignore_index=ignore, reduction=reduction, label_smoothing=smoothing
+    )
+    loss.backward(to_xp(xp, gy))
+    tloss.backward(torch.tensor(gy))
+    np.testing.assert_allclose(loss.numpy(), tloss.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(backend.to_host(x.grad), tx.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_the_reduction_gradcheck_catches_an_ignored_row_that_still_gets_gradient() -> None:
+    """The property test above bites: a backward that forgets to mask ignored rows fails gradcheck."""
+    from minise.functional.loss import CrossEntropyOp
+
+    class Unmasked(CrossEntropyOp):
+        def backward(self, gy):
+            logp, q, v = self.saved
+            return (np.exp(logp) - q) * gy / v.sum(), None  # planted: no "* v" on the softmax term
+
+    z, t = _t(np, normal(5, (3, 4))), minise.Tensor(np.array([1, IGNORE, 3]))
+    assert minise.gradcheck(lambda x: CrossEntropyOp().apply(x, t), z).ok
+    report = minise.gradcheck(lambda x: Unmasked().apply(x, t), z, raise_on_failure=False)
+    assert not report.ok
+
+
+def test_cross_entropy_loss_module_matches_the_function() -> None:
+    z, target = normal(4, (4, 3)), np.array([0, IGNORE, 2, 1])
+    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=0.1)
+    expected = F.cross_entropy(_t(np, z), target, reduction="sum", label_smoothing=0.1)
+    np.testing.assert_array_equal(loss_fn(_t(np, z), target).numpy(), expected.numpy())
+    assert "reduction='sum'" in repr(loss_fn)
+    with pytest.raises(TypeError):
+        nn.CrossEntropyLoss(None)  # type: ignore[misc]  # PyTorch's first positional is weight
+
+
+def test_cross_entropy_rejects_an_unknown_reduction_and_out_of_range_targets_that_are_not_ignored() -> None:
+    z = _t(np, normal(0, (2, 3)))
+    with pytest.raises(ValueError, match=r"cross_entropy: reduction='avg' is not one of"):
+        F.cross_entropy(z, [0, 1], reduction="avg")
+    with pytest.raises(ValueError, match=r"target holds class 5 .* or equal ignore_index \(-100\)"):
+        F.cross_entropy(z, [5, 1])
+    F.cross_entropy(z, [-100, 1])  # the default ignore_index is allowed
+    with pytest.raises(ValueError, match=r"target holds class -100"):
+        F.cross_entropy(z, [-100, 1], ignore_index=-1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -56,36 +56,58 @@ class LogSoftmaxOp(Function):
         return gy - xp.exp(y) * gy.sum(axis=self.axis, keepdims=True)
 
 
-class CrossEntropyOp(Function):
-    """L = (1/N) sum_n -sum_k q_nk log softmax(z_n)_k,   q = (1 - eps) onehot(t) + eps / K
+REDUCTIONS = ("mean", "sum", "none")
 
-    Backward:  dz = gL * (softmax(z) - q) / N      (lesson 04: the "softmax minus one-hot" gradient)
+
+class CrossEntropyOp(Function):
+    """l_n = -v_n sum_k q_nk log softmax(z_n)_k,   q = (1 - eps) onehot(t) + eps / K,   v_n = [t_n != ignore_index]
+
+    L = l (reduction "none", shape (N,)), sum_n l_n ("sum") or sum_n l_n / sum_n v_n ("mean": the
+    mean over the rows that count, as PyTorch; if every row is ignored, NaN with a zero gradient).
+    Backward:  dz_n = g_n v_n (softmax(z_n) - q_n), with g_n = gL_n, gL or gL / sum v
+    (lesson 04: the "softmax minus one-hot" gradient). Ignored rows get zero loss and zero gradient.
     Fused, so the softmax is never formed in a way that could overflow, and log 0 never appears.
     """
 
     name = "cross_entropy"
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean", ignore_index: int = -100) -> None:
         super().__init__()
-        self.eps = label_smoothing
+        self.eps, self.reduction, self.ignore_index = label_smoothing, reduction, ignore_index
 
-    def _target(self, logp: Any, target: Any) -> Any:
+    def _target(self, logp: Any, target: Any) -> tuple[Any, Any]:
+        """q (N, K), zero on ignored rows, and the mask v (N, 1) of rows that count."""
         xp = get_array_module(logp)
         n, k = logp.shape
+        valid = target != self.ignore_index  # (N,)
         q = xp.full((n, k), self.eps / k, dtype=logp.dtype)
-        q[xp.arange(n), target] += 1.0 - self.eps
-        return q
+        q[xp.arange(n), xp.where(valid, target, 0)] += 1.0 - self.eps
+        v = valid.astype(logp.dtype)[:, None]  # (N, 1)
+        return q * v, v
 
     def forward(self, z: Any, target: Any) -> Any:
         logp = _log_softmax(z, axis=1)  # (N, K)
-        q = self._target(logp, target)
-        self.save(logp, q)
-        return -(q * logp).sum() / z.shape[0]
+        q, v = self._target(logp, target)
+        losses = -(q * logp).sum(axis=1)  # (N,)
+        self.save(logp, q, v)
+        if self.reduction == "none":
+            return losses
+        total = losses.sum()
+        if self.reduction == "sum":
+            return total
+        count = v.sum()
+        return total / count if count > 0 else total * get_array_module(z).nan  # every row ignored: NaN
 
     def backward(self, gy: Any) -> tuple[Any, None]:
-        logp, q = self.saved  # type: ignore[misc]
+        logp, q, v = self.saved  # type: ignore[misc]
         xp = get_array_module(logp)
-        return (xp.exp(logp) - q) * (gy / logp.shape[0]), None
+        if self.reduction == "none":
+            g = gy[:, None]  # (N, 1)
+        elif self.reduction == "sum":
+            g = gy
+        else:
+            g = gy / xp.maximum(v.sum(), 1)  # every row ignored: every row's gradient is 0 anyway
+        return (xp.exp(logp) * v - q) * g, None
 
 
 def softmax(input: Any, dim: int = -1) -> Tensor:
@@ -102,8 +124,15 @@ def log_softmax(input: Any, dim: int = -1) -> Tensor:
     return LogSoftmaxOp(dim).apply(x)
 
 
-def cross_entropy(input: Any, target: Any, label_smoothing: float = 0.0) -> Tensor:
-    """Mean cross-entropy of logits ``input`` (N, K) against class indices ``target`` (N,)."""
+def cross_entropy(
+    input: Any, target: Any, *, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0
+) -> Tensor:
+    """Cross-entropy of logits ``input`` (N, K) against class indices ``target`` (N,), as PyTorch.
+
+    ``reduction``: "mean" (over the rows whose target is not ``ignore_index``), "sum" or "none"
+    (one loss per row). Rows whose target equals ``ignore_index`` get zero loss and zero gradient.
+    The options are keyword-only: PyTorch's third positional argument is ``weight``, which minise lacks.
+    """
     z = as_tensor(input)
     t = target.data if isinstance(target, Tensor) else target
     xp = get_array_module(z.data)
@@ -113,6 +142,8 @@ def cross_entropy(input: Any, target: Any, label_smoothing: float = 0.0) -> Tens
             f"cross_entropy: input must be 2-D logits (N, classes), got shape {z.shape} - flatten the model's "
             "output to (N, classes)"
         )
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction={reduction!r} is not one of {REDUCTIONS} - use 'mean' (default)")
     if not hasattr(t, "dtype"):
         t = xp.asarray(t)
     if t.dtype.kind not in "iu":
@@ -125,13 +156,15 @@ def cross_entropy(input: Any, target: Any, label_smoothing: float = 0.0) -> Tens
             f"cross_entropy: target has shape {tuple(t.shape)} but input {z.shape} needs ({z.shape[0]},) - "
             "one class index per row of logits"
         )
-    if t.size and (int(t.min()) < 0 or int(t.max()) >= z.shape[1]):
+    counted = t[t != ignore_index]
+    if counted.size and (int(counted.min()) < 0 or int(counted.max()) >= z.shape[1]):
+        bad = int(counted.min()) if int(counted.min()) < 0 else int(counted.max())
         raise ValueError(
-            f"cross_entropy: target holds class {int(t.min()) if int(t.min()) < 0 else int(t.max())} but input "
-            f"has {z.shape[1]} classes - targets must lie in [0, {z.shape[1] - 1}]; check num_classes"
+            f"cross_entropy: target holds class {bad} but input has {z.shape[1]} classes - targets must lie in "
+            f"[0, {z.shape[1] - 1}] or equal ignore_index ({ignore_index}); check num_classes"
         )
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(
             f"cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing} - e.g. 0.1, or 0 for none"
         )
-    return CrossEntropyOp(label_smoothing).apply(z, Tensor(t))
+    return CrossEntropyOp(label_smoothing, reduction, ignore_index).apply(z, Tensor(t))

@@ -153,6 +153,26 @@ class Flatten(Module):
         return F.flatten(x, self.start_dim, self.end_dim)  # type: ignore[no-any-return]
 
 
+class CrossEntropyLoss(Module):
+    """``loss_fn(logits, target)`` = ``F.cross_entropy(logits, target, ...)`` with the options fixed, as PyTorch."""
+
+    def __init__(self, *, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.cross_entropy(
+            input,
+            target,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"
+
+
 class Dropout(Module):
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
