@@ -187,7 +187,8 @@ def test_bias_false_removes_exactly_the_se_biases() -> None:
 
 @pytest.mark.parametrize(
     "option",
-    [{"squeeze": "max"}, {"gate": "tanh"}, {"gate": "relu"}] + [{"placement": p} for p in ("pre", "post", "identity")],
+    [{"squeeze": "max"}, {"squeeze": "none"}, {"gate": "tanh"}, {"gate": "relu"}]
+    + [{"placement": p} for p in ("pre", "post", "identity", "3x3")],
 )
 def test_each_ablation_changes_the_output(option: dict[str, str]) -> None:
     x = image((2, 3, 32, 32))
