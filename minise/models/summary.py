@@ -28,9 +28,8 @@ and the scale (a product), ~5.5 M operations each on ResNet-50, which this conve
 ResNeXt-50 32x4d: 4.230 G here (4.233 G with SE), 4.24/4.25 in the paper.
 
 The ablations of Tables 15 and 16 (Caffe layout, ``stride_in_1x1=True``): SE_3x3 costs 3.858 G here
-(paper 3.87); NoSqueeze 4.269 G here, where the paper prints 6.24 "GFLOPs" - its convention for the
-full-map excitation is not stated, and this count (C x R x 2 MACs per pixel, 0.41 G in all) does not
-reproduce it.
+(paper 3.86); NoSqueeze 4.269 G here (paper 4.27): its 1x1 convolutions, C x R x 2 MACs at every pixel,
+add 0.41 G.
 """
 
 from __future__ import annotations
