@@ -2,7 +2,9 @@
 
 Max and average pooling loop over the KH*KW kernel offsets, each a strided slice of the whole batch
 (no loop over images or pixels). Max pooling remembers, per output, *which* offset won; backward
-routes the gradient there. Ties go to the first maximum in row-major window order, as in PyTorch.
+routes the gradient there. Ties go to the first maximum in row-major window order, as in PyTorch;
+padding never wins (a window of real ``-inf`` values hands its gradient to its first real input), and a
+window holding a NaN outputs NaN and hands its gradient to its (last) NaN, as PyTorch's CPU kernel.
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def depth_to_space(planes: Any) -> Any:
     return planes.transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * sh, w * sw)
 
 
+def pool_out_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = False) -> int:
+    """floor (or ceil) of (size + 2 pad - kernel) / stride, plus 1, as PyTorch's ``pooling_output_shape``.
+
+    With ``ceil_mode`` a last, partial window is kept only if it starts inside the input or the left
+    padding: a window starting in the right padding would see padding only.
+    """
+    span = size + 2 * pad - kernel
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
 def _padded_size(size: int, kernel: int, stride: int, pad: int, out: int) -> int:
     """Padded length covering every window, rounded up to a multiple of the stride."""
     need = max(size + 2 * pad, (out - 1) * stride + kernel)
@@ -59,7 +74,11 @@ class MaxPool2dOp(Function):
     """y[n,c,oh,ow] = max_{kh,kw} x_pad[n, c, oh*s + kh, ow*s + kw]   (padding is -inf)
 
     Backward: dx gets gy at the argmax of each window (the first maximum on ties), summed where windows
-    overlap. The forward records, per output, which kernel offset k = kh*KW + kw won.
+    overlap. The forward records, per output, which kernel offset k = kh*KW + kw won. The argmax starts
+    at the window's first *real* input and moves only to a strictly greater value (or to a NaN), so
+    padding, which is -inf, never wins, even over a window of real -inf values.
+    ``ceil_mode``: the output size rounds up (:func:`pool_out_size`); the extra windows read -inf past
+    the bottom and right edges.
 
     How it is computed, and why (each step measured with ``python -m minise.bench ops``):
     1. Chunks of a few images, on all cores (``cpu.run_chunks``), so each chunk stays in cache.
@@ -76,15 +95,23 @@ class MaxPool2dOp(Function):
 
     name = "max_pool2d"
 
-    def __init__(self, kernel: Pair, stride: Pair, padding: Pair) -> None:
+    def __init__(self, kernel: Pair, stride: Pair, padding: Pair, ceil_mode: bool = False) -> None:
         super().__init__()
-        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.kernel, self.stride, self.padding, self.ceil_mode = kernel, stride, padding, ceil_mode
 
     def _geometry(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """Output size and the padded size (a multiple of the stride that covers every window)."""
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        oh, ow = conv_out_size(shape[2], kh, sh, ph, 1), conv_out_size(shape[3], kw, sw, pw, 1)
+        oh = pool_out_size(shape[2], kh, sh, ph, self.ceil_mode)
+        ow = pool_out_size(shape[3], kw, sw, pw, self.ceil_mode)
         return oh, ow, _padded_size(shape[2], kh, sh, ph, oh), _padded_size(shape[3], kw, sw, pw, ow)
+
+    def _first_real(self, xp: Any, oh: int, ow: int, dtype: Any) -> Any:
+        """(OH, OW): the offset k = kh*KW + kw of each window's first real (not padding) input."""
+        (_, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        rows = xp.maximum(ph - sh * xp.arange(oh), 0)  # padding rows above the window's first real row
+        cols = xp.maximum(pw - sw * xp.arange(ow), 0)
+        return (rows[:, None] * kw + cols[None, :]).astype(dtype)
 
     def _offsets(self, wq: int) -> list[tuple[int, int, int, int]]:
         """(k, phase row, phase column, flat offset) per kernel offset k = kh*KW + kw."""
@@ -101,6 +128,7 @@ class MaxPool2dOp(Function):
         arg = xp.empty((n, c, oh, ow), dtype=xp.uint8 if kh * kw < 256 else xp.int32)
         offsets = self._offsets(wq)
         reach = max(o for *_, o in offsets)
+        first = self._first_real(xp, oh, ow, arg.dtype)  # (OH, OW)
 
         def work(a: int, z: int) -> None:
             xpad = xp.full((z - a, c, hp, wp), -xp.inf, dtype=x.dtype)
@@ -109,16 +137,19 @@ class MaxPool2dOp(Function):
             size = flat.shape[2] - reach  # wide outputs: every window is flat[.., o : o + size]
             yw = xp.empty(flat.shape[2], dtype=x.dtype)
             argw = xp.zeros(flat.shape[2], dtype=arg.dtype)
+            argw.reshape(z - a, c, hq, wq)[:, :, :oh, :ow] = first  # where the first real input sits
             better = xp.empty(size, dtype=bool)
+            nan = xp.empty(size, dtype=bool)
             step = xp.empty(size, dtype=arg.dtype)
             ys, args = yw[:size], argw[:size]
             for k, pa, pb, o in offsets:
                 window = flat[pa, pb, o : o + size]
                 if k == 0:
-                    ys[...] = window
+                    ys[...] = window  # if this is padding (-inf), args already points past it
                     continue
                 xp.greater(window, ys, out=better)  # strict: a later equal value does not take over (ties)
-                xp.maximum(ys, window, out=ys)
+                better |= xp.isnan(window, out=nan)  # a NaN takes over, as PyTorch ("val > max || isnan(val)")
+                xp.maximum(ys, window, out=ys)  # NaN propagates
                 xp.subtract(arg.dtype.type(k), args, out=step)  # arg = where(better, k, arg)
                 step *= better
                 args += step
@@ -244,10 +275,16 @@ def _pool_args(op: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any) 
     return k, s, p
 
 
-def max_pool2d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
-    """Max over each KHxKW window; ``stride`` defaults to ``kernel_size`` as in PyTorch."""
+def max_pool2d(
+    input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False
+) -> Tensor:
+    """Max over each KHxKW window; ``stride`` defaults to ``kernel_size`` as in PyTorch.
+
+    ``ceil_mode=True`` rounds the output size up, as PyTorch (:func:`pool_out_size`). PyTorch's
+    ``dilation`` and ``return_indices`` are not supported.
+    """
     x = as_tensor(input)
-    return MaxPool2dOp(*_pool_args("max_pool2d", x, kernel_size, stride, padding)).apply(x)
+    return MaxPool2dOp(*_pool_args("max_pool2d", x, kernel_size, stride, padding), ceil_mode=ceil_mode).apply(x)
 
 
 def avg_pool2d(
