@@ -275,9 +275,7 @@ def _pool_args(op: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any) 
     return k, s, p
 
 
-def max_pool2d(
-    input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False
-) -> Tensor:
+def max_pool2d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False) -> Tensor:
     """Max over each KHxKW window; ``stride`` defaults to ``kernel_size`` as in PyTorch.
 
     ``ceil_mode=True`` rounds the output size up, as PyTorch (:func:`pool_out_size`). PyTorch's
