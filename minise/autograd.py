@@ -146,11 +146,13 @@ def topological_order(root: Tensor) -> list[Tensor]:
     return order
 
 
-def backward(root: Tensor, gradient: Any = None) -> None:
+def backward(root: Tensor, gradient: Any = None, retain_graph: bool = False) -> None:
     """Fill ``.grad`` of the leaves (and of tensors that called ``retain_grad``) with d root / d leaf.
 
     Gradients are kept in a dict keyed by tensor until every consumer has contributed, which is what
-    reverse topological order guarantees; then the tensor's creator runs its backward once.
+    reverse topological order guarantees; then the tensor's creator runs its backward once. Each op's
+    saved arrays are freed right after its backward, unless ``retain_graph=True`` keeps them for a
+    second backward through the same graph (which adds to ``.grad`` again, as PyTorch).
     """
     xp = backend.get_array_module(root.data)
     if gradient is None:
@@ -177,18 +179,22 @@ def backward(root: Tensor, gradient: Any = None) -> None:
         if t.creator is None or t.retains_grad:
             # a fresh array: the same gradient array may reach several tensors (a + b hands gy to both)
             t.grad = g.copy() if t.grad is None else t.grad + g
+            if t._post_accumulate_grad_hooks and t.creator is None:  # the leaf's gradient is final: tell the hooks
+                for hook in list(t._post_accumulate_grad_hooks):
+                    hook(t)
         op = t.creator
         if op is None:
             continue
         if op.saved is None:
             raise RuntimeError(
                 f"backward: {op.name}'s saved arrays were already freed by an earlier backward - "
-                "run the forward again before calling backward a second time"
+                "run the forward again, or pass retain_graph=True to the first backward to keep them"
             )
         in_grads = op.backward(g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
-        op.saved = None  # free what forward saved: it is not needed any more
+        if not retain_graph:
+            op.saved = None  # free what forward saved: it is not needed any more
         for x, gx, needs in zip(op.inputs, in_grads, op.needs_input_grad, strict=True):
             if not needs or gx is None:
                 continue

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from minise import autograd, backend
+
+
+class HookHandle:
+    """What ``Tensor.register_post_accumulate_grad_hook`` returns: ``remove()`` takes the hook off."""
+
+    def __init__(self, hooks: list[Callable[[Tensor], None]], hook: Callable[[Tensor], None]) -> None:
+        self.hooks, self.hook = hooks, hook
+
+    def remove(self) -> None:
+        if self.hook in self.hooks:
+            self.hooks.remove(self.hook)
 
 
 class Tensor:
@@ -92,19 +104,39 @@ class Tensor:
     # ---------------------------------------------------------------------------------------------
     # autograd
     # ---------------------------------------------------------------------------------------------
-    def backward(self, gradient: Any = None) -> None:
-        """Accumulate d self / d leaf into every leaf's ``.grad`` (seed 1 if self has one element)."""
+    def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
+        """Accumulate d self / d leaf into every leaf's ``.grad`` (seed 1 if self has one element).
+
+        ``retain_graph=True`` keeps the graph's saved arrays, so that backward can run through it again.
+        """
         if not self.requires_grad:
             raise RuntimeError(
                 "backward: this tensor does not require grad and has no graph - create the inputs with "
                 "requires_grad=True, and do not compute it inside no_grad()"
             )
-        autograd.backward(self, gradient)
+        autograd.backward(self, gradient, retain_graph)
 
     def retain_grad(self) -> Tensor:
         """Keep ``.grad`` on this intermediate tensor too (leaves always keep theirs)."""
         self.retains_grad = True
         return self
+
+    # --- grad-ready hooks (used by minise.distributed to start a bucket's all-reduce during backward) ---
+    _post_accumulate_grad_hooks: list[Callable[[Tensor], None]] | None = None  # per leaf, set on first register
+
+    def register_post_accumulate_grad_hook(self, hook: Callable[[Tensor], None]) -> HookHandle:
+        """Call ``hook(self)`` whenever backward has finished accumulating this leaf's ``.grad`` (it holds
+        every contribution of that backward then), as PyTorch's method of the same name. Returns a handle
+        whose ``remove()`` takes the hook off."""
+        if self.creator is not None:
+            raise RuntimeError(
+                "register_post_accumulate_grad_hook: this tensor is the output of an op, not a leaf - register "
+                "the hook on a leaf (a parameter or a tensor created with requires_grad=True)"
+            )
+        if self._post_accumulate_grad_hooks is None:
+            self._post_accumulate_grad_hooks = []
+        self._post_accumulate_grad_hooks.append(hook)
+        return HookHandle(self._post_accumulate_grad_hooks, hook)
 
     def detach(self) -> Tensor:
         """The same data, cut from the graph (no copy)."""

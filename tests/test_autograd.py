@@ -170,6 +170,63 @@ def test_a_second_backward_through_the_same_graph_is_a_clear_runtime_error() -> 
     np.testing.assert_array_equal(x.grad, first)  # the failed call accumulated nothing
 
 
+def test_the_error_names_retain_graph() -> None:
+    x = leaf([1.0, 2.0])
+    z = (x * x).sum()
+    z.backward()
+    with pytest.raises(RuntimeError, match=r"pass retain_graph=True to the first backward"):
+        z.backward()
+
+
+def test_retain_graph_keeps_saved_arrays_and_a_second_backward_accumulates() -> None:
+    x = leaf([1.0, -2.0, 3.0])
+    z = (F.sigmoid(x * x) * x).sum()
+    z.backward(retain_graph=True)
+    first = x.grad.copy()
+    z.backward(retain_graph=True)
+    np.testing.assert_allclose(x.grad, 2 * first, rtol=1e-15)
+    z.backward()  # the last one frees the graph
+    np.testing.assert_allclose(x.grad, 3 * first, rtol=1e-15)
+    with pytest.raises(RuntimeError, match=r"already freed"):
+        z.backward()
+
+
+def test_retain_graph_through_every_layer_of_an_se_resnet_gives_the_same_gradient_twice() -> None:
+    """No op's backward may change what it saved: a second backward must see the same arrays."""
+    import minise.nn as nn
+    from minise import models
+
+    minise.manual_seed(0)
+    net = models.create("se_resnet20", num_classes=4, dtype=np.float64)
+    head = nn.Sequential(nn.MaxPool2d(2, ceil_mode=True), nn.Dropout(0.5))
+    x = minise.tensor(np.random.default_rng(0).normal(size=(2, 3, 9, 9)), requires_grad=True)
+    loss = F.cross_entropy(net(head(x)), [1, 3], label_smoothing=0.1, reduction="sum")
+    loss.backward(retain_graph=True)
+    first = {name: p.grad.copy() for name, p in net.named_parameters()}
+    first["x"] = x.grad.copy()
+    loss.backward()
+    second = {name: p.grad for name, p in net.named_parameters()}
+    second["x"] = x.grad
+    for name, g in first.items():
+        np.testing.assert_allclose(second[name], 2 * g, rtol=1e-12, atol=1e-300, err_msg=name)
+
+
+@pytest.mark.torch
+def test_retain_graph_matches_torch() -> None:
+    torch = pytest.importorskip("torch")
+    values = np.array([0.5, -1.5, 2.0])
+    x, tx = leaf(values), torch.tensor(values, requires_grad=True)
+    z, tz = (F.tanh(x) * x).sum(), (torch.tanh(tx) * tx).sum()
+    for retain in (True, False):
+        z.backward(retain_graph=retain)
+        tz.backward(retain_graph=retain)
+        np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-15)
+    with pytest.raises(RuntimeError):
+        tz.backward()
+    with pytest.raises(RuntimeError):
+        z.backward()
+
+
 def test_an_op_applied_without_grad_frees_its_saved_arrays_at_once() -> None:
     x = minise.tensor([1.0, 2.0])  # needs no gradient: nothing will call backward
     op = MulOp()
