@@ -3,13 +3,21 @@
 **Determinism by construction.** A batch is a pure function of ``(seed, epoch, batch index)``:
 
 * the order of epoch ``e`` is ``np.random.default_rng([seed, e]).permutation(N)``;
-* the augmentation of batch ``i`` of epoch ``e`` draws from ``np.random.default_rng([seed, e, i])``.
+* the augmentation of image ``j`` in epoch ``e`` draws from
+  :class:`~minise.data.transforms.ImageRandom` keyed by ``(seed, e, j)``: numbers per image, not per batch.
 
 No random state is carried from one batch to the next, so the batches do not depend on which
 thread made them or when, and a run stopped after batch ``k - 1`` resumes with
 ``set_epoch(e, start_batch=k)`` and sees exactly the batches an uninterrupted run would have seen.
 (A single generator shared by all batches could not do this: to resume it, every earlier batch
 would have to be drawn again.)
+
+**Sharding** (data-parallel training, as PyTorch's ``DistributedSampler``). With ``num_replicas = R``
+processes of batch ``b`` each, step ``t`` takes the *global* batch ``order[t R b : (t + 1) R b]`` - exactly
+the batch one process with batch ``R b`` takes at step ``t`` - and process ``rank`` keeps its share, the
+``rank``-th of ``R`` nearly equal consecutive parts (``np.array_split``; exactly ``b`` images each when the
+global batch is full). Since augmentation is keyed by image, the union of the R shares is the
+single-process batch pixel for pixel, whatever R is.
 
 **Prefetching.** While the model works on batch ``i``, a background thread prepares batches
 ``i + 1 .. i + prefetch`` and puts them in a bounded queue. NumPy releases Python's global
@@ -27,7 +35,7 @@ from typing import cast
 
 import numpy as np
 
-from .transforms import Transform, normalize
+from .transforms import ImageRandom, Transform, normalize
 
 __all__ = ["DataLoader"]
 
@@ -78,6 +86,8 @@ class DataLoader:
         mean, std: per-channel statistics on the [0, 1] scale for
             :func:`~minise.data.transforms.normalize`; ``None`` only scales the pixels to [0, 1].
         prefetch: batches prepared ahead in a background thread; 0 makes them in the caller's thread.
+        num_replicas, rank: data-parallel sharding (see above): this process is ``rank`` of
+            ``num_replicas``, and ``batch_size`` is per process. 1 and 0: no sharding.
 
     Usage::
 
@@ -103,6 +113,8 @@ class DataLoader:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         prefetch: int = 2,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         images, labels = np.asarray(images), np.asarray(labels)
         if images.ndim != 4 or images.dtype != np.uint8:
@@ -121,6 +133,12 @@ class DataLoader:
             raise ValueError(f"DataLoader: prefetch is {prefetch} - it must be >= 0 (0: no thread)")
         if (mean is None) != (std is None):
             raise ValueError("DataLoader: give both mean and std, or neither")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"DataLoader: rank {rank} of num_replicas {num_replicas} - need num_replicas >= 1 and "
+                "0 <= rank < num_replicas"
+            )
+        self.num_replicas, self.rank = num_replicas, rank
         self.images, self.labels = images, labels.astype(np.int64, copy=False)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.transform, self.prefetch = seed, transform, prefetch
@@ -128,10 +146,22 @@ class DataLoader:
         self.epoch = 0
         self.start_batch = 0
 
+    @property
+    def global_batch_size(self) -> int:
+        """Images per step over all processes: ``batch_size * num_replicas``."""
+        return self.batch_size * self.num_replicas
+
     def __len__(self) -> int:
-        """Number of batches in an epoch."""
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Number of batches (steps) in an epoch; with sharding, of global batches."""
+        n, g = len(self.images), self.global_batch_size
+        return n // g if self.drop_last else -(-n // g)
+
+    def _stop(self) -> int:
+        """The step to stop before: len(self), minus a last global batch too small to give this rank an image."""
+        steps = len(self)
+        if steps and len(self.share(np.arange(len(self.images)), steps - 1)) == 0:
+            return steps - 1
+        return steps
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Make the next iteration go over epoch ``epoch``, starting at batch ``start_batch``.
@@ -147,14 +177,22 @@ class DataLoader:
         """The image indices of epoch ``epoch``, in visiting order (N,)."""
         return epoch_order(len(self.images), self.seed, epoch, self.shuffle)
 
+    def share(self, order: np.ndarray, index: int) -> np.ndarray:
+        """This rank's image indices of global batch ``index`` of the visiting ``order``."""
+        g = self.global_batch_size
+        global_batch = order[index * g : (index + 1) * g]  # (R b,) or fewer at the end
+        if self.num_replicas == 1:
+            return global_batch
+        return np.array_split(global_batch, self.num_replicas)[self.rank]  # (b,) when the batch is full
+
     def make_batch(self, epoch: int, index: int, order: np.ndarray | None = None) -> Batch:
-        """Batch ``index`` of epoch ``epoch``: a pure function of (seed, epoch, index)."""
+        """Batch ``index`` of epoch ``epoch`` (this rank's share): a pure function of (seed, epoch, index)."""
         if order is None:
             order = self.order(epoch)
-        idx = order[index * self.batch_size : (index + 1) * self.batch_size]  # (B,)
+        idx = self.share(order, index)  # (B,) data set indices
         x = self.images[idx]  # (B, C, H, W) uint8, a copy
         if self.transform is not None:
-            x = self.transform(x, np.random.default_rng([self.seed, epoch, index]))
+            x = self.transform(x, ImageRandom(self.seed, epoch, idx))  # random numbers keyed by image
         if self.mean is not None and self.std is not None:
             xf = normalize(x, self.mean, self.std)
         else:
@@ -171,7 +209,7 @@ class DataLoader:
     def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Iterate over batches ``start_batch, start_batch + 1, ...`` of epoch ``epoch``."""
         order = self.order(epoch)
-        indices = range(start_batch, len(self))
+        indices = range(start_batch, max(self._stop(), start_batch))
         if self.prefetch == 0:
             return (self.make_batch(epoch, i, order) for i in indices)
         return self._prefetched(epoch, indices, order)

@@ -2,8 +2,9 @@
 
 Each function takes a batch of uint8 images (N, C, H, W) and treats every image differently with
 no Python loop over the images: the random choices are arrays of N numbers, and the pixels are
-moved by indexing. Randomness always comes from a :class:`numpy.random.Generator` passed in, so the
-caller decides the seed and the result is reproducible (see :mod:`minise.data.loader`).
+moved by indexing. Randomness always comes from a :class:`numpy.random.Generator` or an
+:class:`ImageRandom` (numbers keyed by image) passed in, so the caller decides the seed and the result is
+reproducible (see :mod:`minise.data.loader`).
 
 The standard CIFAR recipe (He et al., 2016, Sec. 4.2): pad 4 pixels with zeros, take a random
 32x32 crop, flip horizontally with probability 1/2, then standardise each channel.
@@ -21,6 +22,8 @@ __all__ = [
     "CIFAR10_STD",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
+    "ImageRandom",
+    "Random",
     "Transform",
     "channel_stats",
     "normalize",
@@ -37,7 +40,76 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
-Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Steele et al., 2014): a bijection of uint64 that scrambles every input bit
+    into every output bit. Arrays of uint64 wrap around on overflow, as this arithmetic wants."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class ImageRandom:
+    """Random numbers drawn *per image*: the k-th number of image i depends only on (seed, epoch, i, k).
+
+    A :class:`numpy.random.Generator` hands out one stream: image 5's crop would depend on how many
+    images were augmented before it in the same batch. Data-parallel training splits each batch between
+    processes, and the images must not change with the number of processes; so each value here is a hash
+    of its key (a *counter-based* generator, like Philox, Salmon et al. 2011):
+
+        bits(i, k) = mix(mix(i + key0) ^ (k * golden + key1)),   (key0, key1) = SeedSequence([seed, epoch])
+
+    computed for all images of a batch at once (no loop). It offers the two methods the transforms use,
+    with Generator's meaning: ``integers(low, high, size=n)`` and ``random(n)``, where n (or size[0]) must
+    be the number of images; each call is the next draw k for every image.
+    """
+
+    GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+    def __init__(self, seed: int, epoch: int, index: np.ndarray) -> None:
+        k0, k1 = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)
+        self.key0, self.key1 = np.uint64(k0), np.uint64(k1)
+        self.index = np.asarray(index).astype(np.uint64)  # (n,) the data set indices of the images
+        self.image_keys = _mix64(self.index + self.key0)  # (n,)
+        self.draws = 0
+
+    def _bits(self, size: int | tuple[int, ...] | None) -> np.ndarray:
+        """uint64 random bits of shape ``size`` (first axis: the images), advancing the draw counter."""
+        shape = (len(self.index),) if size is None else ((size,) if isinstance(size, (int, np.integer)) else size)
+        if not shape or shape[0] != len(self.index):
+            raise ValueError(
+                f"ImageRandom: asked for shape {tuple(shape)} but holds {len(self.index)} images - draw one value "
+                "(or one row) per image: size=len(images)"
+            )
+        per_image = int(np.prod(shape[1:], dtype=np.int64))
+        k = np.arange(self.draws, self.draws + per_image, dtype=np.uint64)  # (K,) the draw counters
+        self.draws += per_image
+        bits = _mix64(self.image_keys[:, None] ^ (k[None, :] * self.GOLDEN + self.key1))  # (n, K)
+        return bits.reshape(shape)
+
+    def random(self, size: int | tuple[int, ...] | None = None) -> np.ndarray:
+        """Uniform floats in [0, 1): the top 53 bits of each hash, as NumPy makes doubles."""
+        return (self._bits(size) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def integers(self, low: int, high: int | None = None, size: int | tuple[int, ...] | None = None) -> np.ndarray:
+        """Integers in [low, high) (or [0, low) if high is None), int64."""
+        if high is None:
+            low, high = 0, low
+        if high <= low:
+            raise ValueError(f"ImageRandom.integers: high {high} <= low {low} - need low < high")
+        u = self.random(size)
+        return np.minimum(low + np.floor(u * (high - low)).astype(np.int64), high - 1)
+
+    def uniform(self, low: float = 0.0, high: float = 1.0, size: int | tuple[int, ...] | None = None) -> np.ndarray:
+        return low + (high - low) * self.random(size)
+
+
+Random = np.random.Generator | ImageRandom
+"""Where a transform takes its random numbers: a Generator (one stream) or :class:`ImageRandom` (per image)."""
+
+Transform = Callable[[np.ndarray, Random], np.ndarray]
 """A batch augmentation: ``transform(images uint8 (N, C, H, W), rng) -> images uint8 (N, C, H, W)``."""
 
 
@@ -47,7 +119,7 @@ def _check_batch(fn: str, images: np.ndarray) -> None:
         raise ValueError(f"{fn}: expected a batch of images (N, C, H, W), got {shape} - add a batch axis")
 
 
-def random_crop(images: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
+def random_crop(images: np.ndarray, padding: int, rng: Random) -> np.ndarray:
     """Pad every image with ``padding`` zeros on each side, then cut a random H x W crop from each.
 
     How, without a loop: :func:`~numpy.lib.stride_tricks.sliding_window_view` makes a *view* of
@@ -76,7 +148,7 @@ def random_crop(images: np.ndarray, padding: int, rng: np.random.Generator) -> n
     return np.ascontiguousarray(windows[np.arange(n), :, dy, dx])
 
 
-def random_hflip(images: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+def random_hflip(images: np.ndarray, rng: Random, p: float = 0.5) -> np.ndarray:
     """Mirror each image left-right with probability ``p``; returns a new (N, C, H, W) array."""
     _check_batch("random_hflip", images)
     if not 0.0 <= p <= 1.0:
@@ -148,7 +220,7 @@ def train_transform(padding: int = 4, flip: bool = True) -> Transform:
     if padding < 0:
         raise ValueError(f"train_transform: padding is {padding} - it must be >= 0")
 
-    def transform(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def transform(images: np.ndarray, rng: Random) -> np.ndarray:
         if padding:
             images = random_crop(images, padding, rng)
         if flip:
