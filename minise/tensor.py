@@ -86,7 +86,8 @@ class Tensor:
         """The truth of a one-element tensor (``if loss < best:``); ambiguous for more elements, as NumPy."""
         if self.data.size != 1:
             raise ValueError(
-                f"the truth value of a tensor with {self.data.size} elements is ambiguous - use .any() or .all()"
+                f"bool(): the truth value of a tensor with {self.data.size} elements (shape {self.shape}) is "
+                "ambiguous - use .any() or .all()"
             )
         return bool(self.item())
 
@@ -157,6 +158,23 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         """The values as a host NumPy array (copied from the GPU if needed)."""
         return backend.to_host(self.data)
+
+    def __float__(self) -> float:
+        """``float(t)`` of a one-element tensor, as PyTorch (any other size is an error)."""
+        self._check_one_element("float")
+        return float(self.item())
+
+    def __int__(self) -> int:
+        """``int(t)`` of a one-element tensor, truncating toward zero as PyTorch."""
+        self._check_one_element("int")
+        return int(self.item())
+
+    def _check_one_element(self, what: str) -> None:
+        if self.data.size != 1:
+            raise ValueError(
+                f"{what}(): only a one-element tensor converts to a Python scalar, got shape {self.shape} - "
+                "reduce it first (e.g. t.sum()) or index one element"
+            )
 
     def item(self) -> float | int | bool:
         if self.data.size != 1:
@@ -288,17 +306,40 @@ class Tensor:
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
         return S.flatten(self, start_dim, end_dim)  # type: ignore[no-any-return]
 
-    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return R.SumOp(axis, keepdims).apply(self)
+    # Reductions take PyTorch's dim/keepdim or NumPy's axis/keepdims alike (passing both is an error).
+    def sum(
+        self, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None, keepdims: bool | None = None
+    ) -> Tensor:
+        axis, keep = R.pick_axis("sum", dim, axis), R.pick_keepdims("sum", keepdim, keepdims)
+        return R.SumOp(axis, keep).apply(self)
 
-    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return R.MeanOp(axis, keepdims).apply(self)
+    def mean(
+        self, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None, keepdims: bool | None = None
+    ) -> Tensor:
+        axis, keep = R.pick_axis("mean", dim, axis), R.pick_keepdims("mean", keepdim, keepdims)
+        return R.MeanOp(axis, keep).apply(self)
 
-    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return R.MaxOp(axis, keepdims).apply(self)
+    def max(
+        self, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None, keepdims: bool | None = None
+    ) -> Tensor:
+        """The maximum values (PyTorch's ``amax``: ``max(dim)`` returns values only, not (values, indices))."""
+        axis, keep = R.pick_axis("max", dim, axis), R.pick_keepdims("max", keepdim, keepdims)
+        return R.MaxOp(axis, keep).apply(self)
 
-    def argmax(self, axis: int | None = None) -> Tensor:
-        return Tensor(self.data.argmax(axis=axis))
+    def argmax(self, dim: int | None = None, keepdim: bool = False, *, axis: int | None = None) -> Tensor:
+        axis = R.pick_axis("argmax", dim, axis)
+        out = self.data.argmax(axis=axis, keepdims=keepdim)
+        return Tensor(out)
+
+    def softmax(self, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+        from minise.functional.loss import softmax  # noqa: PLC0415
+
+        return softmax(self, dim, axis=axis)
+
+    def log_softmax(self, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+        from minise.functional.loss import log_softmax  # noqa: PLC0415
+
+        return log_softmax(self, dim, axis=axis)
 
     # elementwise functions that learners reach for as methods
     def exp(self) -> Tensor:

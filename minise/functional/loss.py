@@ -7,6 +7,7 @@ from typing import Any
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_axis, check_float
+from minise.functional.reduction import pick_axis
 from minise.tensor import Tensor, as_tensor
 
 
@@ -110,14 +111,18 @@ class CrossEntropyOp(Function):
         return (xp.exp(logp) * v - q) * g, None
 
 
-def softmax(input: Any, dim: int = -1) -> Tensor:
+def softmax(input: Any, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+    """exp(x) / sum exp(x) along ``dim`` (or NumPy's ``axis``; default the last axis)."""
+    dim = pick_axis("softmax", dim, axis, default=-1)
     x = as_tensor(input)
     check_float("softmax", "input", x.data)
     check_axis("softmax", dim, x.ndim, x.shape)
     return SoftmaxOp(dim).apply(x)
 
 
-def log_softmax(input: Any, dim: int = -1) -> Tensor:
+def log_softmax(input: Any, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+    """x - log sum exp(x) along ``dim`` (or NumPy's ``axis``; default the last axis)."""
+    dim = pick_axis("log_softmax", dim, axis, default=-1)
     x = as_tensor(input)
     check_float("log_softmax", "input", x.data)
     check_axis("log_softmax", dim, x.ndim, x.shape)

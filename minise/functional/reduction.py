@@ -2,7 +2,8 @@
 
 ``axis`` is None (all axes), an int (negative counts from the end) or a tuple of ints; ``keepdims``
 keeps the reduced axes with size 1. Backward first puts the reduced axes back (size 1), then lets
-broadcasting spread the gradient over them.
+broadcasting spread the gradient over them. PyTorch's names ``dim`` and ``keepdim`` mean the same as
+NumPy's ``axis`` and ``keepdims``; every reduction (and softmax) takes either (:func:`pick_axis`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,22 @@ from typing import Any
 
 from minise.autograd import Function
 from minise.backend import get_array_module
+
+
+def pick_axis(op: str, dim: Any, axis: Any, default: Any = None) -> Any:
+    """The axis given as PyTorch's ``dim`` or NumPy's ``axis`` (``default`` if neither); both is an error."""
+    if dim is not None and axis is not None:
+        raise TypeError(f"{op}: got dim={dim!r} and axis={axis!r} - they mean the same; pass only one")
+    if dim is not None:
+        return dim
+    return default if axis is None else axis
+
+
+def pick_keepdims(op: str, keepdim: bool | None, keepdims: bool | None) -> bool:
+    """``keepdim`` (PyTorch) or ``keepdims`` (NumPy); both is an error; False if neither."""
+    if keepdim is not None and keepdims is not None:
+        raise TypeError(f"{op}: got keepdim and keepdims - they mean the same; pass only one")
+    return bool(keepdim if keepdim is not None else keepdims)
 
 
 def normalize_axis(op: str, axis: Any, ndim: int) -> tuple[int, ...]:
