@@ -1,0 +1,345 @@
+"""Data-parallel training: SyncBN, the bucketed all-reduce, sharding, per-image randomness, MPI runs.
+
+The first part runs in one process: ranks are threads of a LocalGroup (the same collectives as MPI,
+sums in rank order). The second part (marker ``distributed``) starts 2 MPI processes with the venv's
+``mpiexec`` and is skipped, with the reason, when mpi4py or mpiexec is missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import requires_torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import minise
+import minise.functional as F
+from minise import data, models
+from minise.distributed import (
+    CollectiveTimeout,
+    DistributedDataParallel,
+    LocalGroup,
+    SingleProcess,
+    SyncBatchNorm,
+    build_buckets,
+    evaluate_sharded,
+)
+from minise.data.transforms import ImageRandom
+from minise.distributed.mpi import MPIWork
+from minise.evaluate import evaluate
+from minise.functional.sync_batch_norm import sync_batch_norm
+from minise.gradcheck import gradcheck
+
+SHAPES = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3))  # n, c, h, w
+
+
+def _normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# SyncBN: one process is batch norm (gradcheck), N ranks are batch norm of the global batch
+# ------------------------------------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(shape=SHAPES, seed=st.integers(0, 2**31), training=st.booleans())
+@example(shape=(1, 3, 2, 2), seed=1, training=True)  # batch 1
+@example(shape=(4, 1, 2, 2), seed=2, training=True)  # one channel
+@example(shape=(3, 2, 1, 1), seed=3, training=True)  # 1x1 spatial
+def test_sync_batch_norm_gradcheck_single_process(shape: tuple[int, int, int, int], seed: int, training: bool) -> None:
+    n, c, h, w = shape
+    if training and n * h * w < 2:
+        shape = (2, c, h, w)
+    rng = np.random.default_rng(seed)
+    x = minise.tensor(rng.standard_normal(shape), requires_grad=True)
+    g = minise.tensor(rng.uniform(0.5, 2.0, c), requires_grad=True)
+    b = minise.tensor(rng.standard_normal(c), requires_grad=True)
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
+    gradcheck(lambda x, g, b: sync_batch_norm(x, rm, rv, g, b, training, comm=SingleProcess()), x, g, b)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    ranks=st.integers(1, 3),
+    share=st.integers(1, 3),
+    c=st.integers(1, 3),
+    hw=st.integers(1, 3),
+    seed=st.integers(0, 2**31),
+)
+@example(ranks=2, share=1, c=1, hw=1, seed=0)  # batch 1 per rank, one channel, 1x1 spatial
+def test_sync_batch_norm_over_ranks_is_batch_norm_of_the_global_batch(
+    ranks: int, share: int, c: int, hw: int, seed: int
+) -> None:
+    """N ranks with shares of b images: outputs, running statistics and (N * dL/dx, mean of dgamma) equal
+    batch norm over the N*b images with the loss L = (1/N) sum_r L_r (the DDP convention)."""
+    if ranks * share * hw * hw < 2:
+        share = 2
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((ranks * share, c, hw, hw))
+    up = rng.standard_normal(x.shape)
+    gamma, beta = rng.uniform(0.5, 2.0, c), rng.standard_normal(c)
+    ref_x, ref_g, ref_b = (minise.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+    ref_rm, ref_rv = np.zeros(c), np.ones(c)
+    y = F.batch_norm(ref_x, ref_rm, ref_rv, ref_g, ref_b, training=True)
+    ((y * minise.tensor(up)).sum() * (1.0 / ranks)).backward()
+
+    def rank(comm: LocalGroup) -> tuple[np.ndarray, ...]:
+        part = slice(comm.rank * share, (comm.rank + 1) * share)
+        xr, gr, br = (minise.tensor(a, requires_grad=True) for a in (x[part], gamma, beta))
+        rm, rv = np.zeros(c), np.ones(c)
+        yr = sync_batch_norm(xr, rm, rv, gr, br, training=True, comm=comm)
+        (yr * minise.tensor(up[part])).sum().backward()
+        return yr.data, xr.grad, gr.grad, br.grad, rm, rv
+
+    out = LocalGroup.run(ranks, rank)
+    np.testing.assert_allclose(np.concatenate([o[0] for o in out]), y.data, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([o[1] for o in out]) / ranks, ref_x.grad, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sum(o[2] for o in out) / ranks, ref_g.grad, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sum(o[3] for o in out) / ranks, ref_b.grad, rtol=1e-9, atol=1e-12)
+    for o in out:
+        np.testing.assert_allclose(o[4], ref_rm, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(o[5], ref_rv, rtol=1e-10, atol=1e-12)
+
+
+def test_the_rank_comparison_bites_on_local_statistics() -> None:
+    """Planted mistake: SyncBN whose ranks do not sum (each a SingleProcess) is plain per-rank BN; the
+    comparison above must see that its outputs differ from batch norm over the global batch."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 3, 3))
+    y = F.batch_norm(minise.tensor(x), None, None, training=True).data
+    local = [sync_batch_norm(minise.tensor(x[r * 2 : r * 2 + 2]), None, None, training=True, comm=SingleProcess()).data
+             for r in range(2)]  # fmt: skip
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(np.concatenate(local), y, rtol=1e-6)
+
+
+@requires_torch
+@pytest.mark.torch
+def test_sync_batch_norm_matches_torch() -> None:
+    import torch
+
+    rng = np.random.default_rng(1)
+    x, g, b, up = (
+        rng.standard_normal((3, 4, 5, 5)),
+        rng.uniform(0.5, 2, 4),
+        rng.standard_normal(4),
+        rng.standard_normal((3, 4, 5, 5)),
+    )
+    xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, g, b))
+    rm_t, rv_t = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    yt = torch.nn.functional.batch_norm(xt, rm_t, rv_t, gt, bt, training=True)
+    (yt * torch.tensor(up)).sum().backward()
+    xm, gm, bm = (minise.tensor(a, requires_grad=True) for a in (x, g, b))
+    rm, rv = np.zeros(4), np.ones(4)
+    ym = sync_batch_norm(xm, rm, rv, gm, bm, training=True)
+    (ym * minise.tensor(up)).sum().backward()
+    for mine, theirs in (
+        (ym.data, yt),
+        (xm.grad, xt.grad),
+        (gm.grad, gt.grad),
+        (bm.grad, bt.grad),
+        (rm, rm_t),
+        (rv, rv_t),
+    ):
+        np.testing.assert_allclose(mine, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_sync_batch_norm_errors() -> None:
+    with pytest.raises(ValueError, match="sync_batch_norm: weight has shape"):
+        sync_batch_norm(minise.tensor(np.zeros((2, 3, 2, 2))), None, None, np.ones(4), None, training=True)
+    with pytest.raises(ValueError, match="more than one value per channel over all ranks"):
+        sync_batch_norm(minise.tensor(np.zeros((1, 3, 1, 1))), None, None, training=True)
+
+
+def test_convert_sync_batchnorm_keeps_parameters_order_and_outputs() -> None:
+    minise.manual_seed(0)
+    model = models.create("se_resnet20", num_classes=10)
+    before = list(model.state_dict())
+    params = [id(p) for p in model.parameters()]
+    x = minise.tensor(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    y0 = model(x).data
+    SyncBatchNorm.convert_sync_batchnorm(model, SingleProcess())
+    assert list(model.state_dict()) == before and [id(p) for p in model.parameters()] == params
+    assert any(isinstance(m, SyncBatchNorm) for m in model.modules())
+    np.testing.assert_allclose(model(x).data, y0, rtol=2e-4, atol=2e-5)  # float32; float64 vs chunked sums
+
+
+# ------------------------------------------------------------------------------------------------
+# DDP: the bucketed, overlapped all-reduce gives the gradient of the global batch, any bucket size
+# ------------------------------------------------------------------------------------------------
+def _mlp(seed: int) -> minise.nn.Module:
+    minise.manual_seed(seed)
+    return minise.nn.Sequential(
+        minise.nn.Linear(5, 7, dtype=np.float64), minise.nn.ReLU(), minise.nn.Linear(7, 3, dtype=np.float64)
+    )
+
+
+def _global_gradient(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    model = _mlp(0)
+    F.cross_entropy(model(minise.tensor(x)), y).backward()
+    return [p.grad for p in model.parameters()]
+
+
+def _ddp_gradients(
+    x: np.ndarray, y: np.ndarray, ranks: int, cap_mb: float, weight: float | None = None
+) -> list[list[np.ndarray]]:
+    share = len(x) // ranks
+    built = [_mlp(r) for r in range(ranks)]  # different starting weights: the broadcast must make them rank 0's
+
+    def rank(comm: LocalGroup) -> list[np.ndarray]:
+        model = built[comm.rank]
+        ddp = DistributedDataParallel(model, comm, bucket_cap_mb=cap_mb)
+        part = slice(comm.rank * share, (comm.rank + 1) * share)
+        ddp.backward(F.cross_entropy(ddp(minise.tensor(x[part])), y[part]), weight=weight)
+        return [p.grad for p in model.parameters()]
+
+    return LocalGroup.run(ranks, rank)
+
+
+@settings(max_examples=15, deadline=None)
+@given(ranks=st.integers(1, 4), cap_bytes=st.integers(1, 400), seed=st.integers(0, 2**31))
+def test_ddp_gradient_is_the_global_batch_gradient_for_any_bucket_size(ranks: int, cap_bytes: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((4 * ranks, 5)), rng.integers(0, 3, 4 * ranks)
+    expected = _global_gradient(x, y)
+    for grads in _ddp_gradients(x, y, ranks, cap_bytes / 2**20):
+        for g, e in zip(grads, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-13)
+
+
+def test_the_ddp_comparison_bites_on_a_sum_instead_of_a_mean() -> None:
+    """Planted mistake: gradients summed, not averaged (weight 1): the comparison must fail."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
+    expected = _global_gradient(x, y)
+    grads = _ddp_gradients(x, y, 2, 1e-4, weight=1.0)[0]
+    with pytest.raises(AssertionError):
+        for g, e in zip(grads, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-6)
+
+
+def test_build_buckets_are_consecutive_and_capped() -> None:
+    params = list(_mlp(0).parameters())  # 35, 7, 21, 3 values of float64: 280, 56, 168, 24 bytes
+    groups = build_buckets(params, 300)
+    assert [p for g in groups for p in g] == params
+    assert [[p.data.nbytes for p in g] for g in groups] == [[280], [56, 168, 24]]
+    assert build_buckets(params, 1) == [[p] for p in params]
+
+
+def test_ddp_unused_parameter_counts_as_zero_and_grad_hook_handle_removes() -> None:
+    def rank(comm: LocalGroup) -> list[np.ndarray]:
+        model = minise.nn.Sequential(minise.nn.Linear(2, 2), minise.nn.Linear(2, 2))
+        ddp = DistributedDataParallel(model, comm)
+        first = model[0]
+        ddp.backward(first(minise.tensor(np.ones((1, 2), dtype=np.float32))).sum())  # model[1] unused
+        ddp.remove_hooks()
+        return [p.grad for p in model.parameters()]
+
+    for grads in LocalGroup.run(2, rank):
+        assert np.all(grads[2] == 0) and np.all(grads[3] == 0)
+        np.testing.assert_array_equal(grads[1], np.ones(2, dtype=np.float32))
+
+
+def test_local_group_raises_a_rank_error_and_releases_the_others() -> None:
+    def rank(comm: LocalGroup) -> None:
+        if comm.rank == 1:
+            raise KeyError("rank 1 failed")
+        comm.allreduce(np.ones(2))
+
+    with pytest.raises(KeyError, match="rank 1 failed"):
+        LocalGroup.run(2, rank, timeout=10)
+
+
+def test_mpi_wait_times_out_instead_of_hanging() -> None:
+    class NeverDone:
+        def Test(self) -> bool:
+            return False
+
+    with pytest.raises(CollectiveTimeout, match="no answer from the other ranks"):
+        MPIWork(NeverDone(), "all-reduce of 3 values on rank 0", timeout=0.05).wait()
+
+
+def test_nccl_communicator_says_why_it_cannot_run_here() -> None:
+    from minise import backend
+    from minise.distributed import NCCLCommunicator
+
+    ok, _ = backend.cupy_available()
+    if ok:
+        pytest.skip("a GPU is present: the NCCL path is exercised by the GPU check, not here")
+    with pytest.raises((backend.BackendUnavailableError, RuntimeError)):
+        NCCLCommunicator(mpi=_FakeMPI())  # type: ignore[arg-type]
+
+
+class _FakeMPI:
+    rank, size, local_rank = 0, 1, 0
+
+
+# ------------------------------------------------------------------------------------------------
+# data: the union of the shares is the single-process batch, pixel for pixel
+# ------------------------------------------------------------------------------------------------
+@settings(max_examples=20, deadline=None)
+@given(
+    ranks=st.integers(1, 4), b=st.integers(1, 5), n=st.integers(1, 60), drop_last=st.booleans(), seed=st.integers(0, 99)
+)
+def test_union_of_shares_is_the_single_process_batch(ranks: int, b: int, n: int, drop_last: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 3, 6, 6), dtype=np.uint8)
+    labels = np.arange(n)
+    common = {
+        "shuffle": True,
+        "drop_last": drop_last,
+        "seed": seed,
+        "transform": data.train_transform(padding=2),
+        "prefetch": 0,
+    }
+    single = data.DataLoader(images, labels, ranks * b, **common)  # type: ignore[arg-type]
+    shards = [data.DataLoader(images, labels, b, num_replicas=ranks, rank=r, **common) for r in range(ranks)]  # type: ignore[arg-type]
+    assert all(len(s) == len(single) for s in shards)
+    for epoch in (0, 3):
+        whole = list(single.iter_epoch(epoch))
+        parts = [list(s.iter_epoch(epoch)) for s in shards]
+        for t, (x, y) in enumerate(whole):
+            got = [p[t] for p in parts if t < len(p)]  # a rank with an empty share of a short last batch has none
+            np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), y)
+            np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), x)
+
+
+def test_sharding_errors_and_a_planted_per_batch_stream_would_differ() -> None:
+    images = np.zeros((8, 1, 4, 4), dtype=np.uint8)
+    with pytest.raises(ValueError, match="rank 2 of num_replicas 2"):
+        data.DataLoader(images, np.zeros(8, dtype=np.int64), 2, num_replicas=2, rank=2)
+    # the reason for per-image numbers: a Generator's stream depends on the batch it is drawn for
+    idx = np.arange(8)
+    whole = ImageRandom(0, 0, idx).integers(0, 9, size=8)
+    np.testing.assert_array_equal(np.concatenate([ImageRandom(0, 0, idx[:3]).integers(0, 9, size=3),
+                                                  ImageRandom(0, 0, idx[3:]).integers(0, 9, size=5)]), whole)  # fmt: skip
+    stream = np.random.default_rng([0, 0, 0])
+    assert not np.array_equal(np.random.default_rng([0, 0, 0]).integers(0, 9, 8)[3:], stream.integers(0, 9, 5))
+
+
+def test_image_random_is_uniform_and_in_range() -> None:
+    r = ImageRandom(7, 1, np.arange(20000))
+    u = r.random(20000)
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
+    k = r.integers(0, 9, size=20000)
+    counts = np.bincount(k, minlength=9)
+    assert k.min() == 0 and k.max() == 8 and counts.min() > 2000  # ~2222 each
+    assert not np.array_equal(r.random(20000), u)  # each call is the next draw
+    with pytest.raises(ValueError, match="draw one value"):
+        r.random(3)
+
+
+def test_evaluate_sharded_equals_evaluate_on_everything() -> None:
+    ds = data.load_shapes(train=False)
+    images, labels = ds.images[:37], ds.labels[:37]
+    minise.manual_seed(0)
+    model = models.create("resnet20", num_classes=10)
+    full = evaluate(model, data.DataLoader(images, labels, 8, prefetch=0), 10)
+
+    def rank(comm: LocalGroup):  # type: ignore[no-untyped-def]
+        loader = data.DataLoader(images, labels, 8, prefetch=0, num_replicas=comm.size, rank=comm.rank)
+        return evaluate_sharded(model, loader, 10, comm)
+
+    for r in LocalGroup.run(3, rank):
+        np.testing.assert_array_equal(r.confusion, full.confusion)
+        assert r.top1 == full.top1 and r.top5 == full.top5 and r.loss == pytest.approx(full.loss, rel=1e-6)
