@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import minise
 import minise.functional as F
 from minise import data, models
+from minise.data.transforms import ImageRandom
 from minise.distributed import (
     CollectiveTimeout,
     DistributedDataParallel,
@@ -25,7 +26,6 @@ from minise.distributed import (
     build_buckets,
     evaluate_sharded,
 )
-from minise.data.transforms import ImageRandom
 from minise.distributed.mpi import MPIWork
 from minise.evaluate import evaluate
 from minise.functional.sync_batch_norm import sync_batch_norm
@@ -311,8 +311,8 @@ def test_sharding_errors_and_a_planted_per_batch_stream_would_differ() -> None:
     # the reason for per-image numbers: a Generator's stream depends on the batch it is drawn for
     idx = np.arange(8)
     whole = ImageRandom(0, 0, idx).integers(0, 9, size=8)
-    np.testing.assert_array_equal(np.concatenate([ImageRandom(0, 0, idx[:3]).integers(0, 9, size=3),
-                                                  ImageRandom(0, 0, idx[3:]).integers(0, 9, size=5)]), whole)  # fmt: skip
+    halves = [ImageRandom(0, 0, idx[:3]).integers(0, 9, size=3), ImageRandom(0, 0, idx[3:]).integers(0, 9, size=5)]
+    np.testing.assert_array_equal(np.concatenate(halves), whole)
     stream = np.random.default_rng([0, 0, 0])
     assert not np.array_equal(np.random.default_rng([0, 0, 0]).integers(0, 9, 8)[3:], stream.integers(0, 9, 5))
 
