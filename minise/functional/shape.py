@@ -1,7 +1,8 @@
-"""Ops that move values around without changing them: reshape, transpose, indexing, flatten."""
+"""Ops that move values around without changing them: reshape, transpose, indexing, flatten, cat, stack."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from minise import backend
@@ -102,3 +103,87 @@ def flatten(input: Any, start_dim: int = 1, end_dim: int = -1) -> Any:
     for n in x.shape[s : e + 1]:
         merged *= n
     return x.reshape(*x.shape[:s], merged, *x.shape[e + 1 :])
+
+
+class CatOp(Function):
+    """y = [x_1, x_2, ...] joined along ``axis`` (torch.cat);   dx_i = the slice of gy that x_i filled"""
+
+    name = "cat"
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, *xs: Any) -> Any:
+        xp = get_array_module(*xs)
+        self.save(tuple(x.shape[self.axis] for x in xs))
+        return xp.concatenate(xs, axis=self.axis)
+
+    def backward(self, gy: Any) -> tuple[Any, ...]:
+        (sizes,) = self.saved  # type: ignore[misc]
+        xp = get_array_module(gy)
+        cuts = list(itertools.accumulate(sizes[:-1]))  # where each input's slice of gy starts
+        return tuple(xp.split(gy, cuts, axis=self.axis))
+
+
+class StackOp(Function):
+    """y = the x_i stacked along a new axis ``axis`` (torch.stack);   dx_i = gy taken at index i of that axis"""
+
+    name = "stack"
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, *xs: Any) -> Any:
+        return get_array_module(*xs).stack(xs, axis=self.axis)
+
+    def backward(self, gy: Any) -> tuple[Any, ...]:
+        xp = get_array_module(gy)
+        return tuple(xp.take(gy, i, axis=self.axis) for i in range(gy.shape[self.axis]))
+
+
+def _join_args(op: str, tensors: Any, dim: Any, axis: Any, new_axis: bool) -> tuple[list[Any], int]:
+    """Check a sequence of tensors for cat/stack; returns them as Tensors and the axis (non-negative)."""
+    from minise.functional.reduction import pick_axis  # noqa: PLC0415
+    from minise.tensor import as_tensor  # noqa: PLC0415
+
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise TypeError(f"{op}: expected a non-empty list or tuple of tensors, got {type(tensors).__name__}")
+    ts = [as_tensor(t) for t in tensors]
+    d = pick_axis(op, dim, axis, default=0)
+    ndim = ts[0].ndim + (1 if new_axis else 0)
+    if not isinstance(d, int) or not -ndim <= d < max(ndim, 1):
+        raise ValueError(f"{op}: dim {d!r} is out of range for {ndim}-D output - use -{ndim} <= dim < {ndim}")
+    d %= max(ndim, 1)
+    first = ts[0].shape
+    for i, t in enumerate(ts):
+        same = (
+            t.shape == first
+            if new_axis
+            else (
+                t.ndim == len(first)
+                and all(a == b for k, (a, b) in enumerate(zip(t.shape, first, strict=True)) if k != d)
+            )
+        )
+        if not same or t.dtype != ts[0].dtype:
+            rule = "every shape equal" if new_axis else f"shapes equal except along dim {d}"
+            raise ValueError(
+                f"{op}: tensor {i} has shape {t.shape} and dtype {t.dtype} but tensor 0 has {first} and "
+                f"{ts[0].dtype} - {op} needs {rule} and one dtype"
+            )
+    if not new_axis and ts[0].ndim == 0:
+        raise ValueError(f"{op}: zero-dimensional tensors cannot be concatenated - use stack, or reshape(1)")
+    return ts, d
+
+
+def cat(tensors: Any, dim: int | None = None, *, axis: int | None = None) -> Any:
+    """Join tensors along an existing axis ``dim`` (default 0), as ``torch.cat``; differentiable."""
+    ts, d = _join_args("cat", tensors, dim, axis, new_axis=False)
+    return CatOp(d).apply(*ts)
+
+
+def stack(tensors: Any, dim: int | None = None, *, axis: int | None = None) -> Any:
+    """Join equal-shaped tensors along a new axis ``dim`` (default 0), as ``torch.stack``; differentiable."""
+    ts, d = _join_args("stack", tensors, dim, axis, new_axis=True)
+    return StackOp(d).apply(*ts)
