@@ -1,0 +1,188 @@
+"""python -m minise.experiments: the statistics (held to published t-table values, and shown to tell a
+consistent difference from noise), study files, and a tiny study on `shapes` that is interrupted and
+continued: finished runs are skipped, a half-trained run is resumed to exactly the uninterrupted result."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minise import train
+from minise.experiments import STUDIES, StudyError, paired_test, read_study_file, summarize, t_pvalue, t_quantile
+from minise.experiments.cli import main
+from minise.experiments.report import verdicts
+from minise.experiments.runner import plan
+from minise.experiments.stats import PairedTest
+from minise.experiments.studies import Study, Variant
+
+TINY = ["--dataset", "shapes", "--train-images", "16", "--test-images", "16", "--batch-size", "8", "--epochs", "1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "df, t975", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (10, 2.228), (30, 2.042)]
+)
+def test_t_quantiles_match_the_printed_table(df: int, t975: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(t975, abs=5e-4)
+    assert t_pvalue(t975, df) == pytest.approx(0.05, abs=2e-4)  # the quantile's own tail
+    assert t_quantile(0.995, df) > t975
+
+
+def test_pvalues_at_known_points() -> None:
+    assert t_pvalue(0.0, 3) == pytest.approx(1.0)
+    assert t_pvalue(1.0, 1) == pytest.approx(0.5)  # Cauchy: P(|T| > 1) = 1/2
+    assert t_pvalue(2.0, 2) == pytest.approx(1 - 2 / 6**0.5)  # df 2: P(|T| < t) = t / sqrt(2 + t^2)
+    assert t_pvalue(float("inf"), 4) == 0.0
+    with pytest.raises(ValueError, match="df must be an int"):
+        t_pvalue(1.0, 0)
+
+
+def test_summary_is_mean_sd_and_t_interval() -> None:
+    s = summarize([1.0, 2.0, 3.0])
+    assert (s.mean, s.sd) == (2.0, 1.0)
+    assert s.high - s.mean == pytest.approx(4.303 / 3**0.5, abs=1e-3)
+    one = summarize([5.0])
+    assert one.sd is None and one.low is None
+
+
+def test_paired_test_sees_a_consistent_difference_that_an_unpaired_view_calls_noise() -> None:
+    # seeds differ a lot from each other (10, 20, 30) but the variant is ~1 point better on every one
+    base = {0: 10.0, 1: 20.0, 2: 30.0}
+    better = {0: 9.0, 1: 19.1, 2: 28.9}
+    paired = paired_test(better, base)
+    assert paired.p is not None and paired.p < 0.01 and not paired.within_noise
+    # the means' intervals overlap almost entirely: treating the seeds as unpaired would see nothing
+    a, b = summarize(list(base.values())), summarize(list(better.values()))
+    assert a.low is not None and b.high is not None and a.low < b.high
+    # and noise is called noise
+    noisy = paired_test({0: 11.0, 1: 19.0, 2: 30.5}, base)
+    assert noisy.p is not None and noisy.p > 0.5 and noisy.within_noise
+    only_common = paired_test({0: 9.0, 5: 1.0}, base)
+    assert only_common.n == 1 and only_common.p is None  # one common seed: no test
+
+
+def test_verdicts_say_plainly_which_difference_is_noise() -> None:
+    study = Study("t", "t", (Variant("A"), Variant("B"), Variant("C"), Variant("D")))
+
+    class Row:
+        def __init__(self, name: str, test: PairedTest | None) -> None:
+            self.variant, self.vs_baseline = Variant(name), test
+
+    rows = [
+        Row("A", None),
+        Row("B", paired_test({0: 9.0, 1: 19.1, 2: 28.9}, {0: 10.0, 1: 20.0, 2: 30.0})),
+        Row("C", paired_test({0: 11.0, 1: 19.0, 2: 30.5}, {0: 10.0, 1: 20.0, 2: 30.0})),
+        Row("D", paired_test({0: 1.0}, {0: 10.0})),
+    ]
+    lines = verdicts(study, rows)  # type: ignore[arg-type]
+    assert "B vs A" in lines[0] and "lower, beyond the seed-to-seed noise" in lines[0]
+    assert "C vs A" in lines[1] and "within the noise" in lines[1]
+    assert "no test possible" in lines[2]
+
+
+# --------------------------------------------------------------------------------------------------
+# studies
+# --------------------------------------------------------------------------------------------------
+def test_every_study_of_the_issue_exists_with_a_baseline_first() -> None:
+    assert set(STUDIES) == {
+        "reduction", "squeeze", "excitation", "stages", "integration", "se3x3", "nosqueeze", "se-vs-plain",
+    }  # fmt: skip
+    assert [v.name for v in STUDIES["integration"].variants] == ["SE", "SE-PRE", "SE-POST", "SE-Identity"]
+    assert STUDIES["integration"].variants[2].paper == (22.78, 6.35)  # SE-POST, the paper's clear loser
+    # every study builds a valid command line for each of its runs
+    for study in STUDIES.values():
+        for spec in plan(study, [0], Path("/tmp/unused"), "se_resnet20", TINY):
+            train.build_parser().parse_args(list(spec.argv))
+
+
+def test_study_file(tmp_path: Path) -> None:
+    f = tmp_path / "mine.txt"
+    f.write_text("# my study\nbase: --reduction 16\nr8: --reduction 8  # narrower\nplain: --model plain\n")
+    study = read_study_file(f)
+    assert [v.name for v in study.variants] == ["base", "r8", "plain"]
+    assert study.variants[1].options == ("--reduction", "8") and study.variants[2].model == "plain"
+    specs = plan(study, [0, 1], tmp_path / "out", "se_resnet20", TINY)
+    assert len(specs) == 6 and "resnet20" in specs[2].argv and specs[2].folder.name == "plain-s0"
+    f.write_text("just one: --reduction 4\n")
+    with pytest.raises(StudyError, match="at least 2 variants"):
+        read_study_file(f)
+    f.write_text("no colon here\nb: x\n")
+    with pytest.raises(StudyError, match="mine.txt:1"):
+        read_study_file(f)
+
+
+def test_bad_commands_are_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nosuchstudy", "--out", str(tmp_path / "a")]) == 2
+    assert main(["integration", "--out", str(tmp_path / "a"), "--seed", "3"]) == 2
+    assert main(["integration", "--out", str(tmp_path / "a"), "--model", "resnet20"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("minise.experiments: ") for line in err)
+    assert "unknown study 'nosuchstudy'" in err[0] and "--seed" in err[1] and "has none" in err[2]
+
+
+# --------------------------------------------------------------------------------------------------
+# a tiny study, interrupted and continued
+# --------------------------------------------------------------------------------------------------
+def _results(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k not in ("seconds", "folder")} for row in csv.DictReader(f)]
+
+
+def _metrics(folder: Path) -> list[dict[str, float]]:
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in m.items() if k not in ("seconds", "images_per_s")} for m in lines]
+
+
+@pytest.mark.slow  # about 25 s on 2 busy cores: seven tiny training runs, five in child processes
+def test_interrupted_study_continues_where_it_stopped(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "minise.experiments", "se-vs-plain", *TINY, "--seeds", "2", "--out", str(out)]
+    # 1. the study stops after its first run (as an interruption would)
+    first = subprocess.run([*cmd, "--stop-after-runs", "1"], capture_output=True, text=True)
+    assert first.returncode == 130, first.stderr
+    done = out / "runs" / "resnet-s0"
+    assert (done / "best.npz").exists() and not (out / "runs" / "resnet-s1").exists()
+    finished_bytes = (done / "last.npz").read_bytes()
+    assert "1 of 4 runs finished" in first.stdout
+    # 2. a second run of the study was itself interrupted mid-epoch (Ctrl-C saves last.npz)
+    half = out / "runs" / "se-resnet-s0"
+    argv = [*TINY, "--model", "se_resnet20", "--seed", "0", "--out", str(half), "--no-progress"]
+    assert train.main([*argv, "--stop-after-steps", "1"]) == 130
+    # 3. the same command again: the finished run is skipped, the half one resumed, the rest trained
+    again = subprocess.run([*cmd, "--jobs", "2"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "skip ResNet seed 0" in again.stderr and "continue SE-ResNet seed 0" in again.stderr
+    assert (done / "last.npz").read_bytes() == finished_bytes  # not retrained, not touched
+    rows = _results(out / "results.csv")
+    assert [(r["variant"], r["seed"]) for r in rows] == [("ResNet", "0"), ("SE-ResNet", "0"), ("ResNet", "1"),
+                                                         ("SE-ResNet", "1")]  # fmt: skip
+    # the resumed run reached exactly what an uninterrupted run of the same command reaches
+    whole = tmp_path / "whole"
+    assert train.main([*argv[:-3], "--out", str(whole), "--no-progress"]) == 0
+    # (to float32 rounding: the study's runs use one thread each, this one the default number, and the
+    # order in which a multi-threaded op sums changes the last bits of the loss)
+    for a, b in zip(_metrics(half), _metrics(whole), strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+    report = (out / "report.md").read_text()
+    assert "| SE-ResNet |" in report and "23.29 / 6.62" in report and (out / "errors.png").stat().st_size > 0
+    # 4. a third time: nothing left to train, the same numbers
+    third = subprocess.run(cmd, capture_output=True, text=True)
+    assert third.returncode == 0 and third.stderr.count("skip ") == 4
+    assert _results(out / "results.csv") == rows
+
+
+def test_a_folder_holding_another_run_is_never_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    other = out / "runs" / "resnet-s0"
+    assert train.main([*TINY, "--model", "resnet20", "--seed", "0", "--out", str(other), "--no-progress"]) == 0
+    before = (other / "last.npz").read_bytes()
+    code = main(["se-vs-plain", *TINY[:-1], "2", "--seeds", "1", "--out", str(out)])  # --epochs 2 now
+    assert code == 2
+    assert (other / "last.npz").read_bytes() == before
