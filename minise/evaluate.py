@@ -26,15 +26,9 @@ from minise import backend, cpu
 from minise import functional as F
 from minise.autograd import no_grad
 from minise.checkpoint import CheckpointError, load_checkpoint, split
+from minise.cli import HelpFormatter, OneLineParser  # noqa: F401  (OneLineParser: re-exported)
 from minise.nn import Module
 from minise.tensor import Tensor
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit status 2), not a usage block."""
-
-    def error(self, message: str) -> Any:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 @dataclass
@@ -144,32 +138,144 @@ def image_loader(args: argparse.Namespace, meta: dict[str, Any], dataset: str) -
     return test, loader, pool
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from minise import data  # noqa: PLC0415
 
-    p = OneLineParser(prog="python -m minise.evaluate", description="Evaluate a minise checkpoint.")
+    p = OneLineParser(
+        prog="python -m minise.evaluate",
+        description="Evaluate a minise checkpoint: top-1, top-5, loss, per-class accuracy, confusion matrix.",
+        epilog="The results are printed first; the confusion-matrix figure comes after them, and a figure that "
+        "cannot be written is a one-line warning (exit status 0). Exit status 2: bad input.",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="a .npz checkpoint written by minise.train")
     names = ", ".join(data.DATASETS + data.IMAGE_DATASETS)
-    p.add_argument("--dataset", default=None, help=f"one of {names} (default: the training one)")
-    p.add_argument("--data-dir", default=None, help="folder holding the data set (default: the cache)")
+    p.add_argument("--dataset", default=None, help=f"one of {names} (default: the one the model was trained on)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the data set (default: $MINISE_DATA, else ~/.cache/minise; image folders: the run's)",
+    )
     p.add_argument("--download", action="store_true", help="download the data set if it is missing")
-    p.add_argument("--backend", choices=backend.BACKEND_NAMES, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="default 256 (64 for image folders)")
+    p.add_argument(
+        "--backend",
+        choices=backend.BACKEND_NAMES,
+        default=None,
+        help="array library (default: $MINISE_BACKEND, else numpy)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 256; 64 for image folders)")
     p.add_argument(
         "--test-images",
         type=int,
         default=None,
         metavar="N",
         help="for quick checks: only the first N held-out images (shapes: draw N instead of 1,000; "
-        "image folders: N evenly spaced images)",
+        "image folders: N evenly spaced images; default: all)",
     )
     p.add_argument("--image-size", type=int, default=None, help="image folders: crop side (default: the run's)")
-    p.add_argument("--image-release", choices=data.IMAGE_RELEASES, default=None, help="default: the run's")
+    p.add_argument(
+        "--image-release", choices=data.IMAGE_RELEASES, default=None, help="image folders (default: the run's)"
+    )
     p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: one per core)")
     p.add_argument("--cache", action="store_true", help="decode the images once into a memory-mapped cache")
     p.add_argument("--strict", action="store_true", help="stop at an image that cannot be decoded")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--plot", default=None, help="write the confusion matrix to this PNG")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="the metrics as JSON: alone, printed instead of the text; with FILE, written there as well "
+        "(default: text only)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder for the figures (default: the checkpoint's folder)",
+    )
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE",
+        help="write the confusion matrix to this PNG (default: <--out>/<checkpoint name>_confusion_<dataset>.png, "
+        "so evaluations on different data sets never overwrite each other)",
+    )
+    p.add_argument("--no-plot", action="store_true", help="write no figure")
+    return p
+
+
+def input_side(meta: dict[str, Any]) -> int | None:
+    """The side of the images the model was trained on, if the checkpoint tells."""
+    from minise import data  # noqa: PLC0415
+
+    side, config = meta.get("input_size"), meta.get("config")
+    if side is None and meta.get("dataset") in data.IMAGE_DATASETS and isinstance(config, dict):
+        side = config.get("image_size")  # checkpoints written before input_size was recorded
+    return side if isinstance(side, int) else None
+
+
+def size_warning(meta: dict[str, Any], evaluated: int, image_folder: bool) -> str | None:
+    """A one-line warning when the model is evaluated at another image size than it was trained at."""
+    trained = input_side(meta)
+    if trained is None or trained == evaluated:
+        return None
+    fix = f"--image-size {trained} evaluates at the training size" if image_folder else "expect a lower accuracy"
+    return (
+        f"minise.evaluate: warning: the model was trained on {trained}x{trained} images and is evaluated on "
+        f"{evaluated}x{evaluated} ones - {fix}"
+    )
+
+
+def load_test_data(args: argparse.Namespace, meta: dict[str, Any], dataset: str) -> tuple[Any, Any, Any, int]:
+    """(held-out set, its loader, the decoding pool or None, the side of the evaluated images)."""
+    from minise import data  # noqa: PLC0415
+
+    if dataset in data.IMAGE_DATASETS:
+        test, loader, pool = image_loader(args, meta, dataset)
+        config = meta.get("config")
+        size = args.image_size or (config.get("image_size") if isinstance(config, dict) else None) or 128
+        return test, loader, pool, int(size)
+    if dataset == "shapes" and args.test_images is not None:
+        test = data.load_shapes(train=False, n=args.test_images)
+    else:
+        test = data.load_dataset(dataset, root=args.data_dir, train=False, download=args.download)
+        if args.test_images is not None:
+            n = args.test_images
+            test = data.Dataset(test.images[:n], test.labels[:n], test.classes, test.name)
+    if int(test.labels.max()) >= meta["num_classes"]:
+        raise CheckpointError(
+            f"{dataset} has more classes than the checkpoint's model ({meta['num_classes']}) - "
+            "evaluate on the data set it was trained on"
+        )
+    norm = meta.get("normalize", {})
+    loader = data.DataLoader(
+        test.images, test.labels, args.batch_size or 256, mean=norm.get("mean"), std=norm.get("std")
+    )
+    return test, loader, None, int(test.images.shape[-1])
+
+
+def figure_path(args: argparse.Namespace, dataset: str) -> Path:
+    """--plot, else <--out or the checkpoint's folder>/<checkpoint stem>_confusion_<dataset>.png."""
+    if args.plot:
+        return Path(args.plot)
+    checkpoint = Path(args.checkpoint)
+    folder = Path(args.out) if args.out else checkpoint.parent
+    return folder / f"{checkpoint.stem}_confusion_{dataset}.png"
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    """``result`` as JSON at ``path``, atomically (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from minise import data  # noqa: PLC0415
+
+    p = build_parser()
     args = p.parse_args(argv)
     for flag in ("batch_size", "test_images", "image_size"):
         value = getattr(args, flag)
@@ -177,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.workers is not None and args.workers < 0:
         p.error(f"--workers must be >= 0, got {args.workers}")
+    if args.no_plot and (args.plot or args.out):
+        p.error("--no-plot writes no figure - drop it, or drop --plot/--out")
     cpu.retain_freed_memory()  # reuse freed memory from batch to batch (see its docstring)
     pool = None
     try:
@@ -188,33 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         if dataset != meta.get("dataset", dataset):
             num = meta["num_classes"]
             print(f"note: the model was trained on {meta.get('dataset')} ({num} classes)", file=sys.stderr)
-        loader: Any
-        if dataset in data.IMAGE_DATASETS:
-            test, loader, pool = image_loader(args, meta, dataset)
-        elif dataset == "shapes" and args.test_images is not None:
-            test = data.load_shapes(train=False, n=args.test_images)
-        else:
-            test = data.load_dataset(dataset, root=args.data_dir, train=False, download=args.download)
-            if args.test_images is not None:
-                n = args.test_images
-                test = data.Dataset(test.images[:n], test.labels[:n], test.classes, test.name)
-        if int(test.labels.max()) >= meta["num_classes"]:
-            raise CheckpointError(
-                f"{dataset} has more classes than the checkpoint's model ({meta['num_classes']}) - "
-                "evaluate on the data set it was trained on"
-            )
-        if dataset not in data.IMAGE_DATASETS:
-            norm = meta.get("normalize", {})
-            loader = data.DataLoader(
-                test.images, test.labels, args.batch_size or 256, mean=norm.get("mean"), std=norm.get("std")
-            )
+        test, loader, pool, side = load_test_data(args, meta, dataset)
+        warning = size_warning(meta, side, dataset in data.IMAGE_DATASETS)
+        if warning:
+            print(warning, file=sys.stderr)
         result = evaluate(model, loader, meta["num_classes"])
         if getattr(loader, "skipped", None):
             print(f"skipped {len(loader.skipped)} images that could not be decoded (paths above)", file=sys.stderr)
-        plot = args.plot or str(Path(args.checkpoint).with_suffix("").as_posix() + "_confusion.png")
-        from minise.plotting import plot_confusion  # noqa: PLC0415
-
-        plot_confusion(result.confusion, test.classes, plot, title=f"{meta['model']} on {dataset}")
     except (
         CheckpointError,
         backend.BackendUnavailableError,
@@ -228,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pool is not None:
             pool.close()
-    if args.json:
-        print(json.dumps(result.as_dict(test.classes), indent=2))
+    # The results first: nothing that follows (a file, a figure) can lose them.
+    metrics = result.as_dict(test.classes)
+    if args.json == "-":
+        print(json.dumps(metrics, indent=2), flush=True)
     else:
         print(
             f"{meta['model']} on {dataset} ({len(test)} images): top-1 {100 * result.top1:.2f}%  "
@@ -237,8 +327,39 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, acc in zip(test.classes, result.per_class):
             print(f"  {name:<20} {100 * acc:6.2f}%")
-        print(f"confusion matrix: {plot}")
-    return 0
+        sys.stdout.flush()
+    status = 0
+    if args.json not in (None, "-"):
+        try:
+            write_json(metrics, Path(args.json))
+        except OSError as e:
+            print(
+                f"minise.evaluate: cannot write --json {args.json} ({e.strerror or e}) - the results are printed "
+                "above; give a writable path",
+                file=sys.stderr,
+            )
+            status = 2
+    if not args.no_plot:
+        write_confusion(result, test.classes, figure_path(args, dataset), f"{meta['model']} on {dataset}", args.json)
+    return status
+
+
+def write_confusion(result: EvalResult, classes: list[str], path: Path, title: str, json_out: str | None) -> None:
+    """Draw the confusion matrix to ``path``; a figure that cannot be written is a one-line warning."""
+    from minise.plotting import plot_confusion  # noqa: PLC0415
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot_confusion(result.confusion, classes, path, title=title)
+    except (OSError, ValueError, RuntimeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        print(
+            f"minise.evaluate: warning: could not write the confusion matrix to {path} ({reason}) - the results "
+            "are above; give --out a writable folder, or --no-plot",
+            file=sys.stderr,
+        )
+        return
+    print(f"confusion matrix: {path}", file=sys.stderr if json_out == "-" else sys.stdout)
 
 
 if __name__ == "__main__":

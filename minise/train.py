@@ -9,8 +9,12 @@ accuracy improved) ``best.npz`` atomically, and redraw ``curves.png``.
 Nothing is lost: Ctrl-C finishes the current step, saves ``last.npz`` with the exact position in the
 epoch, and exits; ``--resume`` continues from it to exactly the result an uninterrupted run with the
 same seed would have reached (the batches are a function of seed, epoch and index; the checkpoint
-holds weights, momentum buffers, schedule, BN statistics and the RNG state). A loss that turns NaN or
-infinite stops the run with the epoch and step, keeping the last good checkpoint.
+holds weights, momentum buffers, schedule, BN statistics and the RNG state). ``--resume --epochs N`` on a
+finished run extends it to N epochs, the schedule re-planned for N epochs from the step reached.
+
+Divergence stops the run (exit status 2) with the epoch and step: a training loss, a gradient norm, a
+weight or a held-out loss that is NaN or infinite. Nothing non-finite is ever written: the last good
+checkpoint stays. A run never writes into another run's folder (see :mod:`minise.run_folder`).
 
 For a smoke run that takes seconds, use a few images: ``--train-images 64 --test-images 32
 --batch-size 16 --epochs 1``.
@@ -36,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import minise
-from minise import backend, cpu, data, models, optim
+from minise import backend, cpu, data, models, optim, run_folder
 from minise import functional as F
 from minise.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, split
 from minise.evaluate import evaluate, model_from_checkpoint
@@ -60,6 +64,7 @@ from minise.train_options import (  # noqa: F401  (re-exported: minise.train.bui
     load_split,
     model_options,
     normalization,
+    replan_schedule,
 )
 
 
@@ -76,7 +81,8 @@ class Run:
         check_numbers(args)
         if args.backend:
             backend.set_backend(args.backend)
-        self.out = Path(args.out or f"runs/{args.dataset}-{args.model}-s{args.seed}")
+        self.default_out = Path("runs") / f"{args.dataset}-{args.model}-s{args.seed}"
+        self.out = run_folder.choose(args.out, self.default_out, bool(args.resume), args.overwrite)
         self.images = args.dataset in data.IMAGE_DATASETS
         self.pool: data.DecodePool | None = None
         self.train_set: data.Dataset | data.ImageFolder
@@ -134,6 +140,7 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.stop_requested = False
         self.last_saved: Path | None = None  # the last good checkpoint of this run: a resumed or saved last.npz
+        self.extended_at: list[int] = []  # epochs at which a finished run was extended to more epochs
 
     def image_loaders(
         self, train: data.ImageFolder, test: data.ImageFolder
@@ -188,7 +195,7 @@ class Run:
         )
 
     def diverged(self, what: str) -> TrainError:
-        """The error (exit 3) that stops a diverged run; the checkpoints on disk are left as they are."""
+        """The error (exit 2) that stops a diverged run; the checkpoints on disk are left as they are."""
         last = self.last_saved
         kept = f"{last} keeps the last good state" if last else "no checkpoint of this run had been written yet"
         return TrainError(f"{what} - stopped; {kept}. Try a lower --lr or more --warmup-epochs", EXIT_DIVERGED)
@@ -212,7 +219,9 @@ class Run:
             "num_classes": self.num_classes,
             "dataset": a.dataset,
             "normalize": {"mean": self.mean, "std": self.std},
+            "input_size": self.input_size(),
             "config": vars(a),
+            "extended_at_epochs": self.extended_at,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "best_acc": self.best,
@@ -222,8 +231,14 @@ class Run:
             "rng_state": backend.get_rng_state(),
         }
 
+    def input_size(self) -> int:
+        """The side of the square images the model trains on."""
+        if isinstance(self.train_set, data.ImageFolder):
+            return int(self.args.image_size)
+        return int(self.train_set.images.shape[-1])
+
     def check_weights(self) -> None:
-        """Stop (exit 3) if a parameter or buffer is no longer finite: a step can overflow the weights while
+        """Stop (exit 2) if a parameter or buffer is no longer finite: a step can overflow the weights while
         its own loss is still finite, and such weights must never overwrite the last good checkpoint."""
         state = self.model.state_dict()
         xp = backend.get_array_module(next(iter(state.values())))
@@ -260,7 +275,11 @@ class Run:
                 f"{self.args.dataset} ({self.num_classes}) - resume with the same --dataset"
             )
         saved = meta.get("config", {})
+        finished = meta.get("step_in_epoch") == 0 and meta.get("epoch") == saved.get("epochs")
+        extend = finished and isinstance(saved.get("epochs"), int) and self.args.epochs > saved["epochs"]
         for key in RESUME_KEYS + (IMAGE_RESUME_KEYS if self.images else ()):
+            if key == "epochs" and extend:
+                continue
             if key in saved and saved[key] != getattr(self.args, key):
                 flag = "--" + key.replace("_", "-")
                 raise CheckpointError(
@@ -276,8 +295,13 @@ class Run:
             self.optimizer = self.build_optimizer()
             self.optimizer.load_state_dict({"param_groups": meta["optimizer"], "state": state})
             self.scheduler = build_schedule(self.optimizer, self.args.schedule, self.total_steps, self.warmup_steps)
-            self.scheduler.load_state_dict(meta["scheduler"])
             self.epoch, self.step_in_epoch, self.best = meta["epoch"], meta["step_in_epoch"], meta["best_acc"]
+            self.extended_at = list(meta.get("extended_at_epochs", []))
+            if extend:  # the schedule planned for the new number of epochs, from the step reached
+                replan_schedule(self.scheduler, self.epoch * self.steps_per_epoch)
+                self.extended_at.append(self.epoch)
+            else:
+                self.scheduler.load_state_dict(meta["scheduler"])
             self.sums = {k: float(meta["epoch_sums"][k]) for k in self.sums}
             backend.set_rng_state(meta["rng_state"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -324,6 +348,11 @@ class Run:
                     raise self.diverged(f"the loss became {value} at epoch {self.epoch + 1}, step {step_in + 1}")
                 opt.zero_grad()
                 loss.backward()
+                norm = self.grad_norm()
+                if not math.isfinite(norm):
+                    raise self.diverged(
+                        f"the gradient norm became {norm} at epoch {self.epoch + 1}, step {step_in + 1}"
+                    )
                 opt.step()
                 self.scheduler.step()
                 correct = int((logits.data.argmax(axis=1) == y).sum())
@@ -348,10 +377,22 @@ class Run:
         finally:
             bar.close()
 
+    def grad_norm(self) -> float:
+        """||g||_2 = sqrt(sum over parameters of sum(g * g)): the gradient's global L2 norm (one transfer)."""
+        grads = [p.grad.ravel() for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+        xp = backend.get_array_module(grads[0])
+        return float(xp.sqrt(sum(xp.vdot(g, g) for g in grads)))
+
     def end_epoch(self) -> dict[str, Any]:
         """Evaluate, append to metrics.jsonl, write last.npz (and best.npz), redraw the curves."""
         self.check_weights()  # before anything is written for this epoch
         result = evaluate(self.model, self.test_loader, self.num_classes)
+        if not math.isfinite(result.loss):
+            raise self.diverged(
+                f"the held-out loss became {result.loss} after epoch {self.epoch + 1}, step {self.step_in_epoch}"
+            )
         s = self.sums
         record = {
             "epoch": self.epoch + 1,
@@ -426,15 +467,30 @@ class Run:
         if a.resume:
             path = self.out / "last.npz" if a.resume == "auto" else Path(a.resume)
             self.resume(path)
-        self.out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder behind
+        # After the checks (a refused run leaves no folder behind): claim the folder by writing config.json.
+        config = vars(a) | {
+            "model_options": self.options,
+            "num_parameters": self.model.num_parameters(),
+            "extended_at_epochs": self.extended_at,
+        }
+        if a.overwrite:
+            run_folder.remove_run_files(self.out)
+        default_base = None if a.out else self.default_out
+        self.out = run_folder.claim(self.out, json.dumps(config, indent=2), default_base, replace=bool(a.resume))
         if a.resume:
             # metrics.jsonl is rewritten to the checkpoint's epochs, so a resumed file has no duplicates
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
             print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}", file=sys.stderr)
+            if self.extended_at and self.extended_at[-1] == self.epoch and self.step_in_epoch == 0:
+                step = self.epoch * self.steps_per_epoch
+                print(
+                    f"extending the finished {self.epoch}-epoch run to {a.epochs} epochs: the learning-rate schedule "
+                    f"is re-planned for {a.epochs} epochs from step {step} (lr {self.scheduler.get_last_lr()[0]:.4g}), "
+                    f"so the result is an extension, not identical to a fresh {a.epochs}-epoch run",
+                    file=sys.stderr,
+                )
         else:
             (self.out / "metrics.jsonl").write_text("")
-        config = vars(a) | {"model_options": self.options, "num_parameters": self.model.num_parameters()}
-        (self.out / "config.json").write_text(json.dumps(config, indent=2))
 
         previous = signal.getsignal(signal.SIGINT)
 
@@ -476,9 +532,15 @@ def main(argv: list[str] | None = None) -> int:
         data.DatasetCorruptError,
         data.DownloadError,
         data.DataLoaderError,
-        OSError,
     ) as e:
         print(f"minise.train: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a write that failed mid-run (disk full, folder removed): one line, no bare errno
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"minise.train: {e.strerror or e}{where} - check the path, its permissions and the free space",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("minise.train: aborted", file=sys.stderr)

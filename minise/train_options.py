@@ -12,13 +12,14 @@ import math
 from typing import Any
 
 from minise import backend, data, optim
-from minise.evaluate import OneLineParser
+from minise.cli import HelpFormatter, OneLineParser
 
 # arguments that fix the batches, the schedule and what a position means: a resumed run must keep them
 RESUME_KEYS = ("batch_size", "seed", "train_images", "no_augment", "epochs", "schedule", "warmup_epochs")
 IMAGE_RESUME_KEYS = ("image_size", "image_release", "crop_scale_min", "cache", "cache_size")  # image data sets
 SE_OPTIONS = ("reduction", "min_channels", "se_bias", "squeeze", "gate", "placement", "se_stages")
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+# exit status: 2 for bad input and for a run that diverged (the message says which), 130 when interrupted
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 2, 130
 NUMPY_FP_WARNINGS = r"(overflow|invalid value|divide by zero) encountered"
 
 
@@ -34,12 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m minise.train",
         description="Train a (SE-)ResNet with minise.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Exit status: 0 when done; 2 for bad input or when the run diverges (a non-finite loss, gradient "
+        "or weight stops it, naming the epoch and step; the last good checkpoint stays); 130 when interrupted "
+        "(Ctrl-C saves last.npz: continue with --resume).",
+        formatter_class=HelpFormatter,
     )
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="shapes", help=f"one of {', '.join(data.DATASETS + data.IMAGE_DATASETS)}")
     d.add_argument(
-        "--data-dir", default=None, help="folder holding the data set (default: $MINISE_DATA or ~/.cache/minise)"
+        "--data-dir", default=None, help="folder holding the data set (default: $MINISE_DATA, else ~/.cache/minise)"
     )
     d.add_argument("--download", action="store_true", help="download the data set if it is missing")
     d.add_argument("--no-augment", action="store_true", help="no random crop and flip")
@@ -49,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="for quick runs: use only the first N training images (shapes: draw N instead of 5,000; image "
-        "folders: N images evenly spaced over the class-sorted files, so every class keeps its share)",
+        "folders: N images evenly spaced over the class-sorted files, so every class keeps its share; "
+        "default: all)",
     )
     d.add_argument(
         "--test-images",
@@ -57,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="for quick runs: evaluate on the first N held-out images only (shapes: draw N instead of 1,000; "
-        "image folders: N evenly spaced images)",
+        "image folders: N evenly spaced images; default: all)",
     )
     i = p.add_argument_group("image data sets (imagenette, imagewoof, imagefolder)")
     i.add_argument("--image-size", type=int, default=128, help="side of the square crops the model sees")
@@ -92,14 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="PX",
-        help="side of the cached training images (default 1.25 x --image-size; the centre square is kept, "
+        help="side of the cached training images (default: 1.25 x --image-size; the centre square is kept, "
         "so random crops come from it)",
     )
     i.add_argument("--strict", action="store_true", help="stop at an image that cannot be decoded (default: skip it)")
     m = p.add_argument_group("model")
     m.add_argument("--model", default="se_resnet20", help="a name from minise.models.list_models()")
-    m.add_argument("--reduction", type=int, default=None, help="SE reduction ratio r (default 16)")
-    m.add_argument("--min-channels", type=int, default=None, help="floor on the SE hidden width (default 1)")
+    m.add_argument("--reduction", type=int, default=None, help="SE reduction ratio r (default: 16)")
+    m.add_argument("--min-channels", type=int, default=None, help="floor on the SE hidden width (default: 1)")
     m.add_argument(
         "--se-bias",
         dest="se_bias",
@@ -107,33 +112,85 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="biases in the SE block's FC layers (default: yes)",
     )
-    m.add_argument("--squeeze", choices=("avg", "max"), default=None)
-    m.add_argument("--gate", choices=("sigmoid", "tanh", "relu"), default=None)
-    m.add_argument("--placement", choices=("standard", "pre", "post", "identity"), default=None)
-    m.add_argument("--se-stages", default=None, help="comma-separated stages that carry SE, e.g. 2,3")
+    m.add_argument(
+        "--squeeze",
+        choices=("avg", "max", "none"),
+        default=None,
+        help="SE squeeze: global average or max pooling, or none: NoSqueeze (Table 16) (default: avg)",
+    )
+    m.add_argument(
+        "--gate",
+        choices=("sigmoid", "tanh", "relu"),
+        default=None,
+        help="SE excitation gate (default: sigmoid, the paper's)",
+    )
+    m.add_argument(
+        "--placement",
+        choices=("standard", "pre", "post", "identity", "3x3"),
+        default=None,
+        help="where the SE block sits in the residual unit (the paper's ablation; 3x3: Table 15) (default: standard)",
+    )
+    m.add_argument(
+        "--se-stages", default=None, help="comma-separated stages that carry SE, e.g. 2,3 (default: every stage)"
+    )
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=30)
-    o.add_argument("--batch-size", type=int, default=128)
-    o.add_argument("--lr", type=float, default=0.1)
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--nesterov", action="store_true")
-    o.add_argument("--weight-decay", type=float, default=5e-4)
-    o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument(
+        "--epochs",
+        type=int,
+        default=30,
+        help="passes over the training set; with --resume on a finished run, more epochs extend it",
+    )
+    o.add_argument("--batch-size", type=int, default=128, help="images per training step")
+    o.add_argument("--lr", type=float, default=0.1, help="peak learning rate of SGD")
+    o.add_argument(
+        "--momentum",
+        type=float,
+        default=0.9,
+        help="SGD momentum (the training recipe's 0.9; optim.SGD's own default is PyTorch's 0)",
+    )
+    o.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    o.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (not on BN and bias parameters)")
+    o.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     o.add_argument(
         "--schedule",
         choices=("cosine", "step", "constant"),
         default="cosine",
-        help="cosine over all iterations, or step: divide by 10 at 50%% and 75%% of the epochs",
+        help="learning-rate schedule, per iteration: cosine to 0, step (divide by 10 at 50%% and 75%% of the "
+        "epochs) or constant",
     )
     o.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up from lr/10")
     r = p.add_argument_group("run")
-    r.add_argument("--backend", choices=backend.BACKEND_NAMES, default=None, help="default: $MINISE_BACKEND or numpy")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<model>-s<seed>)")
     r.add_argument(
-        "--resume", nargs="?", const="auto", default=None, help="continue from a checkpoint (default: <out>/last.npz)"
+        "--backend",
+        choices=backend.BACKEND_NAMES,
+        default=None,
+        help="array library (default: $MINISE_BACKEND, else numpy)",
     )
-    r.add_argument("--no-progress", action="store_true", help="no progress bar (logs one line per epoch)")
+    r.add_argument("--seed", type=int, default=0, help="picks the initial weights and the order of the batches")
+    r.add_argument(
+        "--out",
+        default=None,
+        help="run folder; one that holds another run is refused (see --resume, --overwrite) (default: a new "
+        "folder runs/<dataset>-<model>-s<seed>, numbered -2, -3, ... when taken)",
+    )
+    r.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue a run exactly where it stopped, or extend a finished one to more --epochs (default "
+        "checkpoint: <out>/last.npz; without --out the newest runs/<dataset>-<model>-s<seed>[-N])",
+    )
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out: its config.json, metrics.jsonl, last.npz, best.npz and curves.png are "
+        "deleted first",
+    )
+    r.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (one line per epoch still goes to stderr)"
+    )
     r.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated Ctrl-C
     return p
 
@@ -224,6 +281,14 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise TrainError(f"--crop-scale-min must be in (0, 1], got {args.crop_scale_min}")
     if args.workers is not None and args.workers < 0:
         raise TrainError(f"--workers must be >= 0 (0: decode in the training process), got {args.workers}")
+
+
+def replan_schedule(scheduler: optim.LRScheduler, step: int) -> None:
+    """Put a freshly built schedule at ``step`` (its learning rate becomes ``lr_at(step)``): how a finished
+    run extended to more epochs continues on the schedule planned for the new total."""
+    state = scheduler.state_dict()
+    state["last_epoch"] = step
+    scheduler.load_state_dict(state)
 
 
 def build_schedule(optimizer: optim.SGD, schedule: str, total: int, warmup: int) -> optim.LRScheduler:

@@ -144,7 +144,8 @@ def test_cli_text_output_and_default_plot_path(
     out = capsys.readouterr().out
     assert "top-1" in out and "top-5" in out and "20 images" in out
     assert all(name in out for name in data.SHAPES_CLASSES)
-    assert (tmp_path / "copy_confusion.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "copy_confusion_shapes.png").read_bytes()[:8] == PNG  # the data set is in the name
+    assert out.index("top-1") < out.index("confusion matrix:")  # the results first, then the figure
 
 
 @pytest.mark.skipif(not CIFAR10.is_dir(), reason=f"shared CIFAR-10 sample not found at {CIFAR10}")
@@ -155,7 +156,141 @@ def test_cli_on_cifar10(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     result = json.loads(capsys.readouterr().out)
     assert np.array(result["confusion_matrix"]).sum() == 24
     assert "airplane" in result["per_class_accuracy"]
-    assert (tmp_path / "model_confusion.png").exists()
+    assert (tmp_path / "model_confusion_cifar10.png").exists()
+
+
+# ------------------------------------------------------------------------------------- nothing dropped
+def blocked_figure(tmp_path: Path, shapes_checkpoint: Path) -> tuple[Path, Path]:
+    """A checkpoint whose default figure path cannot be written.
+
+    The figure goes next to the checkpoint. A read-only folder cannot be made reliably in a test: tests may
+    run as root, whom chmod does not stop. So the path is made unwritable for everyone: a folder of the
+    figure's name stands where the PNG would go (writing it fails with IsADirectoryError, an OSError like
+    the [Errno 30] of a read-only file system)."""
+    checkpoint = tmp_path / "best.npz"
+    checkpoint.write_bytes(shapes_checkpoint.read_bytes())
+    figure = tmp_path / "best_confusion_shapes.png"
+    figure.mkdir()
+    return checkpoint, figure
+
+
+def test_an_unwritable_figure_is_a_warning_after_the_results(shapes_checkpoint: Path, tmp_path: Path) -> None:
+    """The bug: a checkpoint in a read-only folder printed nothing and exited 2."""
+    checkpoint, figure = blocked_figure(tmp_path, shapes_checkpoint)
+    done = run_evaluate("--checkpoint", checkpoint, "--test-images", 16, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "top-1" in done.stdout and all(name in done.stdout for name in data.SHAPES_CLASSES)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("minise.evaluate: warning:") and str(figure) in lines[0], lines[0]
+    assert "--out" in lines[0] and "--no-plot" in lines[0] and "[Errno" not in lines[0], lines[0]
+    assert figure.is_dir() and not list(figure.iterdir())
+
+
+def test_json_is_complete_when_the_figure_fails(
+    shapes_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint, _ = blocked_figure(tmp_path, shapes_checkpoint)
+    saved = tmp_path / "results" / "metrics.json"
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--test-images", "16", "--json"]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # stdout is the JSON and nothing else
+    assert np.array(printed["confusion_matrix"]).sum() == 16
+    assert "warning" in captured.err
+
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--test-images", "16", "--json", str(saved)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(saved.read_text()) == printed and "top-1" in captured.out
+
+
+def test_out_under_a_file_is_a_warning(
+    shapes_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out naming a folder under a regular file (unwritable for root too)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    args = ["--checkpoint", str(shapes_checkpoint), "--test-images", "8", "--out", str(blocker / "figures")]
+    assert evaluate.main(args) == 0
+    captured = capsys.readouterr()
+    assert "top-1" in captured.out
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("minise.evaluate: warning:") and "[Errno" not in line, line
+    assert blocker.read_text() == "keep me"
+
+
+def test_results_are_printed_before_the_figure_is_drawn(
+    shapes_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import minise.plotting
+
+    seen: dict[str, str] = {}
+
+    def failing_plot(*args: Any, **kwargs: Any) -> Path:
+        seen["out"] = capsys.readouterr().out  # what was printed when the figure was started
+        raise RuntimeError("the figure\nbroke")
+
+    monkeypatch.setattr(minise.plotting, "plot_confusion", failing_plot)
+    assert evaluate.main(["--checkpoint", str(shapes_checkpoint), "--test-images", "8", "--out", str(tmp_path)]) == 0
+    assert "top-1" in seen["out"]
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "the figure broke" in line and "warning" in line
+
+
+def test_no_plot_and_out(shapes_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = tmp_path / "ckpt" / "best.npz"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(shapes_checkpoint.read_bytes())
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--test-images", "8", "--no-plot"]) == 0
+    assert "top-1" in capsys.readouterr().out
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["best.npz"]
+
+    figures = tmp_path / "figures"
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--test-images", "8", "--out", str(figures)]) == 0
+    assert (figures / "best_confusion_shapes.png").read_bytes()[:8] == PNG
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["best.npz"]
+
+
+@pytest.mark.skipif(not CIFAR10.is_dir(), reason=f"shared CIFAR-10 sample not found at {CIFAR10}")
+def test_evaluating_on_another_data_set_leaves_the_runs_confusion_matrix_untouched(
+    shapes_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bug: every evaluation of best.npz wrote best_confusion.png, whatever the data set."""
+    checkpoint = tmp_path / "best.npz"
+    checkpoint.write_bytes(shapes_checkpoint.read_bytes())
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--test-images", "16"]) == 0  # its own data set
+    own = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix == ".png"}
+    assert list(own) == ["best_confusion_shapes.png"]
+    args = ["--checkpoint", str(checkpoint), "--dataset", "cifar10", "--data-dir", str(CIFAR10), "--test-images", "16"]
+    assert evaluate.main(args) == 0
+    assert "note: the model was trained on shapes" in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_bytes() for name in own} == own
+    assert (tmp_path / "best_confusion_cifar10.png").read_bytes()[:8] == PNG
+
+
+def test_another_image_size_gets_a_one_line_warning(
+    shapes_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert load_checkpoint(shapes_checkpoint)[0]["input_size"] == 32  # recorded by minise.train
+    evaluate.main(["--checkpoint", str(shapes_checkpoint), "--test-images", "8", "--no-plot"])
+    assert "warning" not in capsys.readouterr().err
+
+    def trained_at_64(meta: dict[str, Any], entries: dict[str, np.ndarray]) -> None:
+        meta["input_size"] = 64
+
+    other = edited(shapes_checkpoint, tmp_path / "at64.npz", trained_at_64)
+    assert evaluate.main(["--checkpoint", str(other), "--test-images", "8", "--no-plot"]) == 0
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("minise.evaluate: warning:") and "64x64" in line and "32x32" in line, line
+    assert "top-1" in captured.out
+
+
+def test_no_plot_with_plot_is_a_usage_error(shapes_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--checkpoint", str(shapes_checkpoint), "--no-plot", "--plot", "x.png"])
+    assert exc.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--no-plot" in line
 
 
 # ------------------------------------------------------------------------------------- refusals

@@ -2,9 +2,11 @@
 
 What a run must leave in its folder; that an interrupted and resumed run ends exactly where an
 uninterrupted one does (simulated Ctrl-C with the hidden --stop-after-steps, mid-epoch and at an
-epoch boundary, and a real SIGINT to a subprocess); that divergence stops the run naming the epoch
-and step and keeps the last good checkpoint; that options reach the model and the schedule; and
-that bad input gets one line and exit status 2, never a traceback.
+epoch boundary, and a real SIGINT to a subprocess); that a finished run can be extended to more
+epochs; that divergence (a non-finite training loss, gradient norm, weight or held-out loss) stops
+the run with exit status 2 naming the epoch and step and keeps the last good checkpoint; that
+options reach the model and the schedule; and that bad input gets one line and exit status 2, never
+a traceback. (Run folders, --overwrite and unusable --out: test_run_folders.py.)
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes_the_run(reference: Path, 
     seen = b""
     try:
         deadline = time.monotonic() + 60
-        while b"img/s" not in seen:  # the bar redraws with \r, so read bytes, not lines
+        while b"img/s" not in seen:  # read bytes as they come: a progress line may be incomplete
             assert time.monotonic() < deadline, f"no progress output: {seen!r}"
             ready, _, _ = select.select([proc.stderr], [], [], 1.0)
             if ready:
@@ -213,6 +215,7 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes_the_run(reference: Path, 
             proc.wait()
     stderr = (seen + rest_err).decode(errors="replace")
     assert "loss=" in stderr and "acc=" in stderr
+    assert "\r" not in stderr, "stderr is a pipe, not a terminal: no carriage-return frames in a log"
     assert proc.returncode == train.EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr, stderr
     assert "--resume" in last_line(stderr)
@@ -224,7 +227,142 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes_the_run(reference: Path, 
     assert without_timing(read_metrics(out)) == without_timing(read_metrics(reference))
 
 
+# ------------------------------------------------------------------------------------- extending a finished run
+def cosine(t: int, total: int) -> float:
+    return 0.1 * (1 + math.cos(math.pi * t / total)) / 2
+
+
+def copy_run(run: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for p in run.iterdir():
+        target.joinpath(p.name).write_bytes(p.read_bytes())
+    return target
+
+
+def test_a_finished_run_is_extended_on_a_replanned_schedule(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2 finished epochs extended to 4: epochs 1-2 as they were, epochs 3-4 on cosine over 4 epochs from step 8."""
+    out = copy_run(reference, tmp_path / "run")
+    assert main(*BASE, "--epochs", 4, "--out", out, "--resume") == 0
+    err = capsys.readouterr().err
+    assert re.search(r"extending the finished 2-epoch run to 4 epochs.*step 8.*an extension, not identical", err), err
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert without_timing(metrics[:2]) == without_timing(read_metrics(reference))
+    assert [m["lr"] for m in metrics[2:]] == pytest.approx([cosine(11, 16), cosine(15, 16)], rel=1e-12)
+    meta, _ = load_checkpoint(out / "last.npz")
+    assert (meta["epoch"], meta["step_in_epoch"], meta["extended_at_epochs"]) == (4, 0, [2])
+    assert json.loads((out / "config.json").read_text())["extended_at_epochs"] == [2]
+
+
+def test_an_interrupted_extension_resumes_exactly(reference: Path, tmp_path: Path) -> None:
+    """Extended to 3 epochs, stopped mid-epoch 3 and resumed: the same as the uninterrupted extension."""
+    whole = copy_run(reference, tmp_path / "whole")
+    assert main(*BASE, "--epochs", 3, "--out", whole, "--resume") == 0
+    out = copy_run(reference, tmp_path / "run")
+    assert main(*BASE, "--epochs", 3, "--out", out, "--resume", "--stop-after-steps", 10) == train.EXIT_INTERRUPTED
+    meta, _ = load_checkpoint(out / "last.npz")
+    assert (meta["epoch"], meta["step_in_epoch"]) == (2, 2)
+    assert main(*BASE, "--epochs", 3, "--out", out, "--resume") == 0
+    assert_same_checkpoint(whole / "last.npz", out / "last.npz")
+    assert without_timing(read_metrics(out)) == without_timing(read_metrics(whole))
+
+
+def test_fewer_epochs_or_an_unfinished_run_with_other_epochs_is_refused(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = copy_run(reference, tmp_path / "run")
+    assert main(*BASE, "--epochs", 1, "--out", out, "--resume") == train.EXIT_BAD_INPUT
+    assert "--epochs 2, not 1" in assert_one_line_error(capsys.readouterr().err)
+
+    stopped = tmp_path / "stopped"  # interrupted inside epoch 1 of 2: exact resume needs the same --epochs
+    assert main(*BASE, "--epochs", 2, "--out", stopped, "--stop-after-steps", 2) == train.EXIT_INTERRUPTED
+    assert main(*BASE, "--epochs", 3, "--out", stopped, "--resume") == train.EXIT_BAD_INPUT
+    assert "--epochs 2, not 3" in assert_one_line_error(capsys.readouterr().err)
+
+
 # ------------------------------------------------------------------------------------- divergence
+def test_divergence_exit_status_is_2_and_documented() -> None:
+    assert train.EXIT_DIVERGED == 2
+    text = " ".join(train.build_parser().format_help().split())
+    assert "2 for bad input or when the run diverges" in text
+
+
+def test_lr_1e6_on_shapes_stops_and_writes_no_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's reproduction: --lr 1e6 used to exit 0 with a NaN model as best.npz."""
+    out = tmp_path / "run"
+    assert main(*BASE, "--epochs", 2, "--lr", 1e6, "--out", out) == 2
+    line = assert_one_line_error(capsys.readouterr().err)
+    assert re.search(r"(loss|gradient norm|weights).* (nan|inf|-inf).* epoch \d+, step \d+", line), line
+    for name in ("last.npz", "best.npz"):
+        if (out / name).exists():  # only a good checkpoint may exist
+            _, arrays = load_checkpoint(out / name)
+            assert all(np.isfinite(a).all() for a in arrays.values()), name
+
+
+def test_non_finite_gradient_stops_before_the_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gradient that overflows while the loss is still finite: stopped before SGD applies it."""
+    original_norm = train.Run.grad_norm
+    calls = {"n": 0}
+
+    def grad_norm(self: train.Run) -> float:
+        calls["n"] += 1
+        if calls["n"] == STEPS + 3:  # epoch 2, step 3
+            self.model.fc.weight.grad[0, 0] = np.inf
+        return original_norm(self)
+
+    monkeypatch.setattr(train.Run, "grad_norm", grad_norm)
+    out = tmp_path / "run"
+    assert main(*BASE, "--epochs", 2, "--out", out) == train.EXIT_DIVERGED
+    line = assert_one_line_error(capsys.readouterr().err)
+    assert "gradient norm became inf at epoch 2, step 3" in line and "last.npz" in line, line
+    meta, arrays = load_checkpoint(out / "last.npz")
+    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 0)
+    assert all(np.isfinite(a).all() for a in arrays.values())
+
+
+def test_grad_norm_is_the_global_l2_norm(tmp_path: Path) -> None:
+    args = train.build_parser().parse_args([*BASE[4:], "--out", str(tmp_path / "run")])
+    run = train.Run(args)
+    params = [p for p in run.model.parameters()]
+    rng = np.random.default_rng(0)
+    for p in params:
+        p.grad = rng.standard_normal(p.shape).astype(np.float32)
+    expected = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in params))
+    assert run.grad_norm() == pytest.approx(expected, rel=1e-5)
+    params[3].grad[0] = np.nan
+    assert math.isnan(run.grad_norm())
+
+
+def test_non_finite_held_out_loss_keeps_the_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finite training loss and weights, NaN held-out loss after epoch 2 (logits that overflow in eval mode):
+    nothing of epoch 2 is written, best.npz and last.npz stay epoch 1's."""
+    original = train.evaluate
+    calls = {"n": 0}
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        result = original(*args, **kwargs)
+        if calls["n"] == 2:
+            result.loss = float("nan")
+        return result
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    out = tmp_path / "run"
+    assert main(*BASE, "--epochs", 3, "--out", out) == train.EXIT_DIVERGED
+    line = assert_one_line_error(capsys.readouterr().err)
+    assert f"held-out loss became nan after epoch 2, step {STEPS}" in line and "last.npz" in line, line
+    for name in ("last.npz", "best.npz"):
+        meta, arrays = load_checkpoint(out / name)
+        assert meta["epoch"] == 1 and all(np.isfinite(a).all() for a in arrays.values()), name
+    assert [m["epoch"] for m in read_metrics(out)] == [1]
+
+
 def test_huge_learning_rate_stops_naming_epoch_and_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     assert main(*BASE, "--epochs", 1, "--lr", 1e30, "--out", out) == train.EXIT_DIVERGED
@@ -238,7 +376,7 @@ def test_huge_learning_rate_stops_naming_epoch_and_step(tmp_path: Path, capsys: 
 def test_nan_loss_in_a_later_epoch_keeps_the_last_good_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After epoch 1 the loss turns NaN at its second step: exit 3, and last.npz is epoch 1's."""
+    """After epoch 1 the loss turns NaN at its second step: exit 2, and last.npz is epoch 1's."""
     original_loss, original_end = train.F.cross_entropy, train.Run.end_epoch
     calls = {"n": 0}
 
