@@ -7,6 +7,12 @@ sums in rank order). The second part (marker ``distributed``) starts 2 MPI proce
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import requires_torch
@@ -31,6 +37,7 @@ from minise.evaluate import evaluate
 from minise.functional.sync_batch_norm import sync_batch_norm
 from minise.gradcheck import gradcheck
 
+ROOT = Path(__file__).resolve().parent.parent
 SHAPES = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3))  # n, c, h, w
 
 
@@ -343,3 +350,64 @@ def test_evaluate_sharded_equals_evaluate_on_everything() -> None:
     for r in LocalGroup.run(3, rank):
         np.testing.assert_array_equal(r.confusion, full.confusion)
         assert r.top1 == full.top1 and r.top5 == full.top5 and r.loss == pytest.approx(full.loss, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# MPI: 2 real processes, started with the venv's mpiexec
+# ------------------------------------------------------------------------------------------------
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+def _why_no_mpi() -> str | None:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed (pip install -e '.[distributed]')"
+    if not MPIEXEC.exists():
+        return f"no mpiexec next to {sys.executable} (pip install -e '.[distributed]' installs MPICH's)"
+    return None
+
+
+requires_mpi = pytest.mark.skipif(_why_no_mpi() is not None, reason=str(_why_no_mpi()))
+
+
+def mpirun(
+    n: int, args: list[str], timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n n python args...`` from the repository root, one thread per process."""
+    full_env = {
+        **os.environ,
+        "MINISE_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+
+
+@requires_mpi
+@pytest.mark.distributed
+def test_mpi_collectives_and_bucketed_allreduce_equal_the_plain_sum() -> None:
+    r = mpirun(2, ["-m", "minise.distributed.check"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "collectives ok on 2 ranks" in r.stdout
+    assert "bucketed all-reduce = plain sum for 4 bucket sizes (largest difference 0)" in r.stdout
+
+
+@requires_mpi
+@pytest.mark.distributed
+def test_an_exception_on_one_rank_ends_the_job() -> None:
+    start = time.monotonic()
+    r = mpirun(2, ["-m", "minise.distributed.check", "--fault", "raise"], timeout=60)
+    assert r.returncode != 0 and time.monotonic() - start < 60
+    assert "rank 1 of 2 failed (RuntimeError: planted fault on rank 1) - ending the job" in r.stderr
+
+
+@requires_mpi
+@pytest.mark.distributed
+def test_a_hanging_rank_makes_the_others_time_out_and_end_the_job() -> None:
+    start = time.monotonic()
+    r = mpirun(2, ["-m", "minise.distributed.check", "--fault", "hang"], timeout=60, env={"MINISE_DIST_TIMEOUT": "3"})
+    assert r.returncode != 0 and time.monotonic() - start < 60
+    assert "CollectiveTimeout" in r.stderr and "no answer from the other ranks" in r.stderr
