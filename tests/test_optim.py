@@ -109,7 +109,7 @@ def test_sgd_first_momentum_step_is_plain_sgd_and_the_second_adds_momentum() -> 
 def test_sgd_updates_in_place_and_skips_parameters_without_a_gradient() -> None:
     a, b = Parameter(np.ones(3)), Parameter(np.ones(2))
     data = a.data
-    opt = SGD([a, b], lr=0.1, weight_decay=0.5)
+    opt = SGD([a, b], lr=0.1, momentum=0.9, weight_decay=0.5)
     a.grad = np.ones(3)
     opt.step()
     assert a.data is data  # the same array, changed in place
@@ -119,8 +119,18 @@ def test_sgd_updates_in_place_and_skips_parameters_without_a_gradient() -> None:
     assert a.grad is None and b.grad is None
 
 
-def test_sgd_default_momentum_is_the_papers_0_9() -> None:
-    assert SGD(make_params(), lr=0.1).param_groups[0]["momentum"] == 0.9
+def test_sgd_defaults_are_pytorchs_momentum_0() -> None:
+    group = SGD(make_params(), lr=0.1).param_groups[0]
+    assert (group["momentum"], group["dampening"], group["nesterov"], group["weight_decay"]) == (0.0, 0.0, False, 0.0)
+
+
+@pytest.mark.torch
+def test_sgd_defaults_equal_torchs() -> None:
+    torch = pytest.importorskip("torch")
+    ours = SGD(make_params(), lr=0.1).param_groups[0]
+    theirs = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1).param_groups[0]
+    for key in ("momentum", "dampening", "nesterov", "weight_decay"):
+        assert ours[key] == theirs[key], key
 
 
 @pytest.mark.torch
@@ -203,7 +213,9 @@ def test_sgd_state_dict_round_trip_through_json_resumes_exactly() -> None:
 
 def test_sgd_state_dict_layout() -> None:
     params = make_params()
-    opt = SGD([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=0.1, weight_decay=1e-4)
+    opt = SGD(
+        [{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=0.1, momentum=0.9, weight_decay=1e-4
+    )
     run_sgd(params, opt, grads(1))
     state = opt.state_dict()
     assert [g["params"] for g in state["param_groups"]] == [[0], [1, 2]]
@@ -239,7 +251,7 @@ def test_sgd_rejects_bad_options_as_pytorch() -> None:
 # --------------------------------------------------------------------------------------------------
 def two_group_sgd() -> SGD:
     p = make_params()
-    return SGD([{"params": p[:2]}, {"params": p[2:], "lr": 0.01}], lr=0.1)
+    return SGD([{"params": p[:2]}, {"params": p[2:], "lr": 0.01}], lr=0.1, momentum=0.9)
 
 
 def lrs(sched: LRScheduler, steps: int) -> list[list[float]]:
@@ -397,7 +409,7 @@ def test_sgd_runs_on_each_backend_and_its_state_moves_between_them(backend_name:
     # resume on the host from the device's state
     state = opt.state_dict()
     resumed = [Parameter(p.numpy()) for p in params]
-    opt2 = SGD(resumed, lr=0.1)
+    opt2 = SGD(resumed, lr=0.1, momentum=0.9)
     opt2.load_state_dict(state)
     assert all(backend.backend_name(s["momentum_buffer"]) == "numpy" for s in opt2.state.values())
     run_sgd(resumed, opt2, gs[2:])

@@ -22,8 +22,8 @@ class SGD(Optimizer):
         g   = g + momentum * buf     if nesterov,   else  g = buf        (when momentum != 0)
         p   = p - lr * g
 
-    ``momentum`` defaults to 0.9, the SENet paper's value (PyTorch's default is 0: pass momentum=0
-    for plain SGD). Nesterov needs momentum > 0 and dampening 0, as in PyTorch. ``params`` is an
+    ``momentum`` defaults to 0, as PyTorch's (plain SGD): pass ``momentum=0.9``, the SENet paper's
+    value, to train as the paper does (``minise.train``'s ``--momentum`` defaults to 0.9). Nesterov needs momentum > 0 and dampening 0, as in PyTorch. ``params`` is an
     iterable of parameters or of group dicts (``{"params": [...], "weight_decay": 0.0}``); parameters
     whose ``grad`` is None are skipped and keep their momentum buffer unchanged.
     """
@@ -32,7 +32,7 @@ class SGD(Optimizer):
         self,
         params: Iterable[Any],
         lr: float,
-        momentum: float = 0.9,
+        momentum: float = 0.0,
         dampening: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
@@ -88,7 +88,7 @@ def param_groups_no_decay(model: Module, weight_decay: float) -> list[dict[str, 
     """Two parameter groups: weights with ``weight_decay``, and every 1-D parameter (batch-norm
     gamma and beta, all biases) with weight decay 0. Empty groups are left out.
 
-        optimizer = SGD(param_groups_no_decay(model, 1e-4), lr=0.1)
+        optimizer = SGD(param_groups_no_decay(model, 1e-4), lr=0.1, momentum=0.9)
     """
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
