@@ -34,7 +34,7 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
         if isinstance(data, Tensor):
             data = data.data
-        if not (hasattr(data, "__array_interface__") or hasattr(data, "__cuda_array_interface__")) or np.isscalar(data):
+        if not (isinstance(data, np.ndarray) or backend.backend_name(data) == "cupy"):  # lists, scalars ...
             data = np.asarray(data)
         self.data: Any = data
         self.grad: Any = None
@@ -143,10 +143,11 @@ class Tensor:
         """The same data, cut from the graph (no copy)."""
         return Tensor(self.data)
 
-    def requires_grad_(self, flag: bool = True) -> Tensor:
-        if flag and self.data.dtype.kind != "f":
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Set ``requires_grad`` in place and return self, as PyTorch (e.g. to train an input image)."""
+        if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"requires_grad_: dtype {self.dtype} cannot require gradients - use a float dtype")
-        self.requires_grad = flag
+        self.requires_grad = requires_grad
         return self
 
     def zero_grad(self) -> None:
