@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--momentum",
         type=float,
         default=0.9,
-        help="SGD momentum (the training recipe's 0.9; optim.SGD's own default is PyTorch's 0)",
+        help="SGD momentum, passed to optim.SGD explicitly (whose own value, as in PyTorch, is 0)",
     )
     o.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     o.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (not on BN and bias parameters)")
