@@ -352,3 +352,73 @@ def test_jupytext_reads_the_lessons_as_notebooks() -> None:
         notebook = jupytext.read(path)
         cells = [c.source.strip() for c in notebook.cells if c.cell_type == "code"]
         assert cells == [code.strip() for _, code in lessons.extract_blocks(path.read_text(encoding="utf-8"))]
+
+
+# --------------------------------------------------------------------------------------------------
+# the figures the lessons show: every linked image exists, every committed figure is linked
+# --------------------------------------------------------------------------------------------------
+_IMAGE = re.compile(r"!\[[^\]]*\]\((?P<path>[^)\s]+)\)")
+FIGURE_BYTES = 150_000  # "small": a lesson's figure is a PNG of at most ~100 KB
+
+
+def image_links(text: str) -> list[str]:
+    """The targets of the Markdown images ``![alt](target)`` in a text, in order."""
+    return [m["path"] for m in _IMAGE.finditer(text)]
+
+
+def figure_problems(folder: Path) -> list[str]:
+    """What is wrong with the figures of the lessons in ``folder``: links to missing files, figures that no
+    lesson links, links outside ``figures/`` or not named after their lesson, figures over FIGURE_BYTES."""
+    problems: list[str] = []
+    linked: set[str] = set()
+    for path in sorted(folder.glob(lessons.LESSON_PATTERN)):
+        for target in image_links(path.read_text(encoding="utf-8")):
+            linked.add(target)
+            if not target.startswith(f"figures/{path.name[:2]}_"):
+                problems.append(f"{path.name}: image {target} is not figures/{path.name[:2]}_<name>")
+            if not (folder / target).is_file():
+                problems.append(f"{path.name}: links {target}, which does not exist")
+    for png in sorted((folder / "figures").glob("*.png")):
+        if f"figures/{png.name}" not in linked:
+            problems.append(f"figures/{png.name} is not linked by any lesson")
+        if png.stat().st_size > FIGURE_BYTES:
+            problems.append(f"figures/{png.name} has {png.stat().st_size:,} bytes (at most {FIGURE_BYTES:,})")
+    return problems
+
+
+def test_every_linked_figure_exists_and_every_figure_is_linked() -> None:
+    problems = figure_problems(lessons.lessons_dir())
+    assert not problems, "\n".join(problems)
+
+
+def test_the_figure_check_bites(tmp_path: Path) -> None:
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "01_there.png").write_bytes(b"\x89PNG")
+    (tmp_path / "figures" / "01_orphan.png").write_bytes(b"\x89PNG")
+    (tmp_path / "figures" / "01_huge.png").write_bytes(b"\x89PNG" + bytes(FIGURE_BYTES))
+    (tmp_path / "01_a.md").write_text(
+        "![ok](figures/01_there.png) ![gone](figures/01_missing.png) ![big](figures/01_huge.png)"
+        " ![other lesson's](figures/02_x.png)",
+        encoding="utf-8",
+    )
+    problems = "\n".join(figure_problems(tmp_path))
+    assert "01_a.md: links figures/01_missing.png, which does not exist" in problems
+    assert "figures/01_orphan.png is not linked by any lesson" in problems
+    assert "figures/01_huge.png has" in problems
+    assert "image figures/02_x.png is not figures/01_<name>" in problems
+    assert "01_there.png" not in problems
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_running_a_lesson_writes_exactly_the_figures_it_links(
+    path: Path, namespace: Callable[[Path], dict[str, Any]]
+) -> None:
+    ns = namespace(path)  # the lesson, run in fast mode into a fresh folder
+    written = sorted(f"figures/{p.name}" for p in Path(ns["FIGURES"]).glob("*.png"))
+    assert written == sorted(image_links(path.read_text(encoding="utf-8"))), "regenerate with --figures lessons/figures"
+
+
+def test_the_notation_table_is_linked_from_the_readme_and_every_lesson() -> None:
+    assert (lessons.lessons_dir() / "NOTATION.md").is_file()
+    for path in [lessons.lessons_dir() / "README.md", *LESSONS]:
+        assert "](NOTATION.md)" in path.read_text(encoding="utf-8"), f"{path.name} does not link NOTATION.md"
