@@ -300,7 +300,7 @@ def test_list_models_and_create() -> None:
         assert f"resnet{depth}" in names and f"se_resnet{depth}" in names
     for name in ("resnet18", "resnet34", "resnet50", "resnet101", "se_resnext50_32x4d"):
         assert name in names and (name.startswith("se_") or f"se_{name}" in names)
-    assert models.list_models("cifar") + models.list_models("imagenet") == names
+    assert models.list_models(family="cifar") + models.list_models(family="imagenet") == names
     assert isinstance(models.create("se_resnet20"), models.CifarResNet)
     assert models.create("resnet20", num_classes=100).fc.out_features == 100
 
@@ -309,7 +309,7 @@ def test_unknown_model_names_list_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'se-resnet20'.*did you mean 'se_resnet20'.*resnet110"):
         models.create("se-resnet20")
     with pytest.raises(ValueError, match="family"):
-        models.list_models("mnist")
+        models.list_models(family="mnist")
 
 
 # --------------------------------------------------------------------------------------------------
