@@ -44,7 +44,7 @@ def namespace(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], dict
 
 
 def test_the_lessons_are_there() -> None:
-    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 15)]
+    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 16)]
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
@@ -195,8 +195,8 @@ def test_cli_list(tmp_path: Path) -> None:
     result = run_cli("list", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = {line[:2]: line for line in result.stdout.splitlines() if re.match(r"\d\d ", line)}
-    assert sorted(rows) == [f"{i:02d}" for i in range(1, 15)]
-    assert all(rows[f"{i:02d}"].rstrip().endswith("ready") for i in range(1, 15))
+    assert sorted(rows) == [f"{i:02d}" for i in range(1, 16)]
+    assert all(rows[f"{i:02d}"].rstrip().endswith("ready") for i in range(1, 16))
     assert "The excitation gradient" in rows["09"] and "60 minutes" in rows["09"]
 
 
@@ -422,3 +422,38 @@ def test_the_notation_table_is_linked_from_the_readme_and_every_lesson() -> None
     assert (lessons.lessons_dir() / "NOTATION.md").is_file()
     for path in [lessons.lessons_dir() / "README.md", *LESSONS]:
         assert "](NOTATION.md)" in path.read_text(encoding="utf-8"), f"{path.name} does not link NOTATION.md"
+
+
+# --------------------------------------------------------------------------------------------------
+# lessons 12 and 13: where they look for cifar10-mini
+# --------------------------------------------------------------------------------------------------
+LESSON_12 = lessons.lessons_dir() / "12_training_on_cifar10.md"
+
+
+@pytest.mark.parametrize("path", [LESSON_12, LESSON_13], ids=["12", "13"])
+def test_lessons_12_and_13_find_cifar10_in_the_stated_order(
+    path: Path, namespace: Callable[[Path], dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    find_cifar10 = namespace(path)["find_cifar10"]
+
+    def holding_cifar(folder: Path) -> Path:
+        (folder / "cifar-10-batches-py").mkdir(parents=True)
+        return folder
+
+    monkeypatch.delenv("CIFAR10_DIR", raising=False)
+    monkeypatch.delenv("MINISE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    explicit = tmp_path / "mine"
+    assert find_cifar10(str(explicit)) == (None, [explicit])  # a chosen folder without the data: no search
+    monkeypatch.setenv("CIFAR10_DIR", str(holding_cifar(explicit)))
+    assert find_cifar10() == (explicit, [explicit])
+    monkeypatch.delenv("CIFAR10_DIR")
+
+    in_cwd = holding_cifar(tmp_path / "data" / "cifar10-mini")
+    assert find_cifar10()[0] == in_cwd  # the working directory, before ../shared/data beside the repository
+    monkeypatch.setenv("MINISE_DATA", str(tmp_path / "cache"))
+    downloaded = holding_cifar(tmp_path / "cache")  # where minise.train --download puts CIFAR-10
+    assert find_cifar10()[0] == downloaded  # $MINISE_DATA comes first
+    mini = holding_cifar(tmp_path / "cache" / "cifar10-mini")
+    found, tried = find_cifar10()
+    assert found == mini and tried.index(mini) < tried.index(downloaded) < tried.index(in_cwd)
