@@ -40,6 +40,7 @@ from minise.models.imagenet import (
 )
 from minise.models.registry import create, list_models, model_family
 from minise.models.summary import LayerRow, ModelSummary, count_macs, summarize, summary
+from minise.models.timm_weights import TIMM_ARCHS, WeightsError, load_timm, save_timm
 
 __all__ = [
     "PLACEMENTS",
@@ -51,9 +52,12 @@ __all__ = [
     "ResNet",
     "ResidualBlock",
     "SEConfig",
+    "TIMM_ARCHS",
+    "WeightsError",
     "count_macs",
     "create",
     "list_models",
+    "load_timm",
     "model_family",
     "resnet18",
     "resnet20",
@@ -77,6 +81,7 @@ __all__ = [
     "se_resnet110",
     "se_resnet164",
     "se_resnext50_32x4d",
+    "save_timm",
     "summarize",
     "summary",
 ]
