@@ -4,6 +4,8 @@
     python -m minise.lessons run 09                   run lesson 09 (quick sizes), figures in ./figures/09_...
     python -m minise.lessons run 09 --full --figures out/
     python -m minise.lessons run --file my_lesson.md  run any Markdown file the same way
+    python -m minise.lessons exercise 09              write lesson 09's exercise to ./exercises/ (never over yours)
+    python -m minise.lessons check 09 [--train]       grade it (exit 0 only when right); see minise/exercises/
 
 Each lesson's Markdown file is the single source of its prose, maths and code. Running a lesson means:
 take its fenced ``python`` blocks in order and execute them in one namespace, as the cells of a
@@ -328,6 +330,35 @@ def _run(refs: list[str], full: bool, figures: str | None) -> int:
     return 0
 
 
+def _exercise_command(args: argparse.Namespace) -> int:
+    """``exercise NN`` and ``check NN``: see :mod:`minise.exercises`."""
+    from minise import exercises  # noqa: PLC0415  (only these two commands need the checkers)
+
+    try:
+        if args.command == "check":
+            if args.steps < 1:
+                raise exercises.ExerciseUsageError(f"check: --steps must be at least 1, got {args.steps}")
+            return exercises.check_exercise(args.lesson, args.file, args.train, args.steps)
+        path = exercises.write_exercise(args.lesson, args.to, args.force, args.solution)
+    except exercises.ExerciseUsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    number = int(args.lesson)
+    if args.solution:
+        print(
+            f"wrote the reference solution to {path} - honest use: try first, check your own file, and read this "
+            "only when stuck or after your check passes"
+        )
+    else:
+        default = Path(args.to) == Path("exercises")
+        where = "" if default else f" --file {path}"
+        print(
+            f"wrote {path}: write the parts marked YOUR CODE HERE, then run "
+            f"`python -m minise.lessons check {number:02d}{where}`"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m minise.lessons", description="List and run the minise lessons (lessons/NN_topic.md)."
@@ -339,6 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--file", action="append", default=[], help="a Markdown file to run as a lesson")
     run.add_argument("--full", action="store_true", help="full sizes (FAST = False); slower")
     run.add_argument("--figures", default=None, help="folder for figures (default ./figures/<lesson>)")
+    exercise = sub.add_parser("exercise", help="write a lesson's exercise file for you to fill in")
+    exercise.add_argument("lesson", help="lesson number, e.g. 09")
+    exercise.add_argument("--to", default="exercises", help="folder to write it into (default ./exercises/)")
+    exercise.add_argument("--force", action="store_true", help="overwrite an existing file (your work in it is lost)")
+    exercise.add_argument("--solution", action="store_true", help="write the reference solution to DIR/solutions/")
+    check = sub.add_parser("check", help="grade your exercise file: exit 0 when right, 1 when wrong")
+    check.add_argument("lesson", help="lesson number, e.g. 09")
+    check.add_argument("--file", default=None, help="your file (default ./exercises/exNN_*.py)")
+    check.add_argument("--train", action="store_true", help="05, 07, 08, 09: train an SE-ResNet-20 with your code")
+    check.add_argument("--steps", type=int, default=200, help="training steps for --train (default 200)")
 
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files: no screen needed
@@ -346,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             _print_table()
             return 0
+        if args.command in ("exercise", "check"):
+            return _exercise_command(args)
         refs = list(args.lessons) + list(args.file)
         if not refs:
             parser.error("run: name a lesson (e.g. `run 01`), 'all', or --file PATH")

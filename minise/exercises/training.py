@@ -1,0 +1,266 @@
+"""``check NN --train``: your op inside a real SE-ResNet-20, trained beside minise's own op.
+
+The hook is :func:`swap_op`. minise's layers call their op through the module ``minise.functional``
+at every call (``nn.Conv2d.forward`` runs ``F.conv2d(...)``, ``nn.BatchNorm2d`` ``F.batch_norm``,
+``nn.SEBlock`` ``F.squeeze_excite``), so while ``with swap_op("conv2d", yours):`` runs, every
+convolution of the network is yours; on leaving the block the original is back. Nothing in the
+normal path changes: no registry lookup, no flag, no extra call.
+
+"Yours" is a function with the signature of the op it replaces, returning a Tensor. The functions
+below build one from your exercise: a :class:`~minise.autograd.Function` subclass whose forward (or
+backward) calls your NumPy code, exactly as minise's own ops are written (lesson 02).
+
+The run: ``se_resnet20`` on ``shapes`` images drawn at 16x16 pixels (the network is the same; a
+quarter of the pixels makes a step about four times cheaper), batch 32, SGD with momentum 0.9,
+learning rate 0.05, the same seed, data order and initial weights for both runs. 300 steps take
+about a minute per run on 2 CPU cores; the losses should agree closely at first (float32 rounding
+lets them drift apart slowly) and fall alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+import minise
+import minise.functional as F
+from minise import models, optim
+from minise.autograd import Function
+from minise.data.shapes import make_shapes
+from minise.functional.normalization import BatchNormOp
+from minise.functional.squeeze_excite import SqueezeExciteOp
+from minise.tensor import Tensor
+
+IMAGE_SIZE, BATCH, LR, SEED = 16, 32, 0.05, 0
+
+
+@contextlib.contextmanager
+def swap_op(name: str, replacement: Callable[..., Tensor]) -> Iterator[None]:
+    """Within the block, ``minise.functional.<name>`` (and so every layer that calls it) is ``replacement``."""
+    original = getattr(F, name)
+    setattr(F, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(F, name, original)
+
+
+def _as(dtype: Any, *arrays: Any) -> tuple[Any, ...]:
+    """The learner's results in the op's dtype (a float64 answer to a float32 network is cast back)."""
+    return tuple(None if a is None else np.asarray(a, dtype=dtype) for a in arrays)
+
+
+# --------------------------------------------------------------------------------------------------
+# ops built from a learner's code
+# --------------------------------------------------------------------------------------------------
+class _SEYourBackward(Function):
+    """minise's SE forward; backward = your squeeze_excite_backward(gy, x, w1, b1, w2, b2)."""
+
+    name = "squeeze_excite (your backward)"
+
+    def __init__(self, backward_fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.backward_fn = backward_fn
+
+    def forward(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> Any:
+        self.save(x, w1, b1, w2, b2)
+        return SqueezeExciteOp().forward(x, w1, b1, w2, b2)
+
+    def backward(self, gy: Any) -> tuple[Any, ...]:
+        x, w1, b1, w2, b2 = self.saved  # type: ignore[misc]
+        return _as(x.dtype, *self.backward_fn(gy, x, w1, b1, w2, b2))
+
+
+class _SEYourForward(Function):
+    """forward = your squeeze_excite_forward; backward = minise's (from its own forward's saved values)."""
+
+    name = "squeeze_excite (your forward)"
+
+    def __init__(self, forward_fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.forward_fn, self.inner = forward_fn, SqueezeExciteOp()
+
+    def forward(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> Any:
+        self.inner.forward(x, w1, b1, w2, b2)  # minise's forward, for the values its backward reads
+        (y,) = _as(x.dtype, self.forward_fn(x, w1, b1, w2, b2))
+        return y
+
+    def backward(self, gy: Any) -> Any:
+        self.inner.needs_input_grad = self.needs_input_grad
+        return self.inner.backward(gy)
+
+
+def se_with_backward(backward_fn: Callable[..., Any]) -> Callable[..., Tensor]:
+    """An ``F.squeeze_excite`` whose backward is the learner's (exercise 09)."""
+
+    def squeeze_excite(input: Any, w1: Any, b1: Any = None, w2: Any = None, b2: Any = None) -> Tensor:
+        return _SEYourBackward(backward_fn).apply(input, w1, b1, w2, b2)
+
+    return squeeze_excite
+
+
+def se_with_forward(forward_fn: Callable[..., Any]) -> Callable[..., Tensor]:
+    """An ``F.squeeze_excite`` whose forward is the learner's (exercise 08)."""
+
+    def squeeze_excite(input: Any, w1: Any, b1: Any = None, w2: Any = None, b2: Any = None) -> Tensor:
+        return _SEYourForward(forward_fn).apply(input, w1, b1, w2, b2)
+
+    return squeeze_excite
+
+
+class _BatchNormYourBackward(BatchNormOp):
+    """minise's training-mode batch norm forward (running statistics included); backward = yours."""
+
+    name = "batch_norm (your backward)"
+
+    def __init__(self, backward_fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__(*args)
+        self.backward_fn = backward_fn
+
+    def forward(self, x: Any, gamma: Any, beta: Any) -> Any:
+        y = super().forward(x, gamma, beta)
+        self.save(x, gamma)
+        return y
+
+    def backward(self, gy: Any) -> tuple[Any, Any, Any]:
+        x, gamma = self.saved  # type: ignore[misc]
+        return _as(x.dtype, *self.backward_fn(gy, x, gamma, self.eps))  # type: ignore[return-value]
+
+
+def batch_norm_with_backward(backward_fn: Callable[..., Any]) -> Callable[..., Tensor]:
+    """An ``F.batch_norm`` whose training-mode backward is the learner's (exercise 07)."""
+    builtin = F.batch_norm
+
+    def batch_norm(
+        input: Any,
+        running_mean: Any,
+        running_var: Any,
+        weight: Any = None,
+        bias: Any = None,
+        training: bool = False,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+    ) -> Tensor:
+        if not training:  # evaluation uses the running statistics: minise's op
+            return builtin(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        return _BatchNormYourBackward(backward_fn, running_mean, running_var, True, momentum, eps).apply(
+            input, weight, bias
+        )
+
+    return batch_norm
+
+
+class _ConvYours(Function):
+    """forward = your conv2d_forward, backward = your conv2d_backward (exercise 05)."""
+
+    name = "conv2d (yours)"
+
+    def __init__(self, forward_fn: Callable[..., Any], backward_fn: Callable[..., Any], stride: int, padding: int):
+        super().__init__()
+        self.forward_fn, self.backward_fn, self.stride, self.padding = forward_fn, backward_fn, stride, padding
+
+    def forward(self, x: Any, w: Any, b: Any) -> Any:
+        self.save(x, w)
+        (y,) = _as(x.dtype, self.forward_fn(x, w, b, self.stride, self.padding))
+        return y
+
+    def backward(self, gy: Any) -> tuple[Any, ...]:
+        x, w = self.saved  # type: ignore[misc]
+        dx, dw, db = self.backward_fn(gy, x, w, self.stride, self.padding)
+        return _as(x.dtype, dx, dw, None if self.needs_input_grad[2] is False else db)
+
+
+def conv_with(forward_fn: Callable[..., Any], backward_fn: Callable[..., Any]) -> Callable[..., Tensor]:
+    """An ``F.conv2d`` running the learner's forward and backward for square strides and paddings
+    without dilation or groups (every convolution of se_resnet20); anything else goes to minise's op."""
+    builtin = F.conv2d
+
+    def conv2d(
+        input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1
+    ) -> Tensor:
+        if dilation not in (1, (1, 1)) or groups != 1 or not isinstance(stride, int) or not isinstance(padding, int):
+            return builtin(input, weight, bias, stride, padding, dilation, groups)
+        return _ConvYours(forward_fn, backward_fn, stride, padding).apply(input, weight, bias)
+
+    return conv2d
+
+
+# --------------------------------------------------------------------------------------------------
+# the training run
+# --------------------------------------------------------------------------------------------------
+def _data(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """steps x BATCH shapes images at IMAGE_SIZE pixels, standardised per channel, and their labels."""
+    images, labels = make_shapes(min(steps * BATCH, 5000), seed=SEED, size=IMAGE_SIZE)
+    x = images.astype(np.float32) / 255
+    x = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / x.std(axis=(0, 2, 3), keepdims=True)
+    return x, labels
+
+
+def train_losses(steps: int) -> list[float]:
+    """The loss at each of ``steps`` SGD steps of a fresh se_resnet20 (same seed, data and order every call)."""
+    x, labels = _data(steps)
+    with minise.use_backend("numpy"):
+        minise.manual_seed(SEED)
+        model = models.create("se_resnet20")
+        model.train()
+        opt = optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+        losses = []
+        for step in range(steps):
+            i = (step * BATCH) % (len(x) - BATCH + 1)
+            loss = F.cross_entropy(model(minise.tensor(x[i : i + BATCH])), labels[i : i + BATCH])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return losses
+
+
+def compare_training(op_name: str, replacement: Callable[..., Tensor], steps: int, echo: bool = True) -> bool:
+    """Train twice, with minise's op and with ``replacement``, print the losses side by side, and return
+    whether yours trains like minise's:
+
+    * step 2 is the first step after an update made with your gradients (step 1 for a forward): the
+      two losses there must agree to 0.1 % (they differ only by rounding; a wrong gradient moves the
+      weights elsewhere);
+    * every loss is finite, and with 50 steps or more the mean over the last tenth of the steps is
+      below 95 % of the first loss (the network learns). Later steps drift apart slowly (rounding
+      differences grow step by step), so they are compared by eye, not to a tolerance.
+    """
+    say = print if echo else (lambda *a, **k: None)
+    say(
+        f"training se_resnet20 on shapes ({IMAGE_SIZE}x{IMAGE_SIZE}, batch {BATCH}, SGD lr {LR} momentum 0.9, "
+        f"seed {SEED}) for {steps} steps, twice: with minise's {op_name} and with yours"
+    )
+    start = time.time()
+    builtin = train_losses(steps)
+    say(f"  minise's {op_name}: {time.time() - start:.0f} s")
+    start = time.time()
+    with swap_op(op_name, replacement):
+        yours = train_losses(steps)
+    say(f"  yours: {time.time() - start:.0f} s")
+    say(f"  {'step':>6}  {'loss, minise':>12}  {'loss, yours':>12}")
+    every = max(1, steps // 10)
+    shown = sorted({0, 1, *range(every - 1, steps, every), steps - 1} & set(range(steps)))
+    for s in shown:
+        say(f"  {s + 1:>6}  {builtin[s]:>12.4f}  {yours[s]:>12.4f}")
+    k = min(1, steps - 1)
+    same_start = abs(yours[k] - builtin[k]) <= 1e-3 * abs(builtin[k])
+    finite = all(math.isfinite(v) for v in yours)
+    tail = max(1, steps // 10)
+    mean_b, mean_y = float(np.mean(builtin[-tail:])), float(np.mean(yours[-tail:]))
+    learns = steps < 50 or mean_y < 0.95 * yours[0]
+    say(f"  mean loss over the last {tail} steps: minise {mean_b:.4f}, yours {mean_y:.4f}")
+    if not same_start:
+        say(f"  step {k + 1}: your loss differs from minise's by more than 0.1 % - your op changes the training")
+    elif not finite:
+        say("  your loss became inf or nan")
+    elif not learns:
+        say("  your run's loss did not fall below 95 % of its first value")
+    ok = same_start and finite and learns
+    say("  yours trains like minise's op" if ok else f"  yours does NOT train like minise's {op_name}")
+    return ok
