@@ -597,9 +597,17 @@ def main(argv: list[str] | None = None) -> int:
     da.add_argument("--steps", type=int, default=3, help="training steps timed (after one warm-up step)")
     da.add_argument("--model", default="se_resnet18")
     da.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    sub.add_parser(
+        "distributed", help="1 process x 2 threads against 2 MPI processes: images/s, communication, overlap"
+    )  # its options: python -m minise.bench distributed --help (minise/distributed/bench.py)
     child = sub.add_parser("train-child")  # internal: one framework's run, in its own process
     for name in ("framework", "model", "batch", "steps", "backend_name"):
         child.add_argument(name)
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["distributed"]:  # data-parallel training: minise/distributed/bench.py has its own options
+        from minise.distributed.bench import main as distributed_main  # noqa: PLC0415
+
+        return distributed_main(arguments[1:])
     args = parser.parse_args(argv)
     try:
         if args.what == "train-child":
