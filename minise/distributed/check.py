@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def check_collectives(comm: Communicator, xp: object) -> None:
     assert np.array_equal(backend.to_host(b), np.full(3, 7.0)), f"broadcast gave {backend.to_host(b)}"
 
 
-def local_gradients(model: minise.nn.Module, x: Tensor, y: object) -> list[object]:
+def local_gradients(model: minise.nn.Module, x: Tensor, y: Any) -> list[Any]:
     for p in model.parameters():
         p.grad = None
     F.cross_entropy(model(x), y).backward()
