@@ -7,6 +7,12 @@ records the graph. :func:`backward` walks that graph once, in reverse topologica
 explicit stack (no recursion, so a chain of 10,000 ops works), accumulating gradients that reach a
 tensor along several paths, and frees each op's saved arrays as soon as its backward has run.
 Lesson 02 builds this file from scratch.
+
+Import direction: ``backend <- autograd <- tensor <- functional/* <- nn <- models``. This module
+imports only :mod:`minise.backend` when it loads. A Function must wrap its output in a Tensor, so
+``Function.apply`` imports :class:`~minise.tensor.Tensor` when it is first *called* (by then every
+module is loaded): the two know each other at run time, as DeZero's Variable and Function do, but
+neither needs the other to exist first, so any module of minise can be imported first.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ class Function:
 
     def apply(self, *inputs: Any) -> Tensor:
         """Run ``forward`` on the inputs' arrays and, if any input requires grad, record this op."""
-        from minise.tensor import Tensor  # noqa: PLC0415  (tensor imports autograd)
+        from minise.tensor import Tensor  # noqa: PLC0415  (call time: see the module docstring)
 
         tensors = tuple(x if isinstance(x, Tensor) or x is None else Tensor(x) for x in inputs)
         arrays = [t.data if t is not None else None for t in tensors]
@@ -163,9 +169,7 @@ def backward(root: Tensor, gradient: Any = None, retain_graph: bool = False) -> 
             )
         gradient = xp.ones_like(root.data)
     else:
-        from minise.tensor import Tensor  # noqa: PLC0415
-
-        gradient = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient, dtype=root.dtype)
+        gradient = xp.asarray(gradient, dtype=root.dtype)  # Tensor.backward passes the array of a Tensor
         if gradient.shape != root.shape:
             raise ValueError(
                 f"backward: gradient has shape {gradient.shape} but the output has shape {root.shape} "

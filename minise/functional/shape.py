@@ -8,6 +8,8 @@ from typing import Any
 from minise import backend
 from minise.autograd import Function
 from minise.backend import get_array_module
+from minise.functional.reduction import pick_axis
+from minise.tensor import as_tensor
 
 
 class ReshapeOp(Function):
@@ -85,8 +87,6 @@ class GetItemOp(Function):
 
 def flatten(input: Any, start_dim: int = 1, end_dim: int = -1) -> Any:
     """Merge axes start_dim..end_dim into one (a reshape; built from ReshapeOp), as ``torch.flatten``."""
-    from minise.tensor import as_tensor  # noqa: PLC0415
-
     x = as_tensor(input)
     nd = x.ndim
     if nd == 0:
@@ -145,9 +145,6 @@ class StackOp(Function):
 
 def _join_args(op: str, tensors: Any, dim: Any, axis: Any, new_axis: bool) -> tuple[list[Any], int]:
     """Check a sequence of tensors for cat/stack; returns them as Tensors and the axis (non-negative)."""
-    from minise.functional.reduction import pick_axis  # noqa: PLC0415
-    from minise.tensor import as_tensor  # noqa: PLC0415
-
     if not isinstance(tensors, (list, tuple)) or not tensors:
         raise TypeError(f"{op}: expected a non-empty list or tuple of tensors, got {type(tensors).__name__}")
     ts = [as_tensor(t) for t in tensors]
