@@ -75,7 +75,16 @@ class Tensor:
 
     @property
     def size(self) -> int:
+        """The number of elements, as NumPy's ``size`` (PyTorch's ``size()`` is the shape: use ``.shape``)."""
         return int(self.data.size)
+
+    def numel(self) -> int:
+        """The number of elements, as PyTorch's ``numel()``."""
+        return int(self.data.size)
+
+    def dim(self) -> int:
+        """The number of axes, as PyTorch's ``dim()`` (``ndim`` too)."""
+        return int(self.data.ndim)
 
     @property
     def device(self) -> str:

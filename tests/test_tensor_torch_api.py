@@ -109,3 +109,10 @@ def test_dim_reductions_and_softmax_match_torch_with_gradients() -> None:
         np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-13, err_msg=name)
         np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-12, atol=1e-15, err_msg=name)
     np.testing.assert_array_equal(_t().argmax(dim=1).numpy(), torch.tensor(X).argmax(dim=1).numpy())
+
+
+def test_numel_and_dim_as_torch_and_size_as_numpy() -> None:
+    t = _t()
+    assert (t.numel(), t.dim(), t.ndim, t.size) == (24, 3, 3, 24)
+    with pytest.raises(TypeError):
+        t.size()  # type: ignore[operator]  # deliberate: NumPy's size (README: where minise differs)
