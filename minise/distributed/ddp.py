@@ -76,7 +76,14 @@ class DistributedDataParallel:
     communication that did *not* overlap the backward pass).
     """
 
-    def __init__(self, module: Module, comm: Communicator, bucket_cap_mb: float = 1.0, broadcast: bool = True) -> None:
+    def __init__(
+        self,
+        module: Module,
+        comm: Communicator,
+        bucket_cap_mb: float = 1.0,
+        broadcast: bool = True,
+        overlap: bool = True,
+    ) -> None:
         if bucket_cap_mb <= 0:
             raise ValueError(f"DistributedDataParallel: bucket_cap_mb is {bucket_cap_mb} - it must be > 0")
         self.module, self.comm = module, comm
@@ -100,6 +107,7 @@ class DistributedDataParallel:
                 self.where[id(p)] = (bucket, i)
             self.buckets.append(bucket)
         self.active = False
+        self.overlap = overlap  # False: every all-reduce starts after backward (to measure what overlap gains)
         self.weight = 1.0 / comm.size
         self.next_bucket = 0
         self.stats = {"steps": 0, "bytes": 0, "backward_s": 0.0, "exposed_s": 0.0}
@@ -139,6 +147,8 @@ class DistributedDataParallel:
         o = bucket.offsets[i]
         bucket.buffer[o : o + p.size] = p.grad.reshape(-1)
         bucket.pending -= 1
+        if not self.overlap:
+            return
         self._launch_ready()
         for b in self.buckets[: self.next_bucket]:  # let the transport progress (MPI moves bytes inside calls)
             if b.work is not None:
@@ -166,8 +176,8 @@ class DistributedDataParallel:
                     b.buffer[o : o + p.size] = 0
                     b.arrived.add(i)
                     b.pending -= 1
-        self._launch_ready()
         start = time.perf_counter()
+        self._launch_ready()
         for b in self.buckets:
             assert b.work is not None
             b.work.wait()

@@ -64,8 +64,12 @@ class MPIWork(Work):
         return self.done
 
     def wait(self) -> None:
-        """Poll until done: spin briefly (a small message completes in microseconds), then sleep in
-        growing steps up to 1 ms; past the deadline raise CollectiveTimeout."""
+        """Poll until done: spin for up to ``SPIN`` seconds, then sleep in growing steps up to 1 ms; past the
+        deadline raise CollectiveTimeout.
+
+        Why spin: MPICH moves a message only while some MPI call runs on *both* ends (there is no progress
+        thread), and an all-reduce is several rounds of messages; a rank asleep between polls delays every
+        round by its sleep. A blocking ``MPI_Wait`` spins too - in C, and with no deadline."""
         if self.done:
             return
         start = time.monotonic()
@@ -77,10 +81,12 @@ class MPIWork(Work):
                     f"{self.what}: no answer from the other ranks for {elapsed:.0f} s - a rank has died or hangs; "
                     "aborting the job (raise MINISE_DIST_TIMEOUT if a step really takes this long)"
                 )
-            if elapsed > 2e-4:
+            if elapsed > self.SPIN:
                 time.sleep(pause)
                 pause = min(2 * pause + 1e-5, 1e-3)
         self._finish()
+
+    SPIN = 0.05  # seconds of busy polling before sleeping between polls
 
 
 class MPICommunicator(Communicator):
