@@ -116,3 +116,27 @@ def test_numel_and_dim_as_torch_and_size_as_numpy() -> None:
     assert (t.numel(), t.dim(), t.ndim, t.size) == (24, 3, 3, 24)
     with pytest.raises(TypeError):
         t.size()  # type: ignore[operator]  # deliberate: NumPy's size (README: where minise differs)
+
+
+def test_requires_grad_in_place_as_torch() -> None:
+    x = _t()
+    assert x.requires_grad_() is x and x.requires_grad
+    (x * x).sum().backward()
+    np.testing.assert_allclose(x.grad, 2 * X)
+    assert x.requires_grad_(False) is x and not x.requires_grad
+    with pytest.raises(TypeError, match=r"requires_grad_: dtype int64 cannot require gradients"):
+        minise.tensor([1, 2]).requires_grad_()
+
+
+@requires_torch
+@pytest.mark.torch
+def test_requires_grad_matches_torch() -> None:
+    import torch
+
+    x, tx = _t(), torch.tensor(X)
+    x.requires_grad_(), tx.requires_grad_()
+    (x * 3.0).sum().backward()
+    (tx * 3.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, tx.grad.numpy())
+    with pytest.raises(RuntimeError):
+        torch.tensor([1, 2]).requires_grad_()  # torch refuses integer tensors too
