@@ -178,11 +178,14 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path: Path) -> None:
     assert _results(out / "results.csv") == rows
 
 
-def test_a_folder_holding_another_run_is_never_overwritten(tmp_path: Path) -> None:
+def test_a_folder_holding_another_run_is_never_overwritten_but_can_be_extended(tmp_path: Path) -> None:
     out = tmp_path / "study"
     other = out / "runs" / "resnet-s0"
     assert train.main([*TINY, "--model", "resnet20", "--seed", "0", "--out", str(other), "--no-progress"]) == 0
     before = (other / "last.npz").read_bytes()
-    code = main(["se-vs-plain", *TINY[:-1], "2", "--seeds", "1", "--out", str(out)])  # --epochs 2 now
+    code = main(["se-vs-plain", *TINY, "--lr", "0.05", "--seeds", "1", "--out", str(out)])  # another --lr
     assert code == 2
     assert (other / "last.npz").read_bytes() == before
+    # the same run with more epochs asked for is extended, not refused
+    assert main(["se-vs-plain", *TINY[:-1], "2", "--seeds", "1", "--out", str(out)]) == 0
+    assert [json.loads(line)["epoch"] for line in (other / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -8,7 +8,8 @@ folder:
   same command): skipped;
 * started (a ``last.npz`` from the same command): continued with ``--resume``, which reaches exactly
   the result an uninterrupted run would have;
-* holding a run made by another command (other epochs, model, options, data...): the study stops
+* the same run with fewer epochs than now asked for: extended with ``--resume``;
+* holding a run made by another command (model, options, data, fewer epochs...): the study stops
   with one line naming the difference, and never overwrites it;
 * empty or without a checkpoint (stopped before its first save): started again.
 
@@ -130,6 +131,9 @@ def state(spec: RunSpec) -> str:
     except ValueError as e:
         raise StudyError(f"{config} is not JSON ({e}) - repair or delete that run folder") from None
     diff = _differences(spec, saved)
+    want = intended_config(spec)["epochs"]
+    if diff and [d.split()[0] for d in diff] == ["--epochs"] and int(saved.get("epochs", 0)) < want:
+        return "started"  # the same run asked for more epochs: --resume extends it
     if diff:
         raise StudyError(
             f"{spec.folder} holds a run made with other options: {'; '.join(diff[:3])} - use another --out, or "
