@@ -367,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="print the table of contents")
     run = sub.add_parser("run", help="run lessons' python blocks in order, checking every assert")
     run.add_argument("lessons", nargs="*", help="lesson numbers (01, 9), file stems, Markdown paths, or 'all'")
-    run.add_argument("--file", action="append", default=[], help="a Markdown file to run as a lesson")
+    run.add_argument(
+        "--file", action="append", default=[], help="a Markdown file to run as a lesson; repeatable (default: none)"
+    )
     run.add_argument("--full", action="store_true", help="full sizes (FAST = False); slower")
     run.add_argument("--figures", default=None, help="folder for figures (default ./figures/<lesson>)")
     exercise = sub.add_parser("exercise", help="write a lesson's exercise file for you to fill in")

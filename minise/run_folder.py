@@ -9,7 +9,8 @@ The convention is timm's:
   ``--overwrite`` (replace it); ``--overwrite`` removes the old run's files (those above and
   ``curves.png``, nothing else) before the new run writes anything, so an interrupted replacement never
   leaves a folder mixing two runs;
-* ``--resume`` continues the run in ``--out``, or without ``--out`` the newest default folder.
+* ``--resume`` continues the run in ``--out``, or without ``--out`` the newest default folder;
+  ``--resume CHECKPOINT`` continues in the checkpoint's folder, or in an ``--out`` holding no other run.
 
 A run claims its folder by creating ``config.json`` exclusively (``O_EXCL``): of two runs started at once
 with the default folder, the second moves on to the next number. An ``--out`` that is a file, lies under
@@ -78,15 +79,19 @@ def check_writable(out: Path) -> None:
         )
 
 
-def choose(out: str | None, default_base: Path, resume: bool, overwrite: bool) -> Path:
-    """The run folder for these arguments, or TrainError (one line) if the run would touch another run."""
+def choose(out: str | None, default_base: Path, resume: str | None, overwrite: bool) -> Path:
+    """The run folder for these arguments, or TrainError (one line) if the run would touch another run.
+
+    ``resume`` is None, ``"auto"`` (``--resume`` alone: ``<folder>/last.npz``) or a checkpoint's path; a
+    checkpoint given by path continues in its own folder unless ``--out`` names a new one."""
     if resume and overwrite:
         raise TrainError(
             "--resume and --overwrite contradict each other - --resume continues the run in --out, "
             "--overwrite replaces it; give one of them"
         )
+    own = Path(resume).parent if resume not in (None, "auto") else None  # the folder of --resume CHECKPOINT
     if out is None:
-        folder = newest(default_base) if resume else next_free(default_base)
+        folder = own if own is not None else newest(default_base) if resume else next_free(default_base)
     else:
         folder = Path(out)
         present = run_files(folder)
@@ -94,6 +99,11 @@ def choose(out: str | None, default_base: Path, resume: bool, overwrite: bool) -
             raise TrainError(
                 f"--out {folder} already holds a run ({', '.join(present)}) - continue it with --resume, "
                 "replace it with --overwrite, or give another --out"
+            )
+        if present and own is not None and folder.resolve() != own.resolve():
+            raise TrainError(
+                f"--out {folder} holds another run ({', '.join(present)}) than {resume} - continuing one in the "
+                "other's folder would mix two runs; give a new --out, or --out " + str(own)
             )
     check_writable(folder)
     return folder

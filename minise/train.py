@@ -82,7 +82,7 @@ class Run:
         if args.backend:
             backend.set_backend(args.backend)
         self.default_out = Path("runs") / f"{args.dataset}-{args.model}-s{args.seed}"
-        self.out = run_folder.choose(args.out, self.default_out, bool(args.resume), args.overwrite)
+        self.out = run_folder.choose(args.out, self.default_out, args.resume, args.overwrite)
         self.images = args.dataset in data.IMAGE_DATASETS
         self.pool: data.DecodePool | None = None
         self.train_set: data.Dataset | data.ImageFolder
@@ -315,7 +315,7 @@ class Run:
                 "it was saved with other data or batch size; resume with the same arguments"
             )
         self.last_saved = path
-        metrics = self.out / "metrics.jsonl"
+        metrics = path.parent / "metrics.jsonl"  # the checkpoint's own run (also when --out is a new folder)
         if metrics.exists():
             try:
                 lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]

@@ -115,6 +115,29 @@ def test_resume_and_overwrite_together_are_refused(
     assert snapshot(out) == before
 
 
+def test_resume_checkpoint_continues_in_its_own_folder_never_in_another_run(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = copy_of(finished, tmp_path / "run")
+    other = copy_of(finished, tmp_path / "other")
+    (other / "metrics.jsonl").write_text("")  # another run's files
+    before = snapshot(other)
+    assert main(*BASE, "--epochs", 1, "--resume", run / "last.npz", "--out", other) == train.EXIT_BAD_INPUT
+    line = assert_one_line_error(capsys.readouterr().err)
+    assert "would mix two runs" in line and str(run) in line, line
+    assert snapshot(other) == before
+
+    # without --out: the checkpoint's own folder (extended to 2 epochs), not runs/<dataset>-<model>-s<seed>
+    assert main(*BASE, "--epochs", 2, "--resume", run / "last.npz") == 0
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2] and not (tmp_path / "runs").exists()
+    # into a new folder: a branch of the run, the original untouched
+    before = snapshot(run)
+    assert main(*BASE, "--epochs", 3, "--resume", run / "last.npz", "--out", tmp_path / "branch") == 0
+    assert snapshot(run) == before and (tmp_path / "branch" / "last.npz").exists()
+    assert [m["epoch"] for m in read_metrics(tmp_path / "branch")] == [1, 2, 3]  # the history it continues
+
+
 # ------------------------------------------------------------------------------------- default folders
 def test_default_folders_are_numbered_and_resume_takes_the_newest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
