@@ -189,3 +189,21 @@ def test_a_folder_holding_another_run_is_never_overwritten_but_can_be_extended(t
     # the same run with more epochs asked for is extended, not refused
     assert main(["se-vs-plain", *TINY[:-1], "2", "--seeds", "1", "--out", str(out)]) == 0
     assert [json.loads(line)["epoch"] for line in (other / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_run_states_decide_skip_resume_or_restart(tmp_path: Path) -> None:
+    from minise.experiments.runner import command, state
+
+    spec = plan(STUDIES["se-vs-plain"], [0], tmp_path, "se_resnet20", TINY)[0]
+    assert state(spec) == "new" and "--overwrite" not in command(spec, "new")
+    config = vars(train.build_parser().parse_args(list(spec.argv)))
+    spec.folder.mkdir(parents=True)
+    (spec.folder / "config.json").write_text(json.dumps(config))  # killed before its first checkpoint
+    assert state(spec) == "new" and command(spec, "new")[-1] == "--overwrite"  # nothing saved to lose
+    (spec.folder / "last.npz").write_bytes(b"")
+    assert state(spec) == "started" and command(spec, "started")[-1] == "--resume"
+    (spec.folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+    assert state(spec) == "finished"
+    (spec.folder / "config.json").write_text(json.dumps({**config, "model": "se_resnet32"}))
+    with pytest.raises(StudyError, match="other options: --model 'se_resnet32'"):
+        state(spec)

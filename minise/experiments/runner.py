@@ -146,17 +146,13 @@ def state(spec: RunSpec) -> str:
     return "started" if (spec.folder / "last.npz").exists() else "new"
 
 
-def _accepts(flag: str) -> bool:
-    return flag in build_parser()._option_string_actions
-
-
 def command(spec: RunSpec, how: str) -> list[str]:
     """The train command line for a "new" or "started" run."""
     argv = list(spec.argv)
     if how == "started":
         argv.append("--resume")
-    elif spec.folder.exists() and _accepts("--overwrite"):
-        argv.append("--overwrite")  # a folder the study made, holding no checkpoint: nothing to lose
+    elif spec.folder.exists():
+        argv.append("--overwrite")  # a folder holding no checkpoint (stopped before its first save): nothing to lose
     return [sys.executable, "-m", "minise.train", *argv]
 
 
