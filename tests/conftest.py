@@ -4,12 +4,14 @@ HTTP server on 127.0.0.1 for the download tests."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
+import cupy_standin
 import numpy as np
 import pytest
 
@@ -17,6 +19,11 @@ from minise import backend
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# MINISE_CUPY_STANDIN=1: the CuPy backend is the strict CPU stand-in of tests/cupy_standin (a TEST TOOL: it
+# checks CuPy's rules on the CPU, not a GPU), so the CuPy-marked tests run without a GPU.
+STANDIN = os.environ.get("MINISE_CUPY_STANDIN", "") == "1"
+if STANDIN:
+    cupy_standin.install()
 _cupy_ok, _cupy_reason = backend.cupy_available()
 
 
@@ -31,6 +38,22 @@ def xp(request: pytest.FixtureRequest) -> ModuleType:
             pytest.skip(f"CuPy backend unavailable: {_cupy_reason.split(' - ')[0]}")
         return backend.xp_of_backend("cupy")
     return np
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The CuPy stand-in as minise's CuPy for one test (the backend's state is restored afterwards)."""
+    monkeypatch.setattr(backend, "_current", backend._current)
+    monkeypatch.setattr(backend, "_device_rng", None)
+    monkeypatch.setattr(backend, "_cupy", None)
+    already = STANDIN
+    module = cupy_standin.install()
+    cupy_standin.reset_counts()
+    try:
+        yield module
+    finally:
+        if not already:
+            cupy_standin.uninstall()
 
 
 @pytest.fixture

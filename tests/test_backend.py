@@ -327,7 +327,12 @@ def test_an_op_on_mixed_backends_fails_before_running() -> None:
 @pytest.mark.cupy
 def test_tensor_round_trip_on_each_backend(xp: types.ModuleType, backend_name: str) -> None:
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    t = minise.tensor(to_xp(xp, a), requires_grad=True)
+    # tensor() puts its copy on the current backend (or backend_name), wherever the data came from, as its
+    # docstring says: a device array becomes a host tensor while the backend is numpy
+    assert minise.get_backend() == "numpy"
+    assert minise.tensor(to_xp(xp, a)).device == "numpy"
+    assert Tensor(to_xp(xp, a)).device == backend_name  # Tensor(array) wraps the array where it lives
+    t = minise.tensor(to_xp(xp, a), requires_grad=True, backend_name=backend_name)
     assert t.device == backend_name
     assert backend.get_array_module(t.data) is xp
     assert t.dtype == np.float32
