@@ -94,3 +94,14 @@ def test_bad_input_is_one_line(checkpoint: Path, tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("minise.excitations: ") for line in err)
     assert "dodecahedron" in err[0] and "does not exist" in err[1] and "--model" in err[2]
+
+
+def test_pretrained_timm_weights_instead_of_a_checkpoint(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors", reason="safetensors is not installed (pip install 'minise[weights]')")
+    minise.manual_seed(0)
+    path = models.save_timm(models.se_resnet18(min_channels=8), tmp_path / "se18.safetensors")
+    argv = ["--pretrained", str(path), "--model", "se_resnet18", "--dataset", "shapes", "--test-images", "20"]
+    assert ex.main([*argv, "--shuffles", "2", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "excitations.json").read_text())
+    assert result["model"] == "se_resnet18" and len(result["specificity"]) == 8
+    assert result["fig6_blocks"] == [f"layer{s}.1.se" for s in (1, 2, 3, 4)]
