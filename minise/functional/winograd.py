@@ -1,0 +1,275 @@
+"""Winograd minimal filtering for 3x3, stride-1 convolutions: F(2x2, 3x3) and F(4x4, 3x3).
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016). Lesson 05 derives it.
+
+**1-D: F(2, 3).** Two outputs of a 3-tap correlation, y0 = d0 g0 + d1 g1 + d2 g2 and
+y1 = d1 g0 + d2 g1 + d3 g2, take 6 multiplications directly. Toom-Cook: y is the product of the
+polynomials g(t) = g0 + g1 t + g2 t^2 and d read backwards, so evaluate both at the points 0, 1, -1 and
+infinity, multiply there (4 multiplications), and interpolate back. Written as matrices,
+
+    y = A^T [ (G g) * (B^T d) ]          (* elementwise; 4 multiplications, the rest are additions)
+
+    B^T = [1  0 -1  0]     G = [ 1    0    0 ]     A^T = [1  1  1  0]
+          [0  1  1  0]         [1/2  1/2  1/2]           [0  1 -1 -1]
+          [0 -1  1  0]         [1/2 -1/2  1/2]
+          [0  1  0 -1]         [ 0    0    1 ]
+
+e.g. m1 = (d0 - d2) g0, m2 = (d1 + d2)(g0 + g1 + g2)/2, m3 = (d2 - d1)(g0 - g1 + g2)/2,
+m4 = (d1 - d3) g2, and y0 = m1 + m2 + m3, y1 = m2 - m3 - m4.
+
+**2-D by nesting: F(2x2, 3x3).** Apply the 1-D algorithm along the rows and then along the columns of a
+4x4 input tile d and the 3x3 kernel g:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (a 2x2 output tile from a 4x4 input tile)
+
+16 multiplications per 2x2 outputs instead of 4 * 9 = 36 (2.25x fewer). F(4x4, 3x3) uses the points
+0, 1, -1, 2, -2, infinity: 6x6 input tiles, 36 multiplications per 16 outputs instead of 144 (4x fewer),
+with larger constants in its matrices and so a larger float32 rounding error (measured in the tests).
+
+**Over channels and a batch.** With U = G g G^T per (out, in) channel pair (K, C, a, a) and
+V = B^T d B per input tile (C, a, a), the channel sum of the convolution happens at each of the a*a
+transformed positions xi separately: M[xi] = U[xi] V[xi], one (K, C) x (C, tiles) GEMM per position.
+So the work is: transform every input tile (additions only), a*a batched GEMMs, transform back.
+
+**Gradients.** The forward is linear in both the input and the weight, so:
+    dx = a Winograd convolution of gy, padded by 2 - p, with the kernel flipped in space and in/out
+         channels swapped (as for im2col's stride-1 input gradient);
+    dW = G^T dU G,  dU[xi] = sum_tiles dM[xi] V[xi]^T,  dM = A dY A^T per output tile
+         (the adjoint of each step of the forward, in reverse: the weight gradient's own transform).
+
+Tiles are strided views of the padded input (no copies until the transform writes V); outputs that do
+not fill a last tile are computed into a padded buffer and cropped. No loop over images or pixels: the
+loops below run over the rows of the small transform matrices only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from minise import backend, cpu
+from minise.backend import get_array_module
+
+# F(2, 3): points 0, 1, -1, infinity
+BT_2 = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+G_2 = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+AT_2 = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+# F(4, 3): points 0, 1, -1, 2, -2, infinity (Lavin & Gray, Sec. 4.2)
+BT_4 = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=np.float64,
+)
+G_4 = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+AT_4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+
+TRANSFORMS = {2: (BT_2, G_2, AT_2), 4: (BT_4, G_4, AT_4)}
+
+
+def _lincomb(xp: Any, coeffs: Any, terms: list[Any], out: Any) -> None:
+    """out[...] = sum_j coeffs[j] * terms[j], skipping zero coefficients; +-1 are additions."""
+    pairs = [(float(c), t) for c, t in zip(coeffs, terms, strict=True) if c != 0]
+    if not pairs:
+        out[...] = 0
+        return
+    (c0, t0), rest = pairs[0], pairs[1:]
+    if rest and abs(c0) == 1 and abs(rest[0][0]) == 1:  # the common case: +-t0 +- t1 in one pass
+        (c1, t1), rest = rest[0], rest[1:]
+        if c0 == 1:
+            (xp.add if c1 == 1 else xp.subtract)(t0, t1, out=out)
+        elif c1 == 1:
+            xp.subtract(t1, t0, out=out)
+        else:
+            xp.add(t0, t1, out=out)
+            xp.negative(out, out=out)
+    elif c0 == 1:
+        out[...] = t0
+    else:
+        xp.multiply(t0, c0, out=out)
+    for c, t in rest:
+        if c == 1:
+            out += t
+        elif c == -1:
+            out -= t
+        else:
+            out += c * t
+
+
+def tile_grid(h: int, w: int, padding: tuple[int, int], m: int) -> tuple[int, int, int, int]:
+    """(OH, OW, TH, TW): output size of a 3x3 stride-1 convolution and how many m x m tiles cover it."""
+    oh, ow = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
+    return oh, ow, -(-oh // m), -(-ow // m)
+
+
+def pixel_major(x: Any, top: int, left: int, height: int, width: int) -> Any:
+    """x (n, C, H, W) -> zeros (height, width, n, C) holding x at rows top.., columns left.. (negative
+    offsets crop x). One transposing copy, so that every pixel's n*C values lie side by side."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    out = xp.zeros((height, width, n, c), dtype=x.dtype)
+    r0, c0 = max(top, 0), max(left, 0)  # where x lands in out
+    sr, sc = max(-top, 0), max(-left, 0)  # where it starts in x
+    rows, cols = min(h - sr, height - r0), min(w - sc, width - c0)
+    if rows > 0 and cols > 0:
+        out[r0 : r0 + rows, c0 : c0 + cols] = x[:, :, sr : sr + rows, sc : sc + cols].transpose(2, 3, 0, 1)
+    return out
+
+
+def weight_transform(w: Any, m: int) -> Any:
+    """U = G g G^T for every (out, in) channel pair, transposed for the GEMMs:
+    w (K, C, 3, 3) -> U^T (a, a, C, K), a = m + 2.
+
+    U[i, j] = sum_rs G[i, r] G[j, s] g[r, s] is one GEMM with the Kronecker product of G with itself:
+    U (a*a, K*C) = kron(G, G) (a*a, 9) @ g^T (9, K*C).
+    """
+    xp = get_array_module(w)
+    k, c = w.shape[:2]
+    a = m + 2
+    gg = xp.asarray(np.kron(TRANSFORMS[m][1], TRANSFORMS[m][1]), dtype=w.dtype)  # (a*a, 9)
+    u = gg @ w.reshape(k * c, 9).T  # (a*a, K*C)
+    return xp.ascontiguousarray(u.reshape(a, a, k, c).transpose(0, 1, 3, 2))  # (a, a, C, K)
+
+
+def input_transform(xpad: Any, m: int, th: int, tw: int) -> Any:
+    """V = B^T d B for every input tile d: xpad (TH*m+2, TW*m+2, n, C) -> V (a, a, TH, TW, n, C).
+
+    Tile (th, tw) is xpad[m th : m th + a, m tw : m tw + a], so entry (r, col) of every tile at once is
+    the strided view xpad[r::m, col::m] (TH, TW, n, C). The 1-D transform runs along the width for whole
+    padded rows, z[j] = sum_col BT[j, col] xpad[:, col::m], then along the height,
+    V[i, j] = sum_r BT[i, r] z[j][r::m]: no tile is ever copied out on its own, and every slice is
+    a run of n*C contiguous values per pixel.
+    """
+    xp = get_array_module(xpad)
+    bt = TRANSFORMS[m][0]
+    a = bt.shape[0]
+    hp, _, n, c = xpad.shape
+    cols = [xpad[:, col : col + m * (tw - 1) + 1 : m] for col in range(a)]  # a views (Hp, TW, n, C)
+    z = xp.empty((a, hp, tw, n, c), dtype=xpad.dtype)  # z[j] = sum_col BT[j, col] xpad[:, col::m]
+    for j in range(a):
+        _lincomb(xp, bt[j], cols, z[j])
+    v = xp.empty((a, a, th, tw, n, c), dtype=xpad.dtype)  # v[i, j] = sum_r BT[i, r] z[j][r::m]
+    for j in range(a):
+        rows = [z[j, r : r + m * (th - 1) + 1 : m] for r in range(a)]  # a views (TH, TW, n, C)
+        for i in range(a):
+            _lincomb(xp, bt[i], rows, v[i, j])
+    return v
+
+
+def output_transform(mm: Any, m: int) -> Any:
+    """Y = A^T M A for every tile: mm (a, a, TH, TW, n, K) -> y (TH, m, TW, m, n, K)."""
+    xp = get_array_module(mm)
+    at = TRANSFORMS[m][2]
+    a = at.shape[1]
+    th, tw, n, k = mm.shape[2:]
+    s = xp.empty((m, a, th, tw, n, k), dtype=mm.dtype)  # s[u, j] = sum_i AT[u, i] M[i, j]
+    for u in range(m):
+        _lincomb(xp, at[u], [mm[i] for i in range(a)], s[u])
+    y = xp.empty((th, m, tw, m, n, k), dtype=mm.dtype)  # y[:, u, :, v] = sum_j AT[v, j] s[u, j]
+    for u in range(m):
+        for v in range(m):
+            _lincomb(xp, at[v], [s[u, j] for j in range(a)], y[:, u, :, v])
+    return y
+
+
+def output_adjoint(gy6: Any, m: int) -> Any:
+    """dM = A dY A^T for every output tile (the adjoint of ``output_transform``):
+    gy6 (TH, m, TW, m, n, K) -> dM (a, a, TH, TW, n, K)."""
+    xp = get_array_module(gy6)
+    at = TRANSFORMS[m][2]
+    a = at.shape[1]
+    th, _, tw, _, n, k = gy6.shape
+    s = xp.empty((a, m, th, tw, n, k), dtype=gy6.dtype)  # s[i, v] = sum_u AT[u, i] dY[u, v]
+    for i in range(a):
+        for v in range(m):
+            _lincomb(xp, at[:, i], [gy6[:, u, :, v] for u in range(m)], s[i, v])
+    dm = xp.empty((a, a, th, tw, n, k), dtype=gy6.dtype)  # dm[i, j] = sum_v AT[v, j] s[i, v]
+    for i in range(a):
+        for j in range(a):
+            _lincomb(xp, at[:, j], [s[i, v] for v in range(m)], dm[i, j])
+    return dm
+
+
+def input_tiles(x: Any, padding: tuple[int, int], m: int) -> Any:
+    """The overlapping (m+2) x (m+2) input tiles, stride m, as a strided view (n, C, TH, TW, a, a) of the
+    padded input: tile (th, tw) = xpad[..., m th : m th + a, m tw : m tw + a]. (For reading and lessons;
+    ``input_transform`` takes the same values as strided slices of the padded input.)"""
+    n, c, h, w = x.shape
+    _, _, th, tw = tile_grid(h, w, padding, m)
+    xpad = pixel_major(x, padding[0], padding[1], th * m + 2, tw * m + 2).transpose(2, 3, 0, 1)  # (n, C, Hp, Wp)
+    sn, sc, sh, sw = xpad.strides
+    return backend.as_strided(xpad, (n, c, th, tw, m + 2, m + 2), (sn, sc, sh * m, sw * m, sh, sw))
+
+
+def conv3x3_chunk(x: Any, ut: Any, padding: tuple[int, int], m: int, out: Any) -> None:
+    """out[...] = conv2d(x, w, padding) for one chunk of images, with U^T = weight_transform(w, m) given.
+
+    x (n, C, H, W), ut (a, a, C, K), out (n, K, OH, OW).
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    a, k = m + 2, ut.shape[3]
+    oh, ow, th, tw = tile_grid(h, w, padding, m)
+    xpad = pixel_major(x, padding[0], padding[1], th * m + 2, tw * m + 2)  # (TH*m+2, TW*m+2, n, C)
+    v = input_transform(xpad, m, th, tw).reshape(a, a, th * tw * n, c)  # (a, a, P, C), P tiles
+    mm = xp.matmul(v, ut)  # (a, a, P, K): one GEMM per transformed position
+    y = output_transform(mm.reshape(a, a, th, tw, n, k), m).reshape(th * m, tw * m, n, k)  # (OH+, OW+, n, K)
+    out[...] = y[:oh, :ow].transpose(2, 3, 0, 1)  # crop partial tiles; back to (n, K, OH, OW)
+
+
+def conv3x3(x: Any, w: Any, padding: tuple[int, int], m: int = 2, out: Any = None) -> Any:
+    """y = conv2d(x, w, stride 1, padding) for a 3x3 kernel by Winograd F(m x m, 3x3), in chunks of images."""
+    xp = get_array_module(x)
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    oh, ow, th, tw = tile_grid(h, wd, padding, m)
+    y = xp.empty((n, k, oh, ow), dtype=x.dtype) if out is None else out
+    ut = weight_transform(w, m)
+    a = m + 2
+    size = cpu.chunk_size(xp, n, a * a * (c + k) * th * tw * x.itemsize)
+
+    def work(s: int, z: int) -> None:
+        conv3x3_chunk(x[s:z], ut, padding, m, y[s:z])
+
+    cpu.run_chunks(xp, n, size, work)
+    return y
+
+
+def weight_grad_chunk(x: Any, gy: Any, padding: tuple[int, int], m: int) -> Any:
+    """dU^T = sum over tiles of V[xi]^T dM[xi] for one chunk: x (n, C, H, W), gy (n, K, OH, OW) -> (a, a, C, K)."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    k = gy.shape[1]
+    a = m + 2
+    _, _, th, tw = tile_grid(h, w, padding, m)
+    xpad = pixel_major(x, padding[0], padding[1], th * m + 2, tw * m + 2)  # (TH*m+2, TW*m+2, n, C)
+    v = input_transform(xpad, m, th, tw).reshape(a, a, th * tw * n, c)  # (a, a, P, C)
+    gpad = pixel_major(gy, 0, 0, th * m, tw * m)  # (TH*m, TW*m, n, K), zeros past the output
+    dm = output_adjoint(gpad.reshape(th, m, tw, m, n, k), m).reshape(a, a, th * tw * n, k)  # (a, a, P, K)
+    return xp.matmul(v.transpose(0, 1, 3, 2), dm)  # (a, a, C, K)
+
+
+def weight_grad_from_transformed(dut: Any, m: int) -> Any:
+    """dW = G^T dU G (the adjoint of ``weight_transform``): dU^T (a, a, C, K) -> dW (K, C, 3, 3)."""
+    xp = get_array_module(dut)
+    a, _, c, k = dut.shape
+    gg = xp.asarray(np.kron(TRANSFORMS[m][1], TRANSFORMS[m][1]), dtype=dut.dtype)  # (a*a, 9)
+    du = dut.transpose(3, 2, 0, 1).reshape(k * c, a * a)  # (K*C, a*a)
+    return (du @ gg).reshape(k, c, 3, 3)  # (K, C, 3, 3)
