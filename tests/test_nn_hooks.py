@@ -165,6 +165,12 @@ def test_load_state_dict_strict_names_every_bad_key_and_wrong_shapes_always_rais
     for strict in (True, False):
         with pytest.raises(ValueError, match=r"0\.weight: checkpoint \(9, 9\) vs model \(4, 3\)"):
             dst.load_state_dict(state, strict=strict)
+    # both are RuntimeErrors too, as PyTorch's, and print without KeyError's quotes
+    with pytest.raises(RuntimeError) as info:
+        dst.load_state_dict({"ghost": np.zeros(1)})
+    assert str(info.value).startswith("load_state_dict: Sequential state does not match - missing keys: ['0.weight'")
+    with pytest.raises(RuntimeError):
+        dst.load_state_dict(state)
 
 
 @requires_torch

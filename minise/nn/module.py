@@ -34,6 +34,18 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
+class StateDictKeyError(KeyError, RuntimeError):
+    """Missing or unexpected keys in ``load_state_dict(strict=True)``: a KeyError, and a RuntimeError as
+    PyTorch raises, so ``except RuntimeError`` written for PyTorch catches it too."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError would print the message in quotes
+
+
+class StateDictShapeError(ValueError, RuntimeError):
+    """Keys whose arrays have the wrong shape in ``load_state_dict``: a ValueError and a RuntimeError."""
+
+
 _hook_ids = itertools.count()
 
 
@@ -233,8 +245,9 @@ class Module:
         """Copy arrays into this module's parameters and buffers, in place, on their current backend.
 
         Returns ``(missing_keys, unexpected_keys)`` as a named tuple, as PyTorch. With ``strict=True``
-        (the default) any such key raises a KeyError naming every one; a key of the wrong shape always
-        raises a ValueError naming every one. Either error comes before anything is changed.
+        (the default) any such key raises :class:`StateDictKeyError` naming every one; a key of the wrong
+        shape always raises :class:`StateDictShapeError` naming every one (both are RuntimeErrors, as
+        PyTorch's). Either error comes before anything is changed.
         """
         own = self.state_dict()
         missing = [k for k in own if k not in state]
@@ -245,13 +258,13 @@ class Module:
             if k in state and tuple(state[k].shape) != tuple(own[k].shape)
         ]
         if strict and (missing or unexpected):
-            raise KeyError(
+            raise StateDictKeyError(
                 f"load_state_dict: {type(self).__name__} state does not match - missing keys: "
                 f"{missing or 'none'}; unexpected keys: {unexpected or 'none'} - was it saved from another "
                 "model or with other options?"
             )
         if wrong:
-            raise ValueError(
+            raise StateDictShapeError(
                 f"load_state_dict: {type(self).__name__} has shape mismatches - {'; '.join(wrong)} - "
                 "build the model with the options it was saved with"
             )
