@@ -210,6 +210,16 @@ def test_train_runs_the_learners_code_inside_se_resnet20(number: int, tmp_path: 
     assert F.conv2d.__module__ == "minise.functional.conv"  # swapped back
 
 
+@pytest.mark.parametrize(("number", "mistake"), [(9, 0), (7, 0), (5, 1)])
+def test_train_notices_a_wrong_op_within_two_steps(number: int, mistake: int, tmp_path: Path) -> None:
+    """A missing gate path, batch norm without its mean terms, a transposed conv weight gradient: each moves
+    the loss at step 2 by 5e-5 or more (relative), where rounding alone stays below 1.1e-7 (measured)."""
+    ex = exercises.EXERCISES[number]
+    path = tmp_path / ex.filename
+    path.write_text(ex.wrong_solution(ex.mistakes[mistake]))
+    assert ex.train is not None and not ex.train(core.load_learner_module(path), 2, False)
+
+
 @pytest.mark.slow
 def test_check_train_with_the_solution_trains_like_the_builtin_op(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

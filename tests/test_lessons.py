@@ -457,3 +457,21 @@ def test_lessons_12_and_13_find_cifar10_in_the_stated_order(
     mini = holding_cifar(tmp_path / "cache" / "cifar10-mini")
     found, tried = find_cifar10()
     assert found == mini and tried.index(mini) < tried.index(downloaded) < tried.index(in_cwd)
+
+
+@pytest.mark.parametrize("number", range(2, 12))
+def test_each_lesson_from_02_to_11_says_how_to_get_and_check_its_exercise(number: int) -> None:
+    """The "Exercise you write and check" section: the two commands, and how to use the solution honestly."""
+    path = lessons.lesson_path(number)
+    text = path.read_text(encoding="utf-8")
+    section = text[text.index("## Exercise you write and check") :]
+    for command in (f"python -m minise.lessons exercise {number:02d}", f"python -m minise.lessons check {number:02d}"):
+        assert command in section, f"{path.name}: {command!r} missing from its exercise section"
+    assert "--solution" in section and "Try first" in section
+
+
+def test_the_exercise_commands_keep_list_and_run_working(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert lessons.main(["list"]) == 0
+    assert lessons.main(["exercise", "03", "--to", str(tmp_path)]) == 0
+    assert lessons.main(["check", "03", "--file", str(tmp_path / "ex03_gradcheck.py")]) == 1
+    assert "not written yet" in capsys.readouterr().out
