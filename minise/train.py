@@ -60,6 +60,7 @@ from minise.train_options import (  # noqa: F401  (re-exported: minise.train.bui
     build_parser,
     build_schedule,
     check_numbers,
+    image_loaders,
     load_image_splits,
     load_split,
     model_options,
@@ -109,8 +110,11 @@ class Run:
         self.train_loader: data.DataLoader | data.ImageFolderLoader
         self.test_loader: data.DataLoader | data.ImageFolderLoader
         if isinstance(self.train_set, data.ImageFolder) and isinstance(self.test_set, data.ImageFolder):
+            self.pool = data.DecodePool(args.workers)  # decoding processes shared by both loaders
             try:
-                self.train_loader, self.test_loader = self.image_loaders(self.train_set, self.test_set)
+                self.train_loader, self.test_loader = image_loaders(
+                    args, self.train_set, self.test_set, self.mean, self.std, self.pool
+                )
             except BaseException:
                 self.close()
                 raise
@@ -141,42 +145,7 @@ class Run:
         self.stop_requested = False
         self.last_saved: Path | None = None  # the last good checkpoint of this run: a resumed or saved last.npz
         self.extended_at: list[int] = []  # epochs at which a finished run was extended to more epochs
-
-    def image_loaders(
-        self, train: data.ImageFolder, test: data.ImageFolder
-    ) -> tuple[data.ImageFolderLoader, data.ImageFolderLoader]:
-        """Loaders of an image-folder data set sharing one pool of decoding processes; with --cache the
-        decoded-image caches are opened (built the first time) here, before training starts."""
-        a = self.args
-        self.pool = data.DecodePool(a.workers)
-        test_tf = data.ResizeCenterCrop(a.image_size)
-        train_tf: data.RandomResizedCrop | data.ResizeCenterCrop = (
-            test_tf if a.no_augment else data.RandomResizedCrop(a.image_size, scale=(a.crop_scale_min, 1.0))
-        )
-        caches: list[data.DecodedCache | None] = [None, None]
-        if a.cache:
-            train_side = a.cache_size or (test_tf.resize_to if a.no_augment else data.default_cache_size(a.image_size))
-            for k, (folder, side) in enumerate(((train, train_side), (test, test_tf.resize_to))):
-                start = time.perf_counter()
-                cache, built = data.open_cache(
-                    folder, side, pool=self.pool, strict=a.strict, progress=not a.no_progress
-                )
-                what = f"built in {time.perf_counter() - start:.0f} s" if built else "reused"
-                print(f"cache of {folder.split}/ at {side} px {what}: {cache.path}", file=sys.stderr)
-                caches[k] = cache
-        common: dict[str, Any] = {"mean": self.mean, "std": self.std, "pool": self.pool, "strict": a.strict}
-        train_loader = data.ImageFolderLoader(
-            train,
-            a.batch_size,
-            transform=train_tf,
-            shuffle=True,
-            drop_last=True,
-            seed=a.seed,
-            cache=caches[0],
-            **common,
-        )
-        test_loader = data.ImageFolderLoader(test, a.batch_size, transform=test_tf, cache=caches[1], **common)
-        return train_loader, test_loader
+        self.extending = False  # this invocation extends a finished run (--resume with more --epochs)
 
     def close(self) -> None:
         """Stop the image-decoding processes, if any."""
@@ -300,6 +269,7 @@ class Run:
             if extend:  # the schedule planned for the new number of epochs, from the step reached
                 replan_schedule(self.scheduler, self.epoch * self.steps_per_epoch)
                 self.extended_at.append(self.epoch)
+                self.extending = True
             else:
                 self.scheduler.load_state_dict(meta["scheduler"])
             self.sums = {k: float(meta["epoch_sums"][k]) for k in self.sums}
@@ -383,7 +353,7 @@ class Run:
         if not grads:
             return 0.0
         xp = backend.get_array_module(grads[0])
-        return float(xp.sqrt(sum(xp.vdot(g, g) for g in grads)))
+        return float(xp.sqrt(sum(xp.vdot(g, g).astype(xp.float64) for g in grads)))  # summed in float64
 
     def end_epoch(self) -> dict[str, Any]:
         """Evaluate, append to metrics.jsonl, write last.npz (and best.npz), redraw the curves."""
@@ -456,18 +426,13 @@ class Run:
                 return EXIT_INTERRUPTED
         return 0
 
-    def run(self) -> int:
-        try:
-            return self._run()
-        finally:
-            self.close()
-
-    def _run(self) -> int:
+    def start(self) -> None:
+        """Resume if asked, then claim the run folder: write config.json (exclusively, for a new run; see
+        :mod:`minise.run_folder`) and metrics.jsonl. After every check, so a refused run leaves no folder."""
         a = self.args
         if a.resume:
             path = self.out / "last.npz" if a.resume == "auto" else Path(a.resume)
             self.resume(path)
-        # After the checks (a refused run leaves no folder behind): claim the folder by writing config.json.
         config = vars(a) | {
             "model_options": self.options,
             "num_parameters": self.model.num_parameters(),
@@ -475,23 +440,37 @@ class Run:
         }
         if a.overwrite:
             run_folder.remove_run_files(self.out)
-        default_base = None if a.out else self.default_out
+        default_base = None if a.out or a.resume else self.default_out
         self.out = run_folder.claim(self.out, json.dumps(config, indent=2), default_base, replace=bool(a.resume))
-        if a.resume:
-            # metrics.jsonl is rewritten to the checkpoint's epochs, so a resumed file has no duplicates
-            (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
-            print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}", file=sys.stderr)
-            if self.extended_at and self.extended_at[-1] == self.epoch and self.step_in_epoch == 0:
-                step = self.epoch * self.steps_per_epoch
-                print(
-                    f"extending the finished {self.epoch}-epoch run to {a.epochs} epochs: the learning-rate schedule "
-                    f"is re-planned for {a.epochs} epochs from step {step} (lr {self.scheduler.get_last_lr()[0]:.4g}), "
-                    f"so the result is an extension, not identical to a fresh {a.epochs}-epoch run",
-                    file=sys.stderr,
-                )
-        else:
+        if not a.resume:
             (self.out / "metrics.jsonl").write_text("")
+            return
+        # metrics.jsonl is rewritten to the checkpoint's epochs, so a resumed file has no duplicates
+        (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}", file=sys.stderr)
+        if self.extending:
+            print(
+                f"extending the finished {self.epoch}-epoch run to {a.epochs} epochs: the learning-rate schedule is "
+                f"re-planned for {a.epochs} epochs from step {self.epoch * self.steps_per_epoch} (lr "
+                f"{self.scheduler.get_last_lr()[0]:.4g}), so the result is an extension, not identical to a fresh "
+                f"{a.epochs}-epoch run",
+                file=sys.stderr,
+            )
+        elif self.epoch >= a.epochs:
+            print(
+                f"the run has already trained its {self.epoch} epochs - give --epochs greater than {self.epoch} "
+                "to extend it",
+                file=sys.stderr,
+            )
 
+    def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> int:
+        self.start()
         previous = signal.getsignal(signal.SIGINT)
 
         def on_sigint(signum: int, frame: Any) -> None:

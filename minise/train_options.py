@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+import time
 from typing import Any
 
 from minise import backend, data, optim
@@ -245,6 +247,47 @@ def load_image_splits(args: argparse.Namespace) -> tuple[data.ImageFolder, data.
     if args.test_images is not None:
         test = test.subset(args.test_images)
     return train, test
+
+
+def image_loaders(
+    args: argparse.Namespace,
+    train: data.ImageFolder,
+    test: data.ImageFolder,
+    mean: list[float],
+    std: list[float],
+    pool: data.DecodePool,
+) -> tuple[data.ImageFolderLoader, data.ImageFolderLoader]:
+    """The training and held-out loaders of an image-folder data set, sharing ``pool``'s decoding
+    processes; with --cache the decoded-image caches are opened (built the first time) here, before
+    training starts."""
+    test_tf = data.ResizeCenterCrop(args.image_size)
+    train_tf: data.RandomResizedCrop | data.ResizeCenterCrop = (
+        test_tf if args.no_augment else data.RandomResizedCrop(args.image_size, scale=(args.crop_scale_min, 1.0))
+    )
+    caches: list[data.DecodedCache | None] = [None, None]
+    if args.cache:
+        train_side = args.cache_size or (
+            test_tf.resize_to if args.no_augment else data.default_cache_size(args.image_size)
+        )
+        for k, (folder, side) in enumerate(((train, train_side), (test, test_tf.resize_to))):
+            start = time.perf_counter()
+            cache, built = data.open_cache(folder, side, pool=pool, strict=args.strict, progress=not args.no_progress)
+            what = f"built in {time.perf_counter() - start:.0f} s" if built else "reused"
+            print(f"cache of {folder.split}/ at {side} px {what}: {cache.path}", file=sys.stderr)
+            caches[k] = cache
+    common: dict[str, Any] = {"mean": mean, "std": std, "pool": pool, "strict": args.strict}
+    train_loader = data.ImageFolderLoader(
+        train,
+        args.batch_size,
+        transform=train_tf,
+        shuffle=True,
+        drop_last=True,
+        seed=args.seed,
+        cache=caches[0],
+        **common,
+    )
+    test_loader = data.ImageFolderLoader(test, args.batch_size, transform=test_tf, cache=caches[1], **common)
+    return train_loader, test_loader
 
 
 def normalization(name: str, train: data.Dataset | data.ImageFolder) -> tuple[list[float], list[float]]:
