@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         const="auto",
         default=None,
         metavar="CHECKPOINT",
-        help="continue a run exactly where it stopped, or extend a finished one to more --epochs (default "
-        "checkpoint: <out>/last.npz; without --out the newest runs/<dataset>-<model>-s<seed>[-N])",
+        help="continue a run exactly where it stopped, or extend a finished one to more --epochs; a CHECKPOINT "
+        "continues in its own folder unless --out names a new one (default checkpoint: <out>/last.npz; without "
+        "--out, that of the newest runs/<dataset>-<model>-s<seed>[-N])",
     )
     r.add_argument(
         "--overwrite",
@@ -191,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
         "deleted first",
     )
     r.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (one line per epoch still goes to stderr)"
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (on a terminal it redraws in place; in a log, a line per tenth of an epoch); the "
+        "line per epoch stays",
     )
     r.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated Ctrl-C
     return p
