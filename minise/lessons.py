@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     exercise = sub.add_parser("exercise", help="write a lesson's exercise file for you to fill in")
     exercise.add_argument("lesson", help="lesson number, e.g. 09")
     exercise.add_argument("--to", default="exercises", help="folder to write it into (default ./exercises/)")
-    exercise.add_argument("--force", action="store_true", help="overwrite an existing file (your work in it is lost)")
+    exercise.add_argument("--force", action="store_true", help="replace an existing file (the old one is kept as .bak)")
     exercise.add_argument("--solution", action="store_true", help="write the reference solution to DIR/solutions/")
     check = sub.add_parser("check", help="grade your exercise file: exit 0 when right, 1 when wrong")
     check.add_argument("lesson", help="lesson number, e.g. 09")

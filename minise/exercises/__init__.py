@@ -68,14 +68,22 @@ def write_exercise(
 ) -> Path:
     """Write the stub (or, with ``solution``, the reference into ``folder/solutions/``); return its path.
 
-    Refuses to overwrite an existing file unless ``force``: a learner's work is never lost by accident.
+    Refuses to overwrite an existing file unless ``force``, and even then keeps the old one as
+    ``<name>.bak`` (``.bak2``, ``.bak3``... if that exists): a learner's work is never lost.
     """
     ex = get_exercise(ref)
     target = Path(folder) / ("solutions" if solution else "") / ex.filename
     if target.exists() and not force:
         raise ExerciseUsageError(
-            f"exercise: {target} exists and may hold your work - not overwritten; pass --force to replace it"
+            f"exercise: {target} exists and may hold your work - not overwritten; pass --force to replace it "
+            "(the old file is then kept as .bak)"
         )
+    if target.exists():
+        backup, k = target.with_name(target.name + ".bak"), 1
+        while backup.exists():
+            k += 1
+            backup = target.with_name(f"{target.name}.bak{k}")
+        target.rename(backup)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(ex.clean_solution if solution else ex.stub, encoding="utf-8")
     return target

@@ -32,7 +32,7 @@ from minise.exercises.core import (
 
 SOLUTION = '''"""Exercise 02: ops of the autograd engine (lesson 02).
 
-Get a fresh copy:  python -m minise.lessons exercise 02 --force
+Start over:        python -m minise.lessons exercise 02 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 02
 
 An op is a Function: forward(*arrays) -> array, and backward(gy) -> the gradient of the loss for

@@ -30,7 +30,7 @@ from minise.exercises.core import (
 
 SOLUTION = '''"""Exercise 03: checking gradients with central differences (lesson 03).
 
-Get a fresh copy:  python -m minise.lessons exercise 03 --force
+Start over:        python -m minise.lessons exercise 03 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 03
 """
 

@@ -30,7 +30,7 @@ from minise.exercises.core import (
 
 SOLUTION = '''"""Exercise 04: the linear layer's backward and softmax cross-entropy (lesson 04).
 
-Get a fresh copy:  python -m minise.lessons exercise 04 --force
+Start over:        python -m minise.lessons exercise 04 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 04
 """
 

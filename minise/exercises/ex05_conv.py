@@ -33,7 +33,7 @@ from minise.functional import im2col as minise_im2col
 
 SOLUTION = '''"""Exercise 05: convolution as im2col + one matrix product, and its backward (lesson 05).
 
-Get a fresh copy:  python -m minise.lessons exercise 05 --force
+Start over:        python -m minise.lessons exercise 05 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 05
 Train with it:     python -m minise.lessons check 05 --train   (every convolution of an SE-ResNet-20 is yours)
 

@@ -28,9 +28,9 @@ from minise.exercises.core import (
     shape_text,
 )
 
-SOLUTION = '''"""Exercise 06: max pooling's backward (lesson 06, section 2).
+SOLUTION = '''"""Exercise 06: max pooling's backward (lesson 06, section 1).
 
-Get a fresh copy:  python -m minise.lessons exercise 06 --force
+Start over:        python -m minise.lessons exercise 06 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 06
 """
 

@@ -28,9 +28,9 @@ from minise.exercises.core import (
     shape_text,
 )
 
-SOLUTION = '''"""Exercise 07: batch normalisation's backward in training mode (lesson 07, section 3).
+SOLUTION = '''"""Exercise 07: batch normalisation's backward in training mode (lesson 07, section 2).
 
-Get a fresh copy:  python -m minise.lessons exercise 07 --force
+Start over:        python -m minise.lessons exercise 07 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 07
 Train with it:     python -m minise.lessons check 07 --train   (every batch norm of an SE-ResNet-20 uses your backward)
 

@@ -26,9 +26,9 @@ from minise.exercises.core import (
 )
 from minise.exercises.ex09_se_backward import EDGE, _shapes
 
-SOLUTION = '''"""Exercise 08: the SE block's forward (lesson 08, sections 1-3).
+SOLUTION = '''"""Exercise 08: the SE block's forward (lesson 08, sections 1-2).
 
-Get a fresh copy:  python -m minise.lessons exercise 08 --force
+Start over:        python -m minise.lessons exercise 08 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 08
 Train with it:     python -m minise.lessons check 08 --train   (the SE blocks of an SE-ResNet-20 use your forward)
 """

@@ -30,7 +30,7 @@ from minise.exercises.core import (
 
 SOLUTION = '''"""Exercise 09: the SE block's backward, by hand (lesson 09, sections 2-9).
 
-Get a fresh copy:  python -m minise.lessons exercise 09 --force
+Start over:        python -m minise.lessons exercise 09 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 09
 Train with it:     python -m minise.lessons check 09 --train   (an SE-ResNet-20 whose SE blocks use your backward)
 

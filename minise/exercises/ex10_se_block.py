@@ -18,9 +18,9 @@ from minise.exercises.core import Exercise, Mistake, PartFailed, Report, close, 
 from minise.models.blocks import BasicBlock, SEConfig
 from minise.nn import Module
 
-SOLUTION = '''"""Exercise 10: the SE residual block, as an nn.Module (lesson 10, sections 2-4).
+SOLUTION = '''"""Exercise 10: the SE residual block, as an nn.Module (lesson 10, sections 1-4).
 
-Get a fresh copy:  python -m minise.lessons exercise 10 --force
+Start over:        python -m minise.lessons exercise 10 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 10
 """
 

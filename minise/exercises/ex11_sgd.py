@@ -22,7 +22,7 @@ from minise.nn import Parameter
 
 SOLUTION = '''"""Exercise 11: SGD with momentum, Nesterov and weight decay (lesson 11, sections 2-4).
 
-Get a fresh copy:  python -m minise.lessons exercise 11 --force
+Start over:        python -m minise.lessons exercise 11 --force   (this file is kept as .bak)
 Check it:          python -m minise.lessons check 11
 """
 
