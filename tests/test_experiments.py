@@ -122,9 +122,12 @@ def test_bad_commands_are_refused_in_one_line(tmp_path: Path, capsys: pytest.Cap
     assert main(["nosuchstudy", "--out", str(tmp_path / "a")]) == 2
     assert main(["integration", "--out", str(tmp_path / "a"), "--seed", "3"]) == 2
     assert main(["integration", "--out", str(tmp_path / "a"), "--model", "resnet20"]) == 2
+    assert main(["integration", "--out", str(tmp_path / "a"), "--epochz", "3"]) == 2  # a typo of --epochs
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("minise.experiments: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("minise.experiments: ") for line in err)
     assert "unknown study 'nosuchstudy'" in err[0] and "--seed" in err[1] and "has none" in err[2]
+    assert "not valid: unrecognized arguments: --epochz 3" in err[3]
+    assert not (tmp_path / "a").exists()  # nothing was started
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,6 +154,9 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path: Path) -> None:
     assert (done / "best.npz").exists() and not (out / "runs" / "resnet-s1").exists()
     finished_bytes = (done / "last.npz").read_bytes()
     assert "1 of 4 runs finished" in first.stdout
+    assert main(["se-vs-plain", *TINY, "--seeds", "2", "--out", str(out), "--report-only"]) == 0
+    partial = (out / "report.md").read_text()
+    assert "Not finished (left out above): SE-ResNet seed 0, ResNet seed 1, SE-ResNet seed 1." in partial
     # 2. a second run of the study was itself interrupted mid-epoch (Ctrl-C saves last.npz)
     half = out / "runs" / "se-resnet-s0"
     argv = [*TINY, "--model", "se_resnet20", "--seed", "0", "--out", str(half), "--no-progress"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from minise.cli import HelpFormatter, OneLineParser
 from minise.experiments.report import write_report
-from minise.experiments.runner import EXIT_INTERRUPTED, execute, plan
+from minise.experiments.runner import EXIT_INTERRUPTED, execute, intended_config, plan
 from minise.experiments.studies import STUDIES, StudyError, get_study
 
 EXIT_BAD_INPUT, EXIT_RUN_FAILED = 2, 1
@@ -58,6 +58,8 @@ def run(args: argparse.Namespace, train_args: list[str]) -> int:
     study = get_study(args.study)
     out = Path(args.out)
     specs = plan(study, range(args.seeds), out, args.model, train_args)
+    for spec in specs:
+        intended_config(spec)  # every run's options parse, before any run starts
     status: dict = {}
     start = time.perf_counter()
     if not args.report_only:

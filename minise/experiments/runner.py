@@ -20,6 +20,8 @@ and the study stops; the same command continues it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -98,10 +100,13 @@ def plan(study: Study, seeds: Sequence[int], out: Path, model: str, train_args: 
 
 def intended_config(spec: RunSpec) -> dict[str, Any]:
     """The training options this run is made with, as ``config.json`` records them."""
+    said = io.StringIO()
     try:
-        args = build_parser().parse_args(list(spec.argv))
+        with contextlib.redirect_stderr(said):
+            args = build_parser().parse_args(list(spec.argv))
     except SystemExit:
-        raise StudyError(f"{spec.label}: the training options {' '.join(spec.argv)} are not valid") from None
+        why = said.getvalue().strip().removeprefix("python -m minise.train: ")
+        raise StudyError(f"the training options are not valid: {why}") from None
     return {k: v for k, v in vars(args).items() if k not in NOT_COMPARED}
 
 
