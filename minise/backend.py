@@ -8,6 +8,7 @@ Chainer and DeZero). What truly differs lives here, and this is the only module 
 * why CuPy is unavailable, with the fix (:class:`BackendUnavailableError`);
 * moving arrays between host and device (:func:`to_host`, :func:`to_device`);
 * strided views (:func:`as_strided`), scatter-add (:func:`scatter_add`);
+* one elementwise pass as one fused kernel on CuPy (:func:`elementwise`);
 * random numbers (:func:`manual_seed`, :func:`default_rng`).
 
 Backend names: ``"numpy"`` (alias ``"cpu"``) and ``"cupy"`` (aliases ``"cuda"``, ``"gpu"``), read by
@@ -21,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from minise import cpu
 
 BACKENDS = ("numpy", "cupy")
 ALIASES = {"cpu": "numpy", "cuda": "cupy", "gpu": "cupy"}  # PyTorch's device names, and "gpu"
@@ -213,6 +216,42 @@ def scatter_add(target: Any, index: Any, values: Any) -> None:
     deprecates ``cupyx.scatter_add`` in favour of ``cupy.add.at``)."""
     xp = get_array_module(target)
     xp.add.at(target, index, values)
+
+
+# --------------------------------------------------------------------------------------------------
+# one elementwise pass: one fused kernel on CuPy, chunks on all cores on NumPy
+# --------------------------------------------------------------------------------------------------
+_fused: dict[tuple[Callable[..., Any], int], Any] = {}
+
+
+def elementwise(body: Callable[..., Any], *arrays: Any, like: Any) -> Any:
+    """A new array ``body(*arrays)`` with the shape and dtype of ``like``, for an elementwise ``body``.
+
+    ``body(*arrays, out=None)`` is written with ufuncs and operators only, e.g.
+    ``def _relu(x, out=None): return get_array_module(x).maximum(x, 0, out=out)``.
+    On CuPy the body becomes one kernel (``cupy.fuse``, compiled on first use and cached): a chain such as
+    batch norm's ``x * a + b`` is one launch and one pass over memory instead of one per operator, with no
+    temporaries. On NumPy it runs in chunks of a few images on all cores (``cpu.elementwise``), each chunk
+    written into the result while it is in cache.
+    """
+    if get_array_module(*arrays) is np:
+        return cpu.elementwise(np, np.empty(like.shape, dtype=like.dtype), body, *arrays)
+    return fused(body, *arrays)
+
+
+def fused(body: Callable[..., Any], *args: Any) -> Any:
+    """``body(*args)`` as one fused kernel on CuPy, a plain call on NumPy: for the arithmetic on small
+    per-channel vectors (batch norm's coefficients), where CuPy would otherwise launch one kernel per
+    operator and NumPy gains nothing from chunks. ``body`` uses ufuncs and operators only; ``args`` are
+    arrays of one backend and Python scalars."""
+    xp = get_array_module(*args)
+    if xp is np:
+        return body(*args)
+    key = (body, id(xp))
+    kernel = _fused.get(key)
+    if kernel is None:
+        kernel = _fused[key] = xp.fuse(kernel_name=body.__name__)(body)
+    return kernel(*args)
 
 
 # --------------------------------------------------------------------------------------------------

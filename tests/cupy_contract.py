@@ -82,8 +82,9 @@ def package_uses(package: Path) -> list[Use]:
 
 
 def _doc_signature(obj: Any) -> inspect.Signature | None:
-    """The signature in the first line of a CuPy ufunc's docstring, e.g. ``add(x1, x2, /, out=None, \\*, ...)``,
-    extended by the keywords ``ufunc.__call__`` documents (``out``, ``casting``, ``dtype``)."""
+    """The keywords of the signature in the first line of a docstring (a CuPy ufunc's
+    ``add(x1, x2, /, out=None, \\*, casting='same_kind', dtype=None)``), and for ``**kwargs`` those its
+    "Args:" section documents."""
     doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
     m = re.match(r"^\w+\((.*)\)$", doc[0]) if doc else None
     if m is None:
@@ -95,6 +96,8 @@ def _doc_signature(obj: Any) -> inspect.Signature | None:
     assert isinstance(fn, ast.FunctionDef)
     a = fn.args
     names = [x.arg for x in a.posonlyargs + a.args] + [x.arg for x in a.kwonlyargs]
+    if a.kwarg is not None:  # ``fuse(*args, **kwargs)``: the keywords its "Args:" section documents
+        names += re.findall(r"^\s{4}(\w+) \(", "\n".join(doc), flags=re.MULTILINE)
     params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in dict.fromkeys(names)]
     return inspect.Signature(params)
 

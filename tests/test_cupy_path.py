@@ -164,3 +164,81 @@ def test_lesson_14_runs_its_gpu_branch(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GPU branch ran" in out.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# the fused elementwise passes, and kernel launches per training step
+# --------------------------------------------------------------------------------------------------
+def _op_results(name: str) -> list[np.ndarray]:
+    """Forward and every gradient of the fused ops on backend ``name``, in float64, as host arrays."""
+    rng = np.random.default_rng(3)
+    host = {
+        "x": rng.standard_normal((3, 4, 5, 5)),
+        "r": rng.standard_normal((3, 4, 5, 5)),
+        "g": rng.standard_normal(4) + 1.5,
+        "b": rng.standard_normal(4),
+        "w1": rng.standard_normal((2, 4)),
+        "w2": rng.standard_normal((4, 2)),
+        "gy": rng.standard_normal((3, 4, 5, 5)),
+    }
+    t = {k: minise.tensor(v, requires_grad=k != "gy", backend_name=name) for k, v in host.items()}
+    running = [backend.to_device(np.zeros(4), name), backend.to_device(np.ones(4), name)]
+    y = F.batch_norm(t["x"], *running, t["g"], t["b"], training=True)
+    y = F.relu(y + t["r"])  # the residual add and the ReLU
+    y = F.squeeze_excite(y, t["w1"], None, t["w2"], None)
+    y = F.batch_norm(y, *running, t["g"], None, training=False)  # evaluation mode: dx = A gy
+    (y * t["gy"]).sum().backward()
+    out = [y.numpy(), *(backend.to_host(r) for r in running)]
+    return out + [backend.to_host(t[k].grad) for k in ("x", "r", "g", "b", "w1", "w2")]
+
+
+def test_the_fused_passes_compute_what_the_numpy_path_computes(standin: ModuleType) -> None:
+    """On CuPy, batch norm's affine maps and coefficients, the residual add, ReLU and the SE scale run as
+    cupy.fuse kernels (their bodies run as plain calls under the stand-in): the same numbers as NumPy's
+    chunked passes, in float64."""
+    host = _op_results("numpy")
+    cupy_standin.reset_counts()
+    device = _op_results("cupy")
+    fused = {k for k in cupy_standin.counts().by_name if k.startswith("cupy.fuse:")}
+    assert {f"cupy.fuse:{k}" for k in ("_affine", "_affine2", "_scale", "_add", "_relu", "_relu_grad")} <= fused
+    assert {f"cupy.fuse:{k}" for k in ("_inv_std", "_moving_average", "_coef_b", "_coef_c", "_scale_add")} <= fused
+    for i, (a, b) in enumerate(zip(device, host, strict=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"result {i}")
+
+
+def _kernels_per_step(fuse: bool) -> int:
+    with pytest.MonkeyPatch.context() as mp:
+        if not fuse:  # every operator of a fused body as its own kernel, as before the fusion
+            mp.setattr(backend, "fused", lambda body, *args: body(*args))
+        return _count_one_step()
+
+
+def _count_one_step() -> int:
+    minise.set_backend("cupy")
+    minise.manual_seed(0)
+    model = models.create("se_resnet20", num_classes=10)
+    opt = optim.SGD(optim.param_groups_no_decay(model, 5e-4), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x = minise.Tensor(backend.to_device(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)))
+    y = backend.to_device(np.arange(4))
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # the first step creates the optimizer's buffers
+    cupy_standin.reset_counts()
+    step()
+    return cupy_standin.counts().kernels
+
+
+def test_fusion_cuts_the_kernel_launches_of_a_training_step(standin: ModuleType, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Device calls of one se_resnet20 training step (forward, loss, backward, SGD), counted by the stand-in,
+    with the fused passes and with every operator of their bodies launched on its own."""
+    unfused = _kernels_per_step(False)
+    fused = _kernels_per_step(True)
+    with capsys.disabled():
+        print(f"\nse_resnet20 training step: {unfused} device calls unfused, {fused} fused")
+    # measured: 2,612 -> 2,383 with the model's blocks using functional/fused.py's BN+ReLU and add+ReLU ops,
+    # 2,812 -> 2,154 without them (every batch norm, ReLU and residual add through the fused passes)
+    assert fused < unfused - 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minise import cpu
+from minise import backend
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float
@@ -17,22 +17,21 @@ class ReLUOp(Function):
     name = "relu"
 
     def forward(self, x: Any) -> Any:
-        xp = get_array_module(x)
-        y = cpu.elementwise(xp, xp.empty(x.shape, dtype=x.dtype), _relu, x)
+        y = backend.elementwise(_relu, x, like=x)
         self.save(y)
         return y
 
     def backward(self, gy: Any) -> Any:
         (y,) = self.saved  # type: ignore[misc]
-        xp = get_array_module(gy)
-        return cpu.elementwise(xp, xp.empty(gy.shape, dtype=gy.dtype), _relu_grad, gy, y)
+        return backend.elementwise(_relu_grad, gy, y, like=gy)
 
 
-def _relu(x: Any, out: Any) -> Any:
+# The elementwise bodies (backend.elementwise): ufuncs and operators only, so that CuPy fuses each into one kernel.
+def _relu(x: Any, out: Any = None) -> Any:
     return get_array_module(x).maximum(x, 0, out=out)
 
 
-def _relu_grad(gy: Any, y: Any, out: Any) -> Any:
+def _relu_grad(gy: Any, y: Any, out: Any = None) -> Any:
     """gy * [y > 0]: y > 0 exactly where x > 0."""
     return get_array_module(gy).multiply(gy, y > 0, out=out)
 

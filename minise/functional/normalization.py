@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minise import cpu
+from minise import backend, cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
@@ -40,6 +40,7 @@ class BatchNormOp(Function):
     sums (the moments combined across chunks exactly, see ``_batch_moments``), one for the affine
     map, each chunk small enough to stay in cache, instead of a chain of
     whole-batch temporaries (x - mu, its square, xhat, gamma xhat ...) each streamed through memory.
+    On CuPy the batch is one chunk and each affine map is one fused kernel (``backend.elementwise``).
     xhat is not stored; backward recomputes it from x, mu and 1/sqrt(var + eps).
     """
 
@@ -59,28 +60,19 @@ class BatchNormOp(Function):
         if self.training:
             mu, var = _batch_moments(xp, x3, size)  # (C,), (C,) biased
             if self.running_mean is not None:
-                self.running_mean *= 1 - self.momentum
-                self.running_mean += self.momentum * mu
+                self.running_mean[...] = backend.fused(_moving_average, self.running_mean, mu, self.momentum, 1.0)
             if self.running_var is not None:
-                self.running_var *= 1 - self.momentum
-                self.running_var += self.momentum * var * (m / max(m - 1, 1))
+                unbiased = m / max(m - 1, 1)
+                self.running_var[...] = backend.fused(_moving_average, self.running_var, var, self.momentum, unbiased)
         else:
             mu, var = self.running_mean, self.running_var
         mu = mu.astype(x.dtype, copy=False)
-        inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)  # (C,)
+        inv_std = backend.fused(_inv_std, var, self.eps).astype(x.dtype)  # (C,)
         a = inv_std if gamma is None else gamma * inv_std  # y = a x + b
-        b = -mu * a if beta is None else beta - mu * a
-        y = xp.empty(x.shape, dtype=x.dtype)  # C-contiguous, so y3 below is a view
-        y3 = y.reshape(n, c, -1)
-        a3, b3 = a.reshape(1, c, 1), b.reshape(1, c, 1)
-
-        def affine(s: int, z: int) -> None:
-            xp.multiply(x3[s:z], a3, out=y3[s:z])
-            y3[s:z] += b3
-
-        cpu.run_chunks(xp, n, size, affine)
+        b = backend.fused(_shift, mu, a) if beta is None else backend.fused(_shift_beta, beta, mu, a)
+        y3 = backend.elementwise(_affine, x3, a.reshape(1, c, 1), b.reshape(1, c, 1), like=x3)  # (N, C, L)
         self.save(x, mu, inv_std, gamma)
-        return y
+        return y3.reshape(x.shape)
 
     def backward(self, gy: Any) -> tuple[Any, Any, Any]:
         x, mu, inv_std, gamma = self.saved  # type: ignore[misc]
@@ -97,29 +89,72 @@ class BatchNormOp(Function):
         s = _sum_chunks(xp, n, size, sums)
         # the sums were accumulated in float64; the gradients take the input's dtype, as every gradient does
         dbeta = s[0].astype(x.dtype)  # sum gy
-        dgamma = ((s[1] - mu * s[0]) * inv_std).astype(x.dtype)  # sum gy * xhat = (sum gy x - mu sum gy) / sigma
+        dgamma = backend.fused(_dgamma, s[1], s[0], mu, inv_std).astype(x.dtype)  # sum gy * xhat
         dx = None
         if need_x:
             scale = inv_std if gamma is None else gamma * inv_std  # (C,)
             if self.training:
                 # dx = scale (gy - dbeta/m - xhat dgamma/m) = A gy + B x + C, per channel
                 coef_a = scale
-                coef_b = -scale * inv_std * dgamma / m
-                coef_c = -scale * dbeta / m - coef_b * mu
+                coef_b = backend.fused(_coef_b, scale, inv_std, dgamma, 1.0 / m)
+                coef_c = backend.fused(_coef_c, scale, dbeta, coef_b, mu, 1.0 / m)
+                per_channel = [v.reshape(1, c, 1) for v in (coef_a, coef_b, coef_c)]
+                dx = backend.elementwise(_affine2, g3, *per_channel, x3, like=x3).reshape(x.shape)
             else:
-                coef_a, coef_b, coef_c = scale, None, None
-            dx = xp.empty(x.shape, dtype=x.dtype)
-            d3 = dx.reshape(n, c, -1)
-            a3 = coef_a.reshape(1, c, 1)
-
-            def grad(s_: int, z: int) -> None:
-                xp.multiply(g3[s_:z], a3, out=d3[s_:z])
-                if coef_b is not None:
-                    d3[s_:z] += x3[s_:z] * coef_b.reshape(1, c, 1)
-                    d3[s_:z] += coef_c.reshape(1, c, 1)
-
-            cpu.run_chunks(xp, n, size, grad)
+                dx = backend.elementwise(_scale, g3, scale.reshape(1, c, 1), like=x3).reshape(x.shape)
         return dx, dgamma if need_g else None, dbeta if need_b else None
+
+
+# The per-channel coefficients (backend.fused) and the elementwise passes (backend.elementwise): ufuncs and
+# operators only, so that CuPy fuses each into one kernel.
+def _moving_average(r: Any, v: Any, momentum: float, factor: float) -> Any:
+    """(1 - momentum) r + momentum v factor"""
+    return r * (1 - momentum) + v * (momentum * factor)
+
+
+def _inv_std(var: Any, eps: float) -> Any:
+    """1 / sqrt(var + eps)"""
+    return 1.0 / get_array_module(var).sqrt(var + eps)
+
+
+def _shift(mu: Any, a: Any) -> Any:
+    """b = -mu a"""
+    return -(mu * a)
+
+
+def _shift_beta(beta: Any, mu: Any, a: Any) -> Any:
+    """b = beta - mu a"""
+    return beta - mu * a
+
+
+def _dgamma(sum_gx: Any, sum_g: Any, mu: Any, inv_std: Any) -> Any:
+    """sum gy xhat = (sum gy x - mu sum gy) / sigma"""
+    return (sum_gx - mu * sum_g) * inv_std
+
+
+def _coef_b(scale: Any, inv_std: Any, dgamma: Any, inv_m: float) -> Any:
+    """B = -scale dgamma / (sigma m)"""
+    return -(scale * inv_std * dgamma) * inv_m
+
+
+def _coef_c(scale: Any, dbeta: Any, coef_b: Any, mu: Any, inv_m: float) -> Any:
+    """C = -scale dbeta / m - B mu"""
+    return -(scale * dbeta) * inv_m - coef_b * mu
+
+
+def _affine(x: Any, a: Any, b: Any, out: Any = None) -> Any:
+    """y = a x + b"""
+    return get_array_module(x).add(x * a, b, out=out)
+
+
+def _affine2(g: Any, a: Any, b: Any, c: Any, x: Any, out: Any = None) -> Any:
+    """dx = A gy + B x + C"""
+    return get_array_module(g).add(g * a + x * b, c, out=out)
+
+
+def _scale(g: Any, a: Any, out: Any = None) -> Any:
+    """dx = A gy"""
+    return get_array_module(g).multiply(g, a, out=out)
 
 
 def _batch_moments(xp: Any, x3: Any, size: int) -> tuple[Any, Any]:
@@ -140,6 +175,8 @@ def _batch_moments(xp: Any, x3: Any, size: int) -> tuple[Any, Any]:
         return count, m, xp.einsum("ncl,ncl->c", centred, centred)
 
     parts = cpu.run_chunks(xp, n, size, moments)
+    if len(parts) == 1:  # one chunk (always on CuPy): nothing to combine
+        return parts[0][1].astype(xp.float64), parts[0][2].astype(xp.float64) / parts[0][0]
     total = sum(p[0] for p in parts)
     mean = sum(p[0] * p[1].astype(xp.float64) for p in parts) / total
     m2 = sum(p[2].astype(xp.float64) + p[0] * (p[1] - mean) ** 2 for p in parts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minise import cpu
+from minise import backend
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
@@ -49,8 +49,7 @@ class SqueezeExciteOp(Function):
             a2 += b2
         e = stable_sigmoid(a2)  # (N, C)   excitation
         self.save(x, s, h, e, w1, w2)
-        xp = get_array_module(x)
-        return cpu.elementwise(xp, xp.empty(x.shape, x.dtype), xp.multiply, x, e[:, :, None, None])  # scale
+        return backend.elementwise(_scale, x, e[:, :, None, None], like=x)  # scale
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
         x, s, h, e, w1, w2 = self.saved  # type: ignore[misc]
@@ -67,18 +66,20 @@ class SqueezeExciteOp(Function):
         dx = None
         if need_x:
             g_s = g_a1 @ w1  # (N, C)
-            dx = cpu.elementwise(
-                xp, xp.empty(x.shape, x.dtype), _scale_add, gy, e[:, :, None, None], (g_s / (hh * ww))[:, :, None, None]
-            )  # G * e + g_s / (H W)
+            t = (g_s / (hh * ww))[:, :, None, None]
+            dx = backend.elementwise(_scale_add, gy, e[:, :, None, None], t, like=x)  # G * e + g_s / (H W)
         return dx, dw1, db1, dw2, db2
 
 
-def _scale_add(g: Any, e: Any, t: Any, out: Any) -> Any:
-    """out = g * e + t, in two passes over one chunk while it is in cache."""
-    xp = get_array_module(g)
-    xp.multiply(g, e, out=out)
-    out += t
-    return out
+# The elementwise bodies (backend.elementwise): ufuncs and operators only, so that CuPy fuses each into one kernel.
+def _scale(x: Any, e: Any, out: Any = None) -> Any:
+    """x * e: the SE scale."""
+    return get_array_module(x).multiply(x, e, out=out)
+
+
+def _scale_add(g: Any, e: Any, t: Any, out: Any = None) -> Any:
+    """g * e + t (on NumPy two passes over one chunk while it is in cache; on CuPy one kernel)."""
+    return get_array_module(g).add(g * e, t, out=out)
 
 
 def squeeze_excite(input: Any, w1: Any, b1: Any = None, w2: Any = None, b2: Any = None) -> Tensor:
