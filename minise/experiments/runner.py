@@ -144,9 +144,8 @@ def state(spec: RunSpec) -> str:
             f"{spec.folder} holds a run made with other options: {'; '.join(diff[:3])} - use another --out, or "
             "move that folder away"
         )
-    epochs = intended_config(spec)["epochs"]
     metrics = read_metrics(spec.folder)
-    if metrics and metrics[-1].get("epoch") == epochs:
+    if metrics and metrics[-1].get("epoch") == want:
         return "finished"
     return "started" if (spec.folder / "last.npz").exists() else "new"
 
