@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from minise.functional.fused import bn_relu, residual_relu
 from minise.nn import BatchNorm2d, Conv2d, Module, ReLU, SEBlock, Sequential
 from minise.nn.se import GATES, SQUEEZES
 from minise.tensor import Tensor
@@ -149,7 +150,7 @@ class ResidualBlock(Module):
         identity = x if self.downsample is None else self.downsample(x)
         if se is not None and where == "identity":
             identity = se(identity)
-        out = self.relu(out + identity)
+        out = residual_relu(self.relu, out, identity)  # self.relu(out + identity), fused
         if se is not None and where == "post":
             out = se(out)
         return out
@@ -173,7 +174,7 @@ class BasicBlock(ResidualBlock):
         self.bn2 = BatchNorm2d(planes, dtype=dtype)
 
     def residual(self, x: Tensor) -> Tensor:
-        out = self.se_3x3(self.relu(self.bn1(self.conv1(x))))
+        out = self.se_3x3(bn_relu(self.bn1, self.relu, self.conv1(x)))  # relu(bn1(conv1(x))), fused
         return self.bn2(self.conv2(out))  # type: ignore[no-any-return]
 
     @property
@@ -215,8 +216,8 @@ class Bottleneck(ResidualBlock):
         self.bn3 = BatchNorm2d(planes * self.expansion, dtype=dtype)
 
     def residual(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.se_3x3(self.relu(self.bn2(self.conv2(out))))
+        out = bn_relu(self.bn1, self.relu, self.conv1(x))  # relu(bn1(conv1(x))), fused
+        out = self.se_3x3(bn_relu(self.bn2, self.relu, self.conv2(out)))
         return self.bn3(self.conv3(out))  # type: ignore[no-any-return]
 
     @property
