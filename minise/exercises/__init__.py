@@ -28,6 +28,8 @@ from minise.exercises import (
     ex09_se_backward,
     ex10_se_block,
     ex11_sgd,
+    ex12_lr_schedule,
+    ex13_class_gates,
 )
 from minise.exercises.core import Exercise, LearnerFileError, Report, load_learner_module
 
@@ -44,6 +46,8 @@ EXERCISES: dict[int, Exercise] = {
         ex09_se_backward.EXERCISE,
         ex10_se_block.EXERCISE,
         ex11_sgd.EXERCISE,
+        ex12_lr_schedule.EXERCISE,
+        ex13_class_gates.EXERCISE,
     )
 }
 DEFAULT_FOLDER = Path("exercises")
