@@ -200,8 +200,9 @@ def markdown(study: Study, table: Sequence[VariantRow], header: Sequence[str], m
     lines += [
         "",
         "Errors: held-out error after the last epoch, mean ± sd over seeds; 95 % CI: Student-t interval of the "
-        "mean; Δ: mean of the seed-by-seed differences to the baseline (same seed = same data order and "
-        'initialisation), tested with a paired t-test ("within the noise" unless p < 0.05). MACs: one image, '
+        "mean; Δ: mean of the seed-by-seed differences variant - baseline (negative: fewer errors; the same "
+        'seed gives the same order of the training batches), tested with a paired t-test ("within the noise" '
+        "unless p < 0.05). MACs: one image, "
         "the SENet paper's \"FLOPs\". The paper's column is its ResNet-50 on ImageNet, for reference only.",
         "",
         "![error per variant](errors.png)",
