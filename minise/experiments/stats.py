@@ -3,8 +3,9 @@ paired t-test, with Student's t distribution written out (no SciPy).
 
 With n seeds, the sample standard deviation ``sd = sqrt(sum (x - mean)^2 / (n - 1))`` and the 95 %
 interval of the mean is ``mean +- t(0.975, n - 1) * sd / sqrt(n)``. Two variants trained with the same
-seed see the same training batches in the same order, so their errors are compared seed by seed: ``d_s = err_variant(s) - err_baseline(s)``, ``t = mean(d) / (sd(d) /
-sqrt(n))`` with n - 1 degrees of freedom (the paired t-test), two-sided p-value ``P(|T| >= |t|)``.
+seed see the same training batches in the same order, so their errors are compared seed by seed:
+``d_s = err_variant(s) - err_baseline(s)``, ``t = mean(d) / (sd(d) / sqrt(n))`` with n - 1 degrees of
+freedom (the paired t-test), two-sided p-value ``P(|T| >= |t|)``.
 
 For an integer number of degrees of freedom nu the distribution function has a closed form
 (Abramowitz & Stegun 26.7.3-4): with ``theta = atan(t / sqrt(nu))`` and ``c = cos(theta)^2``,
