@@ -18,6 +18,7 @@ neither needs the other to exist first, so any module of minise can be imported 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,34 +30,40 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------------
 # grad mode
 # --------------------------------------------------------------------------------------------------
-_grad_enabled = True
+class _GradMode(threading.local):
+    """Whether ops record the graph, per thread (as in PyTorch): one thread inside ``no_grad()`` (an
+    optimiser step, an evaluation) must not switch recording off for another thread's forward pass, e.g.
+    the ranks of minise.distributed.LocalGroup, which are threads of one process."""
+
+    enabled = True
+
+
+_grad_mode = _GradMode()
 
 
 def is_grad_enabled() -> bool:
-    return _grad_enabled
+    return _grad_mode.enabled
 
 
 @contextlib.contextmanager
 def no_grad() -> Iterator[None]:
-    """Inside ``with no_grad():`` ops record no graph (evaluation, parameter updates)."""
-    global _grad_enabled
-    previous = _grad_enabled
-    _grad_enabled = False
+    """Inside ``with no_grad():`` ops record no graph (evaluation, parameter updates), in this thread."""
+    previous = _grad_mode.enabled
+    _grad_mode.enabled = False
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad_mode.enabled = previous
 
 
 @contextlib.contextmanager
 def enable_grad() -> Iterator[None]:
-    global _grad_enabled
-    previous = _grad_enabled
-    _grad_enabled = True
+    previous = _grad_mode.enabled
+    _grad_mode.enabled = True
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad_mode.enabled = previous
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,7 +121,7 @@ class Function:
         y = self.forward(*arrays)
         out = Tensor(y)
         needs = tuple(t is not None and t.requires_grad for t in tensors)
-        if _grad_enabled and any(needs):
+        if _grad_mode.enabled and any(needs):
             self.inputs = tensors
             self.needs_input_grad = needs
             out.requires_grad = True
