@@ -1,4 +1,8 @@
-"""Benchmarks: ``python -m minise.bench ops [--backend numpy|cupy] [--json FILE]``.
+"""Benchmarks: ``python -m minise.bench ops [--backend numpy|cupy] [--json FILE]``, ``train``, ``data`` and ``gpu``.
+
+``gpu`` is the one command for a first GPU (minise/bench_gpu.py): the CuPy-marked tests on the device,
+ops and training steps against PyTorch on CUDA, se_resnet20 for 3 epochs on CuPy and on NumPy, device
+memory and the kernel launches of one training step.
 
 ``data --data-dir DIR [--image-size 128] [--workers N]`` times the image pipeline on an image folder
 (``DIR/train/<class>/<image>``): decoding + augmentation alone, from the files and from the decoded-image
@@ -52,17 +56,26 @@ def _sync(xp: Any) -> None:
         xp.cuda.Device().synchronize()
 
 
-def median_ms(fn: Callable[[], Any], xp: Any = np, repeat: int = 7, warmup: int = 2, budget_s: float = 8.0) -> float:
-    """Median wall time of ``fn`` in milliseconds (after warm-up runs), stopping early past ``budget_s``."""
+def median_ms(
+    fn: Callable[[], Any],
+    xp: Any = np,
+    repeat: int = 7,
+    warmup: int = 2,
+    budget_s: float = 8.0,
+    sync: Callable[[], Any] | None = None,
+) -> float:
+    """Median wall time of ``fn`` in milliseconds (after warm-up runs), stopping early past ``budget_s``.
+    The device of ``xp`` (or ``sync()``, e.g. ``torch.cuda.synchronize``) is waited for after every run."""
+    wait = sync if sync is not None else lambda: _sync(xp)
     for _ in range(warmup):
         fn()
-    _sync(xp)
+    wait()
     times: list[float] = []
     start = time.perf_counter()
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
-        _sync(xp)
+        wait()
         times.append(time.perf_counter() - t)
         if time.perf_counter() - start > budget_s and len(times) >= 3:
             break
@@ -87,9 +100,12 @@ def peak_extra_mb(fn: Callable[[], Any], xp: Any) -> float | None:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         return (peak - base) / 2**20
-    pool = xp.get_default_memory_pool()
-    pool.free_all_blocks()
-    base = pool.used_bytes()
+    try:
+        pool = xp.get_default_memory_pool()
+        pool.free_all_blocks()
+        base = pool.used_bytes()
+    except NotImplementedError:  # a CPU stand-in of CuPy (tests) has no memory pool
+        return None
     fn()
     _sync(xp)
     return float(pool.total_bytes() - base) / 2**20
@@ -102,6 +118,25 @@ def _torch() -> Any:
         return None
     torch.set_num_threads(cpu.num_threads())
     return torch
+
+
+TORCH_HINT = (
+    "PyTorch is not installed, so nothing to compare with - install it to get the reference column: "
+    "pip install torch --index-url https://download.pytorch.org/whl/cpu (CPU) or pip install torch (CUDA)"
+)
+
+
+def _torch_device(torch: Any, xp: Any) -> str | None:
+    """Where the PyTorch reference runs: on the CPU against NumPy, on CUDA against CuPy (None: nowhere)."""
+    if torch is None:
+        return None
+    if xp is np:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def _torch_sync(torch: Any, device: str) -> Callable[[], Any] | None:
+    return torch.cuda.synchronize if device == "cuda" else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,22 +160,23 @@ def _conv_case(xp: Any, torch: Any, shape: tuple[int, ...], out_ch: int, stride:
     flops = 3 * 2 * n * out_ch * oh * oh * c * 9  # forward, input gradient, weight gradient
     gflops = flops / (ms * 1e-3) / 1e9
     torch_ms = None
-    if torch is not None and xp is np:
-        xt = torch.tensor(x_h, requires_grad=True)
-        wt_t = torch.tensor(w_h, requires_grad=True)
-        gyt = torch.tensor(backend.to_host(gy))
+    dev = _torch_device(torch, xp)
+    if dev is not None:
+        xt = torch.tensor(x_h, requires_grad=True, device=dev)
+        wt_t = torch.tensor(w_h, requires_grad=True, device=dev)
+        gyt = torch.tensor(backend.to_host(gy), device=dev)
 
         def tstep() -> None:
             xt.grad = wt_t.grad = None
             torch.nn.functional.conv2d(xt, wt_t, stride=stride, padding=1).backward(gyt)
 
-        torch_ms = median_ms(tstep)
+        torch_ms = median_ms(tstep, sync=_torch_sync(torch, dev))
     name = f"conv2d 3x3 s{stride} p1 {c}->{out_ch} on {shape}"
     return Case(name, ms, gflops, gflops / gemm, peak_extra_mb(step, xp), torch_ms)
 
 
-def _se_case(xp: Any, torch: Any) -> Case:
-    n, c, h, r = 128, 64, 8, 16
+def _se_case(xp: Any, torch: Any, n: int = 128) -> Case:
+    c, h, r = 64, 8, 16
     rng = np.random.default_rng(0)
     hs = [
         rng.standard_normal(s, dtype=np.float32) * 0.1
@@ -156,9 +192,10 @@ def _se_case(xp: Any, torch: Any) -> Case:
 
     ms = median_ms(step, xp)
     torch_ms = None
-    if torch is not None and xp is np:
-        tt = [torch.tensor(a, requires_grad=True) for a in hs]
-        gyt = torch.tensor(backend.to_host(gy))
+    dev = _torch_device(torch, xp)
+    if dev is not None:
+        tt = [torch.tensor(a, requires_grad=True, device=dev) for a in hs]
+        gyt = torch.tensor(backend.to_host(gy), device=dev)
         tf = torch.nn.functional
 
         def tstep() -> None:
@@ -167,12 +204,12 @@ def _se_case(xp: Any, torch: Any) -> Case:
             e = torch.sigmoid(tf.linear(torch.relu(tf.linear(tt[0].mean((2, 3)), tt[1], tt[2])), tt[3], tt[4]))
             (tt[0] * e[:, :, None, None]).backward(gyt)
 
-        torch_ms = median_ms(tstep)
+        torch_ms = median_ms(tstep, sync=_torch_sync(torch, dev))
     return Case(f"squeeze_excite r={r} on {(n, c, h, h)}", ms, None, None, peak_extra_mb(step, xp), torch_ms)
 
 
-def _bn_case(xp: Any, torch: Any) -> Case:
-    shape = (128, 64, 16, 16)
+def _bn_case(xp: Any, torch: Any, n: int = 128) -> Case:
+    shape = (n, 64, 16, 16)
     rng = np.random.default_rng(0)
     x_h = rng.standard_normal(shape, dtype=np.float32)
     x = minise.Tensor(xp.asarray(x_h), requires_grad=True)
@@ -187,27 +224,28 @@ def _bn_case(xp: Any, torch: Any) -> Case:
 
     ms = median_ms(step, xp)
     torch_ms = None
-    if torch is not None and xp is np:
-        xt = torch.tensor(x_h, requires_grad=True)
-        gt = torch.ones(64, requires_grad=True)
-        bt = torch.zeros(64, requires_grad=True)
-        rmt, rvt = torch.zeros(64), torch.ones(64)
-        gyt = torch.tensor(backend.to_host(gy))
+    dev = _torch_device(torch, xp)
+    if dev is not None:
+        xt = torch.tensor(x_h, requires_grad=True, device=dev)
+        gt = torch.ones(64, device=dev, requires_grad=True)
+        bt = torch.zeros(64, device=dev, requires_grad=True)
+        rmt, rvt = torch.zeros(64, device=dev), torch.ones(64, device=dev)
+        gyt = torch.tensor(backend.to_host(gy), device=dev)
 
         def tstep() -> None:
             xt.grad = gt.grad = bt.grad = None
             torch.nn.functional.batch_norm(xt, rmt, rvt, gt, bt, training=True).backward(gyt)
 
-        torch_ms = median_ms(tstep)
+        torch_ms = median_ms(tstep, sync=_torch_sync(torch, dev))
     return Case(f"batch_norm train on {shape}", ms, None, None, peak_extra_mb(step, xp), torch_ms)
 
 
-def _pool_case(xp: Any, torch: Any) -> Case:
-    shape = (128, 64, 32, 32)
+def _pool_case(xp: Any, torch: Any, n: int = 128) -> Case:
+    shape = (n, 64, 32, 32)
     rng = np.random.default_rng(0)
     x_h = rng.standard_normal(shape, dtype=np.float32)
     x = minise.Tensor(xp.asarray(x_h), requires_grad=True)
-    gy = xp.asarray(rng.standard_normal((128, 64, 16, 16), dtype=np.float32))
+    gy = xp.asarray(rng.standard_normal((n, 64, 16, 16), dtype=np.float32))
 
     def step() -> None:
         x.grad = None
@@ -215,41 +253,49 @@ def _pool_case(xp: Any, torch: Any) -> Case:
 
     ms = median_ms(step, xp)
     torch_ms = None
-    if torch is not None and xp is np:
-        xt = torch.tensor(x_h, requires_grad=True)
-        gyt = torch.tensor(backend.to_host(gy))
+    dev = _torch_device(torch, xp)
+    if dev is not None:
+        xt = torch.tensor(x_h, requires_grad=True, device=dev)
+        gyt = torch.tensor(backend.to_host(gy), device=dev)
 
         def tstep() -> None:
             xt.grad = None
             torch.nn.functional.max_pool2d(xt, 3, 2, 1).backward(gyt)
 
-        torch_ms = median_ms(tstep)
+        torch_ms = median_ms(tstep, sync=_torch_sync(torch, dev))
     return Case(f"max_pool2d 3x3 s2 p1 on {shape}", ms, None, None, peak_extra_mb(step, xp), torch_ms)
 
 
 TARGETS = {"conv2d": 1.5, "squeeze_excite": 1.5, "batch_norm": 1.5, "max_pool2d": 2.0}
 
 
-def bench_ops(backend_name: str) -> dict[str, Any]:
-    """Time every case on ``backend_name`` (the previous backend is restored afterwards)."""
+def bench_ops(backend_name: str, batch: int = 128, gemm_n: int = 2048) -> dict[str, Any]:
+    """Time every case on ``backend_name`` (the previous backend is restored afterwards), at ``batch`` images,
+    against PyTorch on the same device (the CPU for numpy, CUDA for cupy) where torch is importable."""
+    backend_name = backend.canonical_backend(backend_name, "bench ops")
     xp = backend.xp_of_backend(backend_name)
     torch = _torch()
     with backend.use_backend(backend_name):
-        gemm = gemm_gflops(xp)
+        gemm = gemm_gflops(xp, gemm_n)
         cases = [
-            _conv_case(xp, torch, (128, 16, 32, 32), 16, 1, gemm),
-            _conv_case(xp, torch, (128, 64, 8, 8), 64, 1, gemm),
-            _conv_case(xp, torch, (128, 32, 16, 16), 64, 2, gemm),
-            _se_case(xp, torch),
-            _bn_case(xp, torch),
-            _pool_case(xp, torch),
+            _conv_case(xp, torch, (batch, 16, 32, 32), 16, 1, gemm),
+            _conv_case(xp, torch, (batch, 64, 8, 8), 64, 1, gemm),
+            _conv_case(xp, torch, (batch, 32, 16, 16), 64, 2, gemm),
+            _se_case(xp, torch, batch),
+            _bn_case(xp, torch, batch),
+            _pool_case(xp, torch, batch),
         ]
+    dev = _torch_device(torch, xp)
     return {
+        "torch_device": dev,
+        "note": None if dev is not None else (TORCH_HINT if torch is None else "torch has no CUDA device here"),
         "backend": backend_name,
         "threads": cpu.num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"NumPy {np.__version__}" + (f", torch {torch.__version__}" if torch is not None else ""),
         "gemm_gflops": gemm,
+        "gemm_n": gemm_n,
+        "batch": batch,
         "cases": [asdict(c) | {"ratio": c.ratio} for c in cases],
     }
 
@@ -257,7 +303,7 @@ def bench_ops(backend_name: str) -> dict[str, Any]:
 def format_ops(result: dict[str, Any]) -> str:
     lines = [
         f"minise ops benchmark: backend {result['backend']}, {result['threads']} threads; {result['machine']}",
-        f"float32 GEMM rate (2048^3, all cores): {result['gemm_gflops']:.1f} GFLOP/s",
+        f"float32 GEMM rate ({result.get('gemm_n', 2048)}^3, all cores): {result['gemm_gflops']:.1f} GFLOP/s",
         "forward + backward (input and weight gradients), float32, median of several runs",
         f"{'case':<46}{'ms':>9}{'GFLOP/s':>9}{'of GEMM':>9}{'peak MB':>9}{'torch ms':>10}{'ratio':>7}{'target':>8}",
     ]
@@ -267,9 +313,11 @@ def format_ops(result: dict[str, Any]) -> str:
             f"{c['name']:<46}{c['ms']:>9.2f}"
             + (f"{c['gflops']:>9.1f}{100 * c['gemm_fraction']:>8.0f}%" if c["gflops"] else f"{'':>9}{'':>9}")
             + (f"{c['peak_mb']:>9.1f}" if c["peak_mb"] is not None else f"{'':>9}")
-            + (f"{c['torch_ms']:>10.2f}{c['ratio']:>7.2f}" if c["torch_ms"] else f"{'n/a':>10}{'':>7}")
+            + (f"{c['torch_ms']:>10.2f}{c['ratio']:>7.2f}" if c["torch_ms"] else f"{'-':>10}{'':>7}")
             + f"{'<=' + str(target) + 'x':>8}"
         )
+    if result.get("note"):
+        lines.append(f"torch ms: {result['note']}")
     return "\n".join(lines)
 
 
@@ -342,15 +390,21 @@ def _torch_cifar_resnet(torch: Any, name: str, num_classes: int = 10) -> Any:
 
 
 def train_child(framework: str, model_name: str, batch: int, steps: int, backend_name: str) -> dict[str, Any]:
-    """Time ``steps`` full training steps (forward, loss, backward, SGD update) in this process."""
+    """Time ``steps`` full training steps (forward, loss, backward, SGD update) in this process: minise on
+    ``backend_name``, or PyTorch on the same device (the CPU for numpy; CUDA, eager with cuDNN, for cupy).
+    On a GPU also the device memory: CuPy's memory pool after the steps (it keeps its peak) or
+    ``torch.cuda.max_memory_allocated``."""
+    backend_name = backend.canonical_backend(backend_name, "bench train")
     rng = np.random.default_rng(0)
     x_h = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
     y_h = rng.integers(0, 10, batch)
+    device_mb: Callable[[], float | str] = lambda: "n/a (CPU)"
     if framework == "torch":
         torch = _torch()
-        model = _torch_cifar_resnet(torch, model_name)
+        dev = "cuda" if backend_name == "cupy" else "cpu"
+        model = _torch_cifar_resnet(torch, model_name).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        x, y = torch.tensor(x_h), torch.tensor(y_h)
+        x, y = torch.tensor(x_h, device=dev), torch.tensor(y_h, device=dev)
         params = sum(p.numel() for p in model.parameters())
 
         def step() -> None:
@@ -358,7 +412,11 @@ def train_child(framework: str, model_name: str, batch: int, steps: int, backend
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
 
-        sync: Any = np
+        wait: Callable[[], Any] = torch.cuda.synchronize if dev == "cuda" else lambda: None
+        if dev == "cuda":
+            torch.backends.cudnn.enabled = True
+            torch.cuda.reset_peak_memory_stats()
+            device_mb = lambda: torch.cuda.max_memory_allocated() / 2**20
     else:
         from minise import models, optim  # noqa: PLC0415
 
@@ -378,22 +436,35 @@ def train_child(framework: str, model_name: str, batch: int, steps: int, backend
             F.cross_entropy(model(x), y).backward()
             opt.step()
 
+        wait = lambda: _sync(sync)
+        if sync is not np:
+            device_mb = lambda: _pool_mb(sync)
+
     base = _rss_mb()
     for _ in range(2):  # warm-up
         step()
-    _sync(sync)
+    wait()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(sync)
+    wait()
     seconds = time.perf_counter() - start
     return {
         "framework": framework,
         "images_per_s": batch * steps / seconds,
         "ms_per_step": 1e3 * seconds / steps,
         "peak_extra_mb": _peak_rss_mb() - base,
+        "device_peak_mb": device_mb(),
         "parameters": params,
     }
+
+
+def _pool_mb(xp: Any) -> float | str:
+    """MB held by CuPy's memory pool (it keeps the blocks of its busiest moment: the peak), or why not known."""
+    try:
+        return float(xp.get_default_memory_pool().total_bytes()) / 2**20
+    except NotImplementedError as e:  # a CPU stand-in of CuPy has no memory pool
+        return f"unavailable ({e})"
 
 
 def bench_train(model: str, batch: int, steps: int, backend_name: str, rounds: int = 3) -> dict[str, Any]:
@@ -421,8 +492,9 @@ def bench_train(model: str, batch: int, steps: int, backend_name: str, rounds: i
             raise RuntimeError(f"bench train: the {framework} run failed: {out.stderr.strip().splitlines()[-1:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
+    backend_name = backend.canonical_backend(backend_name, "bench train")
     frameworks = ["minise"]
-    if _torch() is not None and backend_name == "numpy":
+    if _torch_device(_torch(), backend.xp_of_backend(backend_name)) is not None:
         if model.replace("se_", "") in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"):
             frameworks.append("torch")
     per_round: dict[str, list[dict[str, Any]]] = {f: [] for f in frameworks}
@@ -465,6 +537,8 @@ def format_train(r: dict[str, Any]) -> str:
             f"{run['framework']:<10}{run['images_per_s']:>10.1f}{run['ms_per_step']:>10.1f}"
             f"{run['peak_extra_mb']:>10.0f}{run['parameters']:>12,}  {rounds}"
         )
+    if len(r["runs"]) == 1 and _torch() is None:
+        lines.append(TORCH_HINT)
     if len(r["runs"]) == 2:
         m, t = r["runs"]
         lines.append(
@@ -600,16 +674,24 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "distributed", help="1 process x 2 threads against 2 MPI processes: images/s, communication, overlap"
     )  # its options: python -m minise.bench distributed --help (minise/distributed/bench.py)
-    child = sub.add_parser("train-child")  # internal: one framework's run, in its own process
+    import minise.bench_gpu as bench_gpu  # noqa: PLC0415  (it imports this module)
+
+    bench_gpu.add_parser(sub)
+    child = sub.add_parser("train-child")  # internal: one framework's run, in its own process; no help, so not listed
     for name in ("framework", "model", "batch", "steps", "backend_name"):
         child.add_argument(name)
+    sub.metavar = "{" + ",".join(c for c in sub.choices if c != "train-child") + "}"  # nor in the usage
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["distributed"]:  # data-parallel training: minise/distributed/bench.py has its own options
         from minise.distributed.bench import main as distributed_main  # noqa: PLC0415
 
         return distributed_main(arguments[1:])
     args = parser.parse_args(argv)
+    if getattr(args, "backend", None) in backend.BACKEND_NAMES:
+        args.backend = backend.canonical_backend(args.backend)
     try:
+        if args.what == "gpu":
+            return bench_gpu.main(args)
         if args.what == "train-child":
             print(
                 json.dumps(train_child(args.framework, args.model, int(args.batch), int(args.steps), args.backend_name))
