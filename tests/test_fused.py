@@ -195,6 +195,10 @@ def test_models_run_the_fused_ops_unless_watched(monkeypatch: pytest.MonkeyPatch
     model(minise.Tensor(np.zeros((2, 3, 8, 8), np.float32)))
     assert calls == ["bn1", "relu", "relu"]  # a watched module is called as itself: its hooks see every call
     assert seen.count("batch_norm_relu") == 1 + 8 and seen.count("add_relu") == 8
+    seen.clear()
+    monkeypatch.setenv("MINISE_FUSED", "0")  # the switch for A/B measurements
+    model(minise.Tensor(np.zeros((2, 3, 8, 8), np.float32)))
+    assert seen == []
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(np.float32, 1e-5), (np.float64, 1e-10)])

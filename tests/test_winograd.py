@@ -231,7 +231,7 @@ def test_auto_rule_follows_the_documented_table(monkeypatch: pytest.MonkeyPatch)
     assert _tile((128, 16, 32, 32), (16, 16, 3, 3)) == 0  # thin GEMMs: im2col
     assert _tile((128, 32, 32, 32), (32, 32, 3, 3)) == 0  # 32 channels on a large map: im2col
     assert _tile((128, 32, 16, 16), (32, 32, 3, 3)) == 2
-    assert _tile((128, 64, 8, 8), (64, 64, 3, 3)) == 4
+    assert _tile((128, 64, 8, 8), (64, 64, 3, 3)) == 2  # F(4x4) is never chosen: slower on two cores
     assert _tile((128, 64, 16, 16), (64, 64, 3, 3)) == 2
     assert _tile((32, 512, 4, 4), (512, 512, 3, 3)) == 2
     assert _tile((128, 64, 8, 8), (64, 64, 3, 3), stride=(2, 2)) == 0  # ineligible: stride
@@ -266,7 +266,7 @@ def test_the_chosen_path_is_the_one_that_runs(monkeypatch: pytest.MonkeyPatch) -
     x = minise.Tensor(np.zeros((1, 64, 8, 8), np.float32), requires_grad=True)
     w = minise.Tensor(np.zeros((64, 64, 3, 3), np.float32), requires_grad=True)
     F.conv2d(x, w, padding=1).sum().backward()
-    assert calls == [4, 4]  # forward and input gradient
+    assert calls == [2, 2]  # forward and input gradient
     calls.clear()
     F.conv2d(x[:, :16], w[:16, :16], padding=1)  # 16 channels: im2col
     assert calls == []

@@ -94,13 +94,15 @@ def winograd_tile(
     ========================== ============ =====================================================
     c < 32                      im2col       the GEMMs are thin; im2col's copy is cheap
     32 <= c < 64 and p > 256    im2col       the transforms cost more than the saved multiplications
-    64 <= c < 128 and p <= 64   F(4x4, 3x3)  8x8 maps: 4x fewer multiplications, few partial tiles
     otherwise                   F(2x2, 3x3)
     ========================== ============ =====================================================
 
-    Measured forward + backward, one core's CPU time, Winograd / im2col (``BENCHMARKS.md``): 1.67 for
-    16->16 on 32x32, 1.63 for 32->32 on 32x32, 0.92 on 16x16, 0.72 (F(2x2)) and 0.62 (F(4x4)) for 64->64
-    on 8x8, 0.66 for 64->64 on 16x16, 0.54 for 128->128 on 8x8, 0.46 for 512->512 on 4x4.
+    Measured forward + backward at batch 128, Winograd / im2col, on one core's CPU time: 1.67 for 16->16
+    on 32x32, 1.63 for 32->32 on 32x32, 0.92 on 16x16, 0.72 for 64->64 on 8x8, 0.66 on 16x16, 0.54 for
+    128->128 on 8x8 (0.46 for 512->512 on 4x4 at batch 32); on two cores' wall clock, 64->64 on 8x8 took
+    102 ms by F(2x2) against 156 ms by im2col (medians of 8). F(4x4, 3x3) is never chosen: it used 0.62
+    of im2col's CPU time on 64->64 8x8, but on two cores it took 124 ms, slower than F(2x2), and its
+    float32 error is about 10x larger (``tests/test_winograd.py``). ``BENCHMARKS.md`` has the tables.
     """
     name = _check_algorithm(os.environ.get("MINISE_CONV_ALGORITHM", _algorithm), "MINISE_CONV_ALGORITHM")
     o, cg, kh, kw = w_shape
@@ -120,9 +122,7 @@ def winograd_tile(
         return 0
     pixels = (x_shape[2] + 2 * padding[0] - 2) * (x_shape[3] + 2 * padding[1] - 2)
     c = min(cg, o)
-    if c < 32 or (c < 64 and pixels > 256):
-        return 0
-    return 4 if c < 128 and pixels <= 64 else 2
+    return 0 if c < 32 or (c < 64 and pixels > 256) else 2
 
 
 def _gemm_into(a: Any, b: Any, out: Any) -> None:

@@ -18,6 +18,7 @@ CuPy a chunk is the whole batch.
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 from minise import cpu
@@ -192,11 +193,18 @@ def batch_norm_relu(
     return BatchNormReLUOp(rm, rv, training, momentum, eps).apply(x, g, b)
 
 
+def fusion_enabled() -> bool:
+    """Whether the models use the fused ops: yes unless ``MINISE_FUSED=0`` (read at each call, for A/B
+    measurements and lessons; the results are the same either way, up to rounding)."""
+    return os.environ.get("MINISE_FUSED", "1") != "0"
+
+
 def _plain(module: Any, cls: Any) -> bool:
     """Whether ``module`` is exactly a ``cls`` whose call nobody watches (no hooks, no instance ``forward``
     as ``models.summarize`` installs), so that replacing the call by a fused op changes nothing visible."""
     return (
-        type(module) is cls
+        fusion_enabled()
+        and type(module) is cls
         and "forward" not in module.__dict__
         and not module._forward_hooks
         and not module._forward_pre_hooks
