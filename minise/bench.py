@@ -662,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--rounds", type=int, default=3, help="alternating runs of each framework (median reported)")
     tr.add_argument("--backend", choices=backend.BACKEND_NAMES, default="numpy")
     tr.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    tr.add_argument("--profile", action="store_true", help="instead: minise's per-op breakdown of the step")
+    tr.add_argument("--ab", action="store_true", help="instead: Winograd and fused passes on/off, A/B in one process")
+    tr.add_argument("--image-size", type=int, default=32, help="for --profile and --ab (e.g. 128 for se_resnet18)")
     da = sub.add_parser("data", help="time image decoding + augmentation against training steps")
     da.add_argument("--data-dir", required=True, help="an image folder: DIR/train/<class>/<image>")
     da.add_argument("--image-size", type=int, default=128)
@@ -702,7 +705,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "ops":
             result = bench_ops(args.backend)
             print(format_ops(result))
-        if args.what == "train":
+        if args.what == "train" and (args.profile or args.ab):  # minise/bench_profile.py
+            from minise import bench_profile as bp  # noqa: PLC0415
+
+            if args.profile:
+                result = bp.profile_train(args.model, args.batch_size, args.steps, args.image_size)
+                print(bp.format_profile(result))
+            else:
+                result = bp.ab_train(args.model, args.batch_size, args.steps, args.rounds, args.image_size)
+                print(bp.format_ab(result))
+        elif args.what == "train":
             result = bench_train(args.model, args.batch_size, args.steps, args.backend, args.rounds)
             print(format_train(result))
         if args.what == "data":
