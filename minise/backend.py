@@ -83,6 +83,11 @@ def _import_cupy() -> ModuleType:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # CUDARuntimeError, or a missing libcudart at first call
         text = str(e)
+        if "cudaErrorInsufficientDriver" in text and not _nvidia_driver_present():
+            raise BackendUnavailableError(
+                f"cupy backend: no NVIDIA driver on this machine ({text}) - run on a machine with an NVIDIA GPU "
+                "and its driver, or use --backend numpy"
+            ) from e
         if "libcudart" in text or "cudaErrorInsufficientDriver" in text or ".so" in text:
             raise BackendUnavailableError(
                 f"cupy backend: the CuPy wheel does not match this machine's CUDA runtime ({text}) - "
@@ -100,6 +105,19 @@ def _import_cupy() -> ModuleType:
         )
     _cupy = cupy
     return cupy
+
+
+def _nvidia_driver_present() -> bool:
+    """Whether the NVIDIA driver's library (libcuda) loads: without it CUDA reports an "insufficient driver"."""
+    import ctypes  # noqa: PLC0415
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def cupy_available() -> tuple[bool, str]:

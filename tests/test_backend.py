@@ -250,6 +250,25 @@ def test_cupy_wheel_does_not_match_cuda_at_first_call(restore_backend: None, mon
     assert "no CUDA device" not in text
 
 
+@pytest.mark.parametrize("driver", [True, False])
+def test_insufficient_driver_says_whether_there_is_a_driver_at_all(
+    driver: bool, restore_backend: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA reports cudaErrorInsufficientDriver both for an old driver and for none: the advice differs."""
+
+    def get_device_count() -> int:
+        raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version")
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(get_device_count))
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_nvidia_driver_present", lambda: driver)
+    if driver:
+        _assert_unavailable("does not match", "cupy-cuda13x")
+    else:
+        text = _assert_unavailable("no NVIDIA driver", "--backend numpy")
+        assert "pip install" not in text
+
+
 def test_cupy_with_no_device_count_zero(restore_backend: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(lambda: 0))
     monkeypatch.setattr(backend, "_cupy", None)

@@ -201,3 +201,26 @@ def test_retain_freed_memory_stops_page_faults_on_reused_blocks(setting: str) ->
     else:
         assert applied == "True"
         assert int(faults) < 20, faults  # at most a stray page or two, not one round's worth
+
+
+def test_on_cupy_the_cpu_machinery_is_off(standin, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """On the GPU a chunk is the whole batch, a product one GEMM, an elementwise pass one call: no threads, no
+    BLAS lookup, no pool (checked with the CuPy stand-in as the array module)."""
+    monkeypatch.setattr(cpu, "_blas", False)
+    monkeypatch.setattr(cpu, "_pool", None)
+    calls: list[tuple[int, int, str]] = []
+    size = cpu.chunk_size(standin, 128, 1 << 30)
+    assert size == 128
+    cpu.run_chunks(standin, 128, size, lambda a, b: calls.append((a, b, threading.current_thread().name)))
+    assert calls == [(0, 128, threading.current_thread().name)]
+    assert cpu._blas is False and cpu._pool is None  # BLAS never looked up, no thread pool started
+    assert cpu.gemm_columns(standin, 16, 144, 1024) == 1024
+    seen: list[int] = []
+    x = standin.ones((64, 4), dtype=np.float32)
+
+    def body(a, out):  # type: ignore[no-untyped-def]
+        seen.append(a.shape[0])
+        return standin.multiply(a, 2, out=out)
+
+    out = cpu.elementwise(standin, standin.empty((64, 4), dtype=np.float32), body, x)
+    assert seen == [64] and float(out.sum()) == 512.0
