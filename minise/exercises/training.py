@@ -204,9 +204,10 @@ def conv_with(forward_fn: Callable[..., Any], backward_fn: Callable[..., Any]) -
 # --------------------------------------------------------------------------------------------------
 # the training run
 # --------------------------------------------------------------------------------------------------
-def _data(steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """steps x BATCH shapes images at IMAGE_SIZE pixels, standardised per channel, and their labels."""
-    images, labels = make_shapes(min(steps * BATCH, 5000), seed=SEED, size=IMAGE_SIZE)
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    """The 5000 shapes training images at IMAGE_SIZE pixels, standardised per channel, and their labels
+    (the same whatever the number of steps: a run of 80 steps is the start of a run of 200)."""
+    images, labels = make_shapes(5000, seed=SEED, size=IMAGE_SIZE)
     x = images.astype(np.float32) / 255
     x = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / x.std(axis=(0, 2, 3), keepdims=True)
     return x, labels
@@ -214,7 +215,7 @@ def _data(steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 def train_losses(steps: int) -> list[float]:
     """The loss at each of ``steps`` SGD steps of a fresh se_resnet20 (same seed, data and order every call)."""
-    x, labels = _data(steps)
+    x, labels = _data()
     with minise.use_backend("numpy"):
         minise.manual_seed(SEED)
         model = models.create("se_resnet20")
@@ -239,10 +240,11 @@ def compare_training(op_name: str, replacement: Callable[..., Tensor], steps: in
       two losses agree to 2e-6 relative. They differ only by rounding there (measured: at most 2.0e-7
       for the reference solutions of 05, 07, 08, 09), while each classic mistake moves them by 1.8e-5
       or more (a missing gate path of the SE gradient: 1.8e-5; the others 4e-5 to 2e-2);
-    * every loss is finite, and with 50 steps or more the mean over the last tenth of the steps is
-      below 95 % of the first loss (the network learns).
+    * every loss is finite, and the mean over the last tenth of the steps is at most 25 % above the
+      built-in op's (a guard against a run that diverges).
     Later steps are compared by eye, not to a tolerance: rounding differences grow step after step
-    (measured with the reference solutions: 1e-6 to 1e-5 relative by step 3, several % by step 200).
+    (measured with the reference solutions: 1e-6 to 1e-5 relative by step 3; over the last 20 of 200
+    steps the two means differed by 2 % to 13 % in either direction).
     """
     say = print if echo else (lambda *a, **k: None)
     say(
@@ -267,7 +269,7 @@ def compare_training(op_name: str, replacement: Callable[..., Tensor], steps: in
     finite = all(math.isfinite(v) for v in yours)
     tail = max(1, steps // 10)
     mean_b, mean_y = float(np.mean(builtin[-tail:])), float(np.mean(yours[-tail:]))
-    learns = steps < 50 or mean_y < 0.95 * yours[0]
+    alike = mean_y <= 1.25 * mean_b
     say(f"  mean loss over the last {tail} steps: minise {mean_b:.4f}, yours {mean_y:.4f}")
     if not same_start:
         say(
@@ -276,8 +278,8 @@ def compare_training(op_name: str, replacement: Callable[..., Tensor], steps: in
         )
     elif not finite:
         say("  your loss became inf or nan")
-    elif not learns:
-        say("  your run's loss did not fall below 95 % of its first value")
-    ok = same_start and finite and learns
+    elif not alike:
+        say("  your run's loss ends more than 25 % above minise's")
+    ok = same_start and finite and alike
     say("  yours trains like minise's op" if ok else f"  yours does NOT train like minise's {op_name}")
     return ok
