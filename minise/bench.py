@@ -665,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--profile", action="store_true", help="instead: minise's per-op breakdown of the step")
     tr.add_argument("--ab", action="store_true", help="instead: Winograd and fused passes on/off, A/B in one process")
     tr.add_argument("--image-size", type=int, default=32, help="for --profile and --ab (e.g. 128 for se_resnet18)")
+    tr.add_argument("--eval", action="store_true", help="instead: evaluation images/s (also BN folded) vs torch")
     da = sub.add_parser("data", help="time image decoding + augmentation against training steps")
     da.add_argument("--data-dir", required=True, help="an image folder: DIR/train/<class>/<image>")
     da.add_argument("--image-size", type=int, default=128)
@@ -705,10 +706,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "ops":
             result = bench_ops(args.backend)
             print(format_ops(result))
-        if args.what == "train" and (args.profile or args.ab):  # minise/bench_profile.py
+        if args.what == "train" and (args.profile or args.ab or args.eval):  # minise/bench_profile.py
             from minise import bench_profile as bp  # noqa: PLC0415
 
-            if args.profile:
+            if args.eval:
+                result = bp.eval_rate(args.model, args.batch_size, args.steps, args.rounds)
+                print(bp.format_eval(result))
+            elif args.profile:
                 result = bp.profile_train(args.model, args.batch_size, args.steps, args.image_size)
                 print(bp.format_profile(result))
             else:

@@ -190,3 +190,60 @@ def format_ab(r: dict[str, Any]) -> str:
         "changes less than the wall clock"
     )
     return "\n".join(lines)
+
+
+def eval_rate(model: str, batch: int, steps: int, rounds: int = 3) -> dict[str, Any]:
+    """Evaluation images/s (forward only, no gradients) of minise's model, of its batch-norm-folded copy
+    (:func:`~minise.functional.fused.fold_batch_norm`) and of the same model in PyTorch (``model.eval()``,
+    ``torch.no_grad()``), in this process, taking turns each round; medians."""
+    from minise import models  # noqa: PLC0415
+    from minise.bench import _torch, _torch_cifar_resnet  # noqa: PLC0415
+    from minise.functional.fused import fold_batch_norm  # noqa: PLC0415
+
+    cpu.retain_freed_memory()
+    x_h = np.random.default_rng(0).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    x = minise.Tensor(backend.to_device(x_h))
+    minise.manual_seed(0)
+    net = models.create(model, num_classes=10).eval()
+    folded = fold_batch_norm(net)
+    runs: dict[str, Callable[[], Any]] = {"minise": lambda: net(x), "minise, BN folded": lambda: folded(x)}
+    torch = _torch()
+    if torch is not None:
+        tnet = _torch_cifar_resnet(torch, model).eval()
+        xt = torch.tensor(x_h)
+
+        def torch_run() -> Any:
+            with torch.no_grad():
+                return tnet(xt)
+
+        runs["torch"] = torch_run
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    with minise.no_grad():
+        for _ in range(max(1, rounds)):
+            for name, run in runs.items():
+                run()  # warm-up
+                start = time.perf_counter()
+                for _ in range(steps):
+                    run()
+                rates[name].append(batch * steps / (time.perf_counter() - start))
+    return {
+        "model": model,
+        "batch": batch,
+        "steps": steps,
+        "threads": cpu.num_threads(),
+        "rates": rates,
+        "median": {k: float(np.median(v)) for k, v in rates.items()},
+    }
+
+
+def format_eval(r: dict[str, Any]) -> str:
+    lines = [
+        f"evaluation images/s (no gradients): {r['model']}, batch {r['batch']}, {r['steps']} batches per round, "
+        f"{r['threads']} threads; median of {len(next(iter(r['rates'].values())))} alternating rounds",
+    ]
+    torch_rate = r["median"].get("torch")
+    for name, rate in r["median"].items():
+        rounds = ", ".join(f"{v:.0f}" for v in r["rates"][name])
+        vs = f"{rate / torch_rate:6.2f}x torch" if torch_rate else ""
+        lines.append(f"{name:<20}{rate:>10.1f}  {vs}  by round: {rounds}")
+    return "\n".join(lines)
