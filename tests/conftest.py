@@ -1,6 +1,7 @@
 """Shared fixtures: the array-module fixture that runs a test on NumPy and on CuPy (skipped, with the
-reason printed by ``pytest -rs``, where no GPU is present), the path of the shared data, and a local
-HTTP server on 127.0.0.1 for the download tests."""
+reason printed by ``pytest -rs``, where no GPU is present; on the CPU stand-in of CuPy with
+``MINISE_CUPY_STANDIN=1``), the ``standin`` fixture, the path of the shared data, and a local HTTP server
+on 127.0.0.1 for the download tests."""
 
 from __future__ import annotations
 
