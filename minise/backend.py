@@ -8,7 +8,8 @@ Chainer and DeZero). What truly differs lives here, and this is the only module 
 * why CuPy is unavailable, with the fix (:class:`BackendUnavailableError`);
 * moving arrays between host and device (:func:`to_host`, :func:`to_device`);
 * strided views (:func:`as_strided`), scatter-add (:func:`scatter_add`);
-* one elementwise pass as one fused kernel on CuPy (:func:`elementwise`);
+* one elementwise pass, or a little per-channel arithmetic, as one fused kernel on CuPy (:func:`elementwise`,
+  :func:`fused`);
 * random numbers (:func:`manual_seed`, :func:`default_rng`).
 
 Backend names: ``"numpy"`` (alias ``"cpu"``) and ``"cupy"`` (aliases ``"cuda"``, ``"gpu"``), read by
