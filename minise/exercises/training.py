@@ -15,7 +15,7 @@ of the pixels made a step 3.3 times cheaper here: 0.34 s against 1.12 s at batch
 momentum 0.9 and learning rate 0.02 (0.05 and 0.1 learned less in 200 steps, measured), the same seed,
 data order and initial weights for both runs. ``check NN --train`` runs 200 steps twice. Measured with
 the reference solutions of 05, 07, 08 and 09 on 2 CPU cores shared with other work (load about 10):
-170-270 s wall-clock and 61-63 s of CPU time for the two runs. Where other programs share the cores,
+135-270 s wall-clock and 45-63 s of CPU time for the two runs. Where other programs share the cores,
 ``OPENBLAS_NUM_THREADS=1`` keeps BLAS threads from fighting over them: the learner's convolution took 9
 s per step without it and 0.47 s with it there (minise's own ops hold BLAS to one thread while they
 split work across cores).
