@@ -346,15 +346,6 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def call(report: Report, name: str, fn: Callable[..., Any], *args: Any, **shapes: Any) -> Any:
-    """Call the learner's ``fn``, remembering what was called (for the report if it raises)."""
-    report.calling = f"{name}({shape_text(**shapes)})" if shapes else name
-    with np.errstate(all="ignore"):  # overflow in the learner's exp is reported as such, not as a warning
-        result = fn(*args)
-    report.calling = ""
-    return result
-
-
 def learner_function(module: ModuleType, name: str) -> Callable[..., Any]:
     """The learner's function ``name``; a clear error if their file lacks it (renamed, deleted)."""
     fn = getattr(module, name, None)
@@ -364,11 +355,6 @@ def learner_function(module: ModuleType, name: str) -> Callable[..., Any]:
             "(get a fresh one with `exercise NN --to DIR`)"
         )
     return fn  # type: ignore[no-any-return]
-
-
-def f64(rng: np.random.Generator, *shape: int) -> np.ndarray:
-    """Standard normal float64 values of the given shape."""
-    return rng.standard_normal(shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,17 +465,25 @@ def engine_forward(fn: Callable[..., Any], arrays: list[Any]) -> np.ndarray:
 
 
 __all__ = [
+    "Case",
+    "Draw",
     "Exercise",
     "LearnerFileError",
     "Mistake",
+    "PartFailed",
     "Report",
-    "call",
     "close",
     "compare",
     "draw_cases",
+    "engine_forward",
+    "engine_gradients",
+    "grade_function",
     "learner_function",
+    "learner_traceback",
     "load_learner_module",
     "make_stub",
     "numerical_gradient",
     "rng_for",
+    "shape_text",
+    "transposed_hint",
 ]
