@@ -89,6 +89,10 @@ def choose(out: str | None, default_base: Path, resume: str | None, overwrite: b
             "--resume and --overwrite contradict each other - --resume continues the run in --out, "
             "--overwrite replaces it; give one of them"
         )
+    if overwrite and out is None:
+        raise TrainError(
+            "--overwrite replaces the run in --out, and without --out every run gets a new folder - give --out"
+        )
     own = Path(resume).parent if resume not in (None, "auto") else None  # the folder of --resume CHECKPOINT
     if out is None:
         folder = own if own is not None else newest(default_base) if resume else next_free(default_base)

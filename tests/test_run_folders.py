@@ -104,6 +104,15 @@ def test_overwrite_replaces_the_run_and_an_interrupted_replacement_holds_only_th
     assert (out / "notes.txt").read_text() == "not a run file"  # only the run's own files are replaced
 
 
+def test_overwrite_without_out_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(*QUICK, "--overwrite") == train.EXIT_BAD_INPUT
+    assert "give --out" in assert_one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_resume_and_overwrite_together_are_refused(
     finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
