@@ -116,9 +116,10 @@ def choose(out: str | None, default_base: Path, resume: str | None, overwrite: b
 def claim(folder: Path, config: str, default_base: Path | None = None, replace: bool = False) -> Path:
     """Create ``folder`` and write ``config`` as its ``config.json``, exclusively: the run's claim on it.
 
-    ``replace`` (--resume, --overwrite): the folder may already hold a run; for --overwrite the caller
-    removes the old files first (:func:`remove_run_files`). With ``default_base`` (no --out), a folder
-    claimed by another run meanwhile makes this run move on to the next number. Returns the folder."""
+    ``replace`` (--resume): the folder holds this same run, and its config.json is rewritten. (--overwrite
+    removes the old run's files first, :func:`remove_run_files`, then claims the folder as a new run.)
+    With ``default_base`` (no --out), a folder claimed by another run meanwhile makes this run move on to
+    the next number. Returns the folder."""
     while True:
         try:
             folder.mkdir(parents=True, exist_ok=True)
