@@ -6,6 +6,13 @@ A checkpoint records the model's name and options, so the model is rebuilt from 
 another model, with other shapes, or a corrupt or truncated file is refused with one line and exit
 status 2.
 
+Nothing is dropped: the results are printed (``--json``: as JSON; ``--json FILE``: also written there)
+before any figure is drawn, and a figure that cannot be written is a one-line warning. The confusion
+matrix goes to ``<checkpoint name>_confusion_<dataset>.png`` next to the checkpoint (``--out DIR``:
+there; ``--plot FILE``; ``--no-plot``), so evaluations on different data sets never overwrite each other.
+A model evaluated at another image size than it was trained at (``input_size`` in the checkpoint) gets a
+one-line warning.
+
 On an image-folder data set (imagenette, imagewoof, imagefolder) the ``val/`` split is evaluated with the
 training run's ``--image-size`` and release (from the checkpoint; the options below override them): the
 short side resized to ``image-size / 0.875``, the central square of ``image-size`` kept.
