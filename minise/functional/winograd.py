@@ -37,9 +37,12 @@ So the work is: transform every input tile (additions only), a*a batched GEMMs, 
     dW = G^T dU G,  dU[xi] = sum_tiles dM[xi] V[xi]^T,  dM = A dY A^T per output tile
          (the adjoint of each step of the forward, in reverse: the weight gradient's own transform).
 
-Tiles are strided views of the padded input (no copies until the transform writes V); outputs that do
-not fill a last tile are computed into a padded buffer and cropped. No loop over images or pixels: the
-loops below run over the rows of the small transform matrices only.
+**Layout.** Each chunk of images is first copied, padded, into a pixel-major layout (H, W, n, C), so that
+the tiles' entries are strided slices xpad[r::m, col::m] whose innermost n*C values are contiguous (in
+(n, C, H, W) those slices would be runs of a few pixels, and NumPy's per-run overhead dominated); the
+GEMMs then read V as (tiles*n, C) matrices and the output is transposed back once. Outputs that do not
+fill a last tile are computed and cropped. No loop over images or pixels: the loops below run over the
+rows of the small transform matrices only.
 """
 
 from __future__ import annotations
