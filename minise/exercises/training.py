@@ -14,11 +14,11 @@ The run: ``se_resnet20`` on ``shapes`` images drawn at 16x16 pixels (the network
 of the pixels made a step 3.3 times cheaper here: 0.34 s against 1.12 s at batch 32), batch 32, SGD with
 momentum 0.9 and learning rate 0.02 (0.05 and 0.1 learned less in 200 steps, measured), the same seed,
 data order and initial weights for both runs. ``check NN --train`` runs 200 steps twice. Measured with
-the reference solutions of 05, 07, 08 and 09 on 2 CPU cores shared with other work (load about 10):
-135-270 s wall-clock and 45-63 s of CPU time for the two runs. Where other programs share the cores,
-``OPENBLAS_NUM_THREADS=1`` keeps BLAS threads from fighting over them: the learner's convolution took 9
-s per step without it and 0.47 s with it there (minise's own ops hold BLAS to one thread while they
-split work across cores).
+the reference solutions of 05, 07, 08 and 09 on 2 CPU cores shared with other work: 135-270 s wall-clock
+at a load of about 10, 69 s (for 09, with default settings) at a load of about 4, and 45-63 s of CPU
+time for the two runs. Where other programs share the cores, ``OPENBLAS_NUM_THREADS=1`` keeps BLAS
+threads from fighting over them: the learner's convolution took 9 s per step without it and 0.47 s with
+it there (minise's own ops hold BLAS to one thread while they split work across cores).
 """
 
 from __future__ import annotations
