@@ -43,6 +43,7 @@ import minise
 from minise import backend, cpu, data, models, optim, run_folder
 from minise import functional as F
 from minise.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, split
+from minise.distributed import training as distributed
 from minise.evaluate import evaluate, model_from_checkpoint
 from minise.nn import Module
 from minise.plotting import plot_curves
@@ -82,6 +83,15 @@ class Run:
         check_numbers(args)
         if args.backend:
             backend.set_backend(args.backend)
+        # distributed (--distributed under mpiexec): this process's rank, its share of every batch (see
+        # minise.distributed.training); None in a single-process run
+        problem = distributed.check_arguments(args, args.dataset in data.IMAGE_DATASETS)
+        if problem:
+            raise TrainError(problem)
+        self.dist = distributed.DistributedRun.from_args(args) if args.distributed else None
+        self.is_main = self.dist is None or self.dist.is_main
+        world, rank = (self.dist.size, self.dist.rank) if self.dist is not None else (1, 0)
+        args.world_size, args.global_batch_size = world, world * args.batch_size  # recorded in config and checkpoints
         self.default_out = Path("runs") / f"{args.dataset}-{args.model}-s{args.seed}"
         self.out = run_folder.choose(args.out, self.default_out, args.resume, args.overwrite)
         self.images = args.dataset in data.IMAGE_DATASETS
@@ -102,10 +112,10 @@ class Run:
         except (TypeError, ValueError) as e:
             raise TrainError(f"cannot build {args.model} with {self.options}: {e}") from None
         self.optimizer = self.build_optimizer()
-        if len(self.train_set) < args.batch_size:  # an epoch would have no (full) batch
+        if len(self.train_set) < args.batch_size * world:  # an epoch would have no (full) batch
             raise TrainError(
-                f"--batch-size {args.batch_size} is larger than the {len(self.train_set)} training images - "
-                "use a smaller one"
+                f"--batch-size {args.batch_size} x {world} process(es) is larger than the {len(self.train_set)} "
+                "training images - use a smaller one"
             )
         self.train_loader: data.DataLoader | data.ImageFolderLoader
         self.test_loader: data.DataLoader | data.ImageFolderLoader
@@ -131,9 +141,17 @@ class Run:
                 transform=transform,
                 mean=self.mean,
                 std=self.std,
+                num_replicas=world,
+                rank=rank,
             )
             self.test_loader = data.DataLoader(
-                self.test_set.images, self.test_set.labels, 256, mean=self.mean, std=self.std
+                self.test_set.images,
+                self.test_set.labels,
+                256,
+                mean=self.mean,
+                std=self.std,
+                num_replicas=world,
+                rank=rank,
             )
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = args.epochs * self.steps_per_epoch
@@ -143,6 +161,7 @@ class Run:
         self.sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
         self.history: list[dict[str, Any]] = []
         self.stop_requested = False
+        self.interrupted = False  # distributed: Ctrl-C seen by this rank, not yet agreed on
         self.last_saved: Path | None = None  # the last good checkpoint of this run: a resumed or saved last.npz
         self.extended_at: list[int] = []  # epochs at which a finished run was extended to more epochs
         self.extending = False  # this invocation extends a finished run (--resume with more --epochs)
@@ -151,6 +170,8 @@ class Run:
         """Stop the image-decoding processes, if any."""
         if self.pool is not None:
             self.pool.close()
+        if self.dist is not None:  # distributed: this rank's errors must be seen
+            self.dist.restore_output()
 
     def skipped_line(self) -> str | None:
         """The end-of-epoch count of images that could not be decoded, or None if there were none."""
@@ -224,7 +245,8 @@ class Run:
         for index, entry in self.optimizer.state_dict()["state"].items():
             for key, value in entry.items():
                 arrays[f"optim/{index}/{key}"] = value
-        path = save_checkpoint(self.out / name, self.meta(), arrays)
+        # distributed: every rank holds the same weights; rank 0 alone writes them
+        path = save_checkpoint(self.out / name, self.meta(), arrays) if self.is_main else self.out / name
         if name == "last.npz":
             self.last_saved = path
         return path
@@ -244,6 +266,9 @@ class Run:
                 f"{self.args.dataset} ({self.num_classes}) - resume with the same --dataset"
             )
         saved = meta.get("config", {})
+        problem = distributed.check_resume(saved, path, self.args.world_size)  # distributed: the same N
+        if problem:
+            raise CheckpointError(problem)
         finished = meta.get("step_in_epoch") == 0 and meta.get("epoch") == saved.get("epochs")
         extend = finished and isinstance(saved.get("epochs"), int) and self.args.epochs > saved["epochs"]
         for key in RESUME_KEYS + (IMAGE_RESUME_KEYS if self.images else ()):
@@ -317,7 +342,10 @@ class Run:
                 if not math.isfinite(value):
                     raise self.diverged(f"the loss became {value} at epoch {self.epoch + 1}, step {step_in + 1}")
                 opt.zero_grad()
-                loss.backward()
+                if self.dist is not None:  # distributed: backward with the bucketed all-reduce of the gradients
+                    self.dist.backward(loss)
+                else:
+                    loss.backward()
                 norm = self.grad_norm()
                 if not math.isfinite(norm):
                     raise self.diverged(
@@ -326,11 +354,16 @@ class Run:
                 opt.step()
                 self.scheduler.step()
                 correct = int((logits.data.argmax(axis=1) == y).sum())
+                seen = len(yb)
+                if self.dist is not None:  # distributed: sums over all ranks, and an interrupt stops all at one step
+                    sums = self.dist.agree(value * seen, correct, seen, self.interrupted)
+                    value, correct, seen, stop = sums[0] / sums[2], int(sums[1]), int(sums[2]), sums[3]
+                    self.stop_requested = self.stop_requested or stop
                 self.step_in_epoch += 1
                 s = self.sums
-                s["loss"] += value * len(yb)
+                s["loss"] += value * seen
                 s["correct"] += correct
-                s["seen"] += len(yb)
+                s["seen"] += seen
                 s["seconds"] += time.perf_counter() - t0
                 bar.update(
                     {
@@ -358,7 +391,10 @@ class Run:
     def end_epoch(self) -> dict[str, Any]:
         """Evaluate, append to metrics.jsonl, write last.npz (and best.npz), redraw the curves."""
         self.check_weights()  # before anything is written for this epoch
-        result = evaluate(self.model, self.test_loader, self.num_classes)
+        if self.dist is not None:  # distributed: every rank evaluates its share, the counts are summed
+            result = self.dist.evaluate(self.model, self.test_loader, self.num_classes)
+        else:
+            result = evaluate(self.model, self.test_loader, self.num_classes)
         if not math.isfinite(result.loss):
             raise self.diverged(
                 f"the held-out loss became {result.loss} after epoch {self.epoch + 1}, step {self.step_in_epoch}"
@@ -379,15 +415,17 @@ class Run:
         self.history.append(record)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.is_main:  # distributed: rank 0 alone writes the run folder
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         improved = result.top1 > self.best
         if improved:
             self.best = result.top1
         self.save("last.npz")
         if improved:
             self.save("best.npz")
-        plot_curves(self.history, self.out / "curves.png", title=f"{self.args.model} on {self.args.dataset}")
+        if self.is_main:
+            plot_curves(self.history, self.out / "curves.png", title=f"{self.args.model} on {self.args.dataset}")
         return record
 
     def loop(self) -> int:
@@ -438,6 +476,11 @@ class Run:
             "num_parameters": self.model.num_parameters(),
             "extended_at_epochs": self.extended_at,
         }
+        if self.dist is not None:  # distributed: wrap the (resumed) model; rank 0 alone claims the folder
+            self.dist.wrap(self.model)
+            self.dist.comm.barrier()  # every rank has checked the folder before rank 0 claims it
+            if not self.is_main:
+                return
         if a.overwrite:
             run_folder.remove_run_files(self.out)
         default_base = None if a.out or a.resume else self.default_out
@@ -470,6 +513,8 @@ class Run:
             self.close()
 
     def _run(self) -> int:
+        if self.dist is not None:
+            self.dist.silence_others()  # distributed: rank 0 alone prints
         self.start()
         previous = signal.getsignal(signal.SIGINT)
 
@@ -477,7 +522,10 @@ class Run:
             if self.stop_requested:  # a second Ctrl-C: stop at once
                 signal.signal(signal.SIGINT, previous)
                 raise KeyboardInterrupt
-            self.stop_requested = True
+            if self.dist is not None:  # distributed: the ranks stop at the step they agree on (see train_epoch)
+                self.interrupted = True
+            else:
+                self.stop_requested = True
             print("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
 
         signal.signal(signal.SIGINT, on_sigint)
@@ -497,6 +545,11 @@ class Run:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # distributed: a failure on one rank ends the whole job (MPI_Abort), else the others would wait for it
+    return distributed.finish(_main(argv))
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cpu.retain_freed_memory()  # reuse freed memory from step to step (see its docstring)
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from minise import backend, data, optim
 from minise.cli import HelpFormatter, OneLineParser
+from minise.distributed import training as distributed
 
 # arguments that fix the batches, the schedule and what a position means: a resumed run must keep them
 RESUME_KEYS = ("batch_size", "seed", "train_images", "no_augment", "epochs", "schedule", "warmup_epochs")
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         "line per epoch stays",
     )
     r.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated Ctrl-C
+    distributed.add_arguments(p)  # --distributed, --sync-bn, --bucket-mb, --comm (minise/distributed/training.py)
     return p
 
 

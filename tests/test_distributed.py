@@ -7,9 +7,12 @@ sums in rank order). The second part (marker ``distributed``) starts 2 MPI proce
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -247,6 +250,60 @@ def test_ddp_unused_parameter_counts_as_zero_and_grad_hook_handle_removes() -> N
         np.testing.assert_array_equal(grads[1], np.ones(2, dtype=np.float32))
 
 
+def _small_bn_net() -> minise.nn.Module:
+    nn = minise.nn
+    minise.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64),
+                         nn.ReLU(), nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(3, 4, dtype=np.float64))  # fmt: skip
+
+
+def test_three_sgd_steps_with_ddp_and_sync_bn_on_two_ranks_equal_one_process_in_float64() -> None:
+    """Whole training steps (SyncBN forward and backward, bucketed all-reduce, SGD with momentum and weight
+    decay, BN running statistics): 2 ranks x 3 images = 1 process x 6 images, to float64 rounding."""
+    from minise import optim
+
+    rng = np.random.default_rng(1)
+    batches = [(rng.standard_normal((6, 2, 5, 5)), rng.integers(0, 4, 6)) for _ in range(3)]
+
+    def train(model: minise.nn.Module, shares: slice, backward) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        for x, y in batches:
+            opt.zero_grad()
+            backward(F.cross_entropy(model(minise.tensor(x[shares])), y[shares]))
+            opt.step()
+        return model.state_dict()
+
+    reference = train(_small_bn_net(), slice(None), lambda loss: loss.backward())
+    built = [_small_bn_net() for _ in range(2)]
+
+    def rank(comm: LocalGroup) -> dict[str, np.ndarray]:
+        model = SyncBatchNorm.convert_sync_batchnorm(built[comm.rank], comm)
+        ddp = DistributedDataParallel(model, comm, bucket_cap_mb=1e-4)
+        return train(model, slice(3 * comm.rank, 3 * comm.rank + 3), ddp.backward)
+
+    for state in LocalGroup.run(2, rank):
+        for k in reference:
+            np.testing.assert_allclose(state[k], reference[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_grad_mode_is_per_thread() -> None:
+    """LocalGroup's ranks are threads: one rank's optimiser step (inside no_grad) must not switch graph
+    recording off for the other rank's forward pass."""
+    inside, other = threading.Event(), []
+
+    def stepping() -> None:
+        with minise.no_grad():
+            inside.set()
+            time.sleep(0.2)
+
+    t = threading.Thread(target=stepping)
+    t.start()
+    inside.wait()
+    other.append(minise.is_grad_enabled())
+    t.join()
+    assert other == [True] and minise.is_grad_enabled()
+
+
 def test_local_group_raises_a_rank_error_and_releases_the_others() -> None:
     def rank(comm: LocalGroup) -> None:
         if comm.rank == 1:
@@ -352,6 +409,24 @@ def test_evaluate_sharded_equals_evaluate_on_everything() -> None:
         assert r.top1 == full.top1 and r.top5 == full.top5 and r.loss == pytest.approx(full.loss, rel=1e-6)
 
 
+def test_distributed_run_agrees_on_sums_and_on_stopping_and_checks_resume() -> None:
+    from minise.distributed.training import DistributedRun, check_arguments, check_resume
+
+    def rank(comm: LocalGroup) -> tuple[float, float, float, bool]:
+        run = DistributedRun(comm, sync_bn=False, bucket_mb=1.0)
+        return run.agree(1.5 * (comm.rank + 1), comm.rank, 32, stop=comm.rank == 1)  # only rank 1 was interrupted
+
+    assert LocalGroup.run(2, rank) == [(4.5, 1.0, 64.0, True)] * 2
+    assert check_resume({"world_size": 2}, "x.npz", 2) is None and check_resume({}, "x.npz", 1) is None
+    assert "trained on 1 process(es), not 2 - resume it with one process" in str(check_resume({}, "x.npz", 2))
+    assert "with mpiexec -n 2 python -m minise.train --distributed" in str(check_resume({"world_size": 2}, "x", 1))
+    args = argparse.Namespace(distributed=False, sync_bn=True, dataset="shapes", bucket_mb=1.0)
+    assert "--sync-bn needs --distributed" in str(check_arguments(args, False))
+    args.distributed = True
+    assert check_arguments(args, False) is None
+    assert "does not shard image-folder" in str(check_arguments(args, True))
+
+
 # ------------------------------------------------------------------------------------------------
 # MPI: 2 real processes, started with the venv's mpiexec
 # ------------------------------------------------------------------------------------------------
@@ -411,3 +486,154 @@ def test_a_hanging_rank_makes_the_others_time_out_and_end_the_job() -> None:
     r = mpirun(2, ["-m", "minise.distributed.check", "--fault", "hang"], timeout=60, env={"MINISE_DIST_TIMEOUT": "3"})
     assert r.returncode != 0 and time.monotonic() - start < 60
     assert "CollectiveTimeout" in r.stderr and "no answer from the other ranks" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# python -m minise.train --distributed: 2 processes x batch 32 against 1 process x batch 64
+# ------------------------------------------------------------------------------------------------
+# 640 shapes images, global batch 64: 10 steps an epoch, 2 epochs = 20 steps; evaluation on 64 images
+TRAIN = ["-m", "minise.train", "--dataset", "shapes", "--model", "se_resnet20", "--train-images", "640",
+         "--test-images", "64", "--epochs", "2", "--lr", "0.002", "--seed", "3", "--no-progress"]  # fmt: skip
+# The tolerance, and why. The 2-process run sums every gradient as two halves of 32 images plus an all-reduce,
+# and SyncBN sums its statistics in float64, where one process sums 64 images in float32 chunks: each step's
+# numbers differ from the 1 x 64 run's by float32 rounding (~1e-7 relative; in float64 the two agree to 1e-14,
+# measured in-process with LocalGroup). Training amplifies any such difference: measured in-process on these 20
+# batches at lr 0.002, a 1e-7 relative change of the input pixels moves the weights by 1.3e-2 of the size of
+# their 20-step update (4e-1 at lr 0.05, hence the small lr here), the 2 x 32 SyncBN run by 1.0e-2, the 2 x 32
+# run without SyncBN by 2.0e-1. So: the difference, over all parameters, |w_2x32 - w_1x64| / |w_1x64 - w_init|,
+# must stay below 5e-2 (rounding's size, with room), and without SyncBN exceed 5 times the SyncBN difference.
+SYNC_TOLERANCE = 5e-2
+
+
+def _train(n: int | None, out: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    args = [*TRAIN, "--out", str(out), *extra]
+    if n is None:
+        env = {**os.environ, "MINISE_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        return subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+        )
+    return mpirun(n, [*args, "--distributed"], timeout=timeout)
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    from minise.checkpoint import load_checkpoint
+
+    _, arrays = load_checkpoint(path)
+    return {k: v for k, v in arrays.items() if k.startswith("model/")}
+
+
+def _update_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """|a - b| / |b - b's initial weights| over all parameters (not the BN running statistics)."""
+    minise.manual_seed(3)  # the initial weights of the runs: --seed 3
+    init = {f"model/{k}": p.data for k, p in models.create("se_resnet20", num_classes=10).named_parameters()}
+    vec = lambda d: np.concatenate([d[k].astype(np.float64).ravel() for k in sorted(init)])
+    return float(np.linalg.norm(vec(a) - vec(b)) / np.linalg.norm(vec(b) - vec(init)))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The runs the tests below compare, each made once: 1 x 64, 2 x 32 with and without SyncBN."""
+    if _why_no_mpi():
+        pytest.skip(str(_why_no_mpi()))
+    base = tmp_path_factory.mktemp("dist")
+    made = {"one": (None, ["--batch-size", "64"]), "sync": (2, ["--batch-size", "32", "--sync-bn"]),
+            "plain": (2, ["--batch-size", "32"])}  # fmt: skip
+    for name, (n, extra) in made.items():
+        r = _train(n, base / name, *extra)
+        assert r.returncode == 0, f"{name}: {r.stderr[-3000:]}"
+    return {name: base / name for name in made}
+
+
+@requires_mpi
+@pytest.mark.distributed
+@pytest.mark.slow  # trains se_resnet20 20 steps in 3 to 5 runs: ~40 s unloaded, ~3 min on 2 shared cores
+def test_two_processes_with_sync_bn_reach_the_weights_of_one_process_with_the_global_batch(
+    runs: dict[str, Path],
+) -> None:
+    diff = _update_difference(_weights(runs["sync"] / "last.npz"), _weights(runs["one"] / "last.npz"))
+    print(f"2 x 32 with --sync-bn against 1 x 64 after 20 steps: weight difference {diff:.2e} of the update")
+    assert diff < SYNC_TOLERANCE
+    config = json.loads((runs["sync"] / "config.json").read_text())
+    assert config["world_size"] == 2 and config["global_batch_size"] == 64 and config["batch_size"] == 32
+    assert not (runs["sync"] / "rank1").exists() and len(list(runs["sync"].iterdir())) == len(
+        list(runs["one"].iterdir())
+    )
+
+
+@requires_mpi
+@pytest.mark.distributed
+@pytest.mark.slow  # trains se_resnet20 20 steps in 3 to 5 runs: ~40 s unloaded, ~3 min on 2 shared cores
+def test_without_sync_bn_the_step_differs_by_far_more(runs: dict[str, Path]) -> None:
+    """The documented difference: without --sync-bn each process normalises with the statistics of its own 32
+    images, another function than batch norm over 64, so the weights after 20 steps differ by far more than
+    summation order (see SYNC_TOLERANCE)."""
+    one = _weights(runs["one"] / "last.npz")
+    plain = _update_difference(_weights(runs["plain"] / "last.npz"), one)
+    sync = _update_difference(_weights(runs["sync"] / "last.npz"), one)
+    print(f"weight difference from 1 x 64, of the update: without SyncBN {plain:.2e}, with {sync:.2e}")
+    assert plain > 5 * sync and plain > SYNC_TOLERANCE
+
+
+@requires_mpi
+@pytest.mark.distributed
+@pytest.mark.slow  # trains se_resnet20 20 steps in 3 to 5 runs: ~40 s unloaded, ~3 min on 2 shared cores
+def test_resume_with_two_processes_is_exact(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    first = _train(2, out, "--batch-size", "32", "--sync-bn", "--stop-after-steps", "7")
+    assert first.returncode == 130, first.stderr[-2000:]
+    second = _train(2, out, "--batch-size", "32", "--sync-bn", "--resume")
+    assert second.returncode == 0, second.stderr[-2000:]
+    resumed, straight = _weights(out / "last.npz"), _weights(runs["sync"] / "last.npz")
+    for k in straight:
+        np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+    wrong = _train(None, out, "--batch-size", "32", "--sync-bn", "--resume")
+    assert wrong.returncode == 2 and "--sync-bn needs --distributed" in wrong.stderr
+
+
+def _rank_pids(out: Path) -> list[int]:
+    """The PIDs of this test's training processes (their command lines name its run folder)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            str(out).encode() in cmd
+            and b"minise.train" in cmd
+            and not cmd[0].endswith((b"mpiexec", b"hydra_pmi_proxy"))
+        ):
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
+@requires_mpi
+@pytest.mark.distributed
+def test_killing_one_rank_mid_epoch_ends_the_job_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    from minise.checkpoint import load_checkpoint
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "MINISE_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, *TRAIN, "--epochs", "4", "--batch-size", "32", "--distributed",
+           "--out", str(out)]  # fmt: skip
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "last.npz").exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # the end of epoch 1
+        assert (out / "last.npz").exists(), "epoch 1 did not finish"
+        time.sleep(1.0)  # into epoch 2
+        pids = _rank_pids(out)
+        assert len(pids) == 2, pids
+        os.kill(pids[-1], 9)
+        killed = time.monotonic()
+        job.wait(timeout=60)
+        assert job.returncode != 0 and time.monotonic() - killed < 60
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    meta, arrays = load_checkpoint(out / "last.npz")
+    assert meta["epoch"] >= 1 and any(k.startswith("model/") for k in arrays)
