@@ -11,15 +11,16 @@
 * :meth:`DistributedRun.end`: the end of the job on a failure - one line, then MPI_Abort, so no rank is left
   waiting in a collective.
 
-Rules of a distributed run: ``--batch-size`` is per process, the global batch ``N * batch_size`` is what
-the config records (``world_size``, ``global_batch_size``); rank 0 alone prints and writes the run folder
-(checkpoints, metrics, curves); ``--resume`` needs the same N (the position in the epoch counts global
-batches) and a run folder every rank can read.
+Rules of a distributed run: ``--batch-size`` is per process, and the config (``config.json`` and every
+checkpoint) records ``world_size`` N and ``global_batch_size`` N * batch_size; rank 0 alone prints and writes
+the run folder (checkpoints, metrics, curves); ``--resume`` needs the same N (the position in the epoch
+counts global batches) and a run folder every rank can read.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -30,6 +31,8 @@ from minise.distributed.sync_bn import SyncBatchNorm
 from minise.evaluate import EvalResult
 from minise.nn import Module
 from minise.tensor import Tensor
+
+ACTIVE: list[DistributedRun] = []  # this process's distributed run, once made (for finish())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,6 +84,8 @@ class DistributedRun:
         self.rank, self.size = comm.rank, comm.size
         self.is_main = comm.rank == 0
         self.ddp: DistributedDataParallel | None = None
+        self._saved_output: tuple[Any, Any] | None = None
+        ACTIVE.append(self)
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> DistributedRun:
@@ -95,9 +100,6 @@ class DistributedRun:
     def shard(self) -> dict[str, int]:
         """The DataLoader arguments that give this rank its share of every global batch."""
         return {"num_replicas": self.size, "rank": self.rank}
-
-    def config(self, batch_size: int) -> dict[str, Any]:
-        return {"world_size": self.size, "global_batch_size": self.size * batch_size}
 
     def wrap(self, model: Module) -> None:
         """SyncBN (if asked) and DDP around ``model``: broadcasts rank 0's parameters and buffers."""
@@ -123,15 +125,20 @@ class DistributedRun:
     def evaluate(self, model: Module, batches: Any, num_classes: int) -> EvalResult:
         return evaluate_sharded(model, batches, num_classes, self.comm)
 
-    def check_resume(self, saved_config: dict[str, Any], path: Any) -> str | None:
-        """Why a checkpoint cannot be resumed with this world size (one line), or None."""
-        saved = saved_config.get("world_size", 1)
-        if saved != self.size:
-            return (
-                f"checkpoint {path} was trained on {saved} process(es), not {self.size} - resume with mpiexec -n "
-                f"{saved} (the position in the epoch counts global batches of that many processes)"
-            )
-        return None
+    def silence_others(self) -> None:
+        """Ranks other than 0 print nothing from here on (rank 0 speaks for the job), until
+        :meth:`restore_output`: their progress bars and epoch lines would only repeat rank 0's."""
+        if not self.is_main and self._saved_output is None:
+            self._saved_output = (sys.stdout, sys.stderr)
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed in restore_output
+
+    def restore_output(self) -> None:
+        """Give this rank its output back (an error it reports must be seen)."""
+        if self._saved_output is not None:
+            quiet = sys.stdout
+            sys.stdout, sys.stderr = self._saved_output
+            self._saved_output = None
+            quiet.close()
 
     def end(self, code: int, message: str | None = None) -> None:
         """End the whole job with ``code`` (MPI_Abort), after printing ``message`` on this rank's stderr."""
@@ -139,3 +146,26 @@ class DistributedRun:
             print(f"minise.train: rank {self.rank} of {self.size}: {message}", file=sys.stderr)
         sys.stderr.flush()
         self.comm.abort(code)
+
+
+def check_resume(saved_config: dict[str, Any], path: Any, world_size: int) -> str | None:
+    """Why a checkpoint cannot be resumed by ``world_size`` processes (one line), or None: the position in
+    the epoch counts global batches, so N must stay the same (a checkpoint without the key is of 1 process)."""
+    saved = saved_config.get("world_size", 1)
+    if saved != world_size:
+        launch = f"mpiexec -n {saved} python -m minise.train --distributed ..." if saved > 1 else "one process"
+        return (
+            f"checkpoint {path} was trained on {saved} process(es), not {world_size} - resume it with {launch} "
+            "(the position in the epoch counts global batches of that many processes)"
+        )
+    return None
+
+
+def finish(code: int) -> int:
+    """The exit status of ``python -m minise.train``; in a distributed run that failed on this rank (status
+    neither 0 nor 130, a stop all ranks agreed on), end the whole job now with MPI_Abort: the other ranks
+    would otherwise wait for this one in their next collective."""
+    if ACTIVE and code not in (0, 130):
+        ACTIVE[-1].restore_output()
+        ACTIVE[-1].end(code)
+    return code
