@@ -53,7 +53,7 @@ def squeeze_excite_forward(x, w1, b1, w2, b2):
     a1 = s @ w1.T + (0 if b1 is None else b1)
     h = np.maximum(a1, 0)
     a2 = h @ w2.T + (0 if b2 is None else b2)
-    e = 1 / (1 + np.exp(-a2))
+    e = 0.5 * (np.tanh(0.5 * a2) + 1)  # sigmoid(a2) without overflow (lesson 01)
     return x * e[:, :, None, None]
     # <<<
 '''
@@ -61,7 +61,10 @@ def squeeze_excite_forward(x, w1, b1, w2, b2):
 SQUEEZE_HINT = "the squeeze is the mean over the H x W pixels of each channel: s = x.mean(axis=(2, 3)), shape (N, C)"
 SUM_HINT = "the squeeze is a mean, not a sum: divide by H W (x.mean(axis=(2, 3)))"
 RELU_HINT = "the ReLU between the two layers is missing: h = relu(a1) = np.maximum(a1, 0)"
-GATE_HINT = "the gate is a sigmoid, 1 / (1 + exp(-a2)), a number between 0 and 1 per channel"
+GATE_HINT = (
+    "the gate is a sigmoid, 1 / (1 + exp(-a2)) (computed stably as 0.5 * (tanh(a2 / 2) + 1)), "
+    "a number between 0 and 1 per channel"
+)
 
 
 def reference(
@@ -130,6 +133,6 @@ EXERCISE = Exercise(
     mistakes=(
         Mistake("sum instead of mean", "s = x.mean(axis=(2, 3))", "s = x.sum(axis=(2, 3))", "a mean, not a sum"),
         Mistake("no ReLU", "h = np.maximum(a1, 0)", "h = a1", "ReLU between the two layers"),
-        Mistake("tanh gate", "e = 1 / (1 + np.exp(-a2))", "e = np.tanh(a2)", "gate is a sigmoid"),
+        Mistake("tanh gate", "e = 0.5 * (np.tanh(0.5 * a2) + 1)", "e = np.tanh(a2)", "gate is a sigmoid"),
     ),
 )

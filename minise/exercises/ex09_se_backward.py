@@ -65,7 +65,7 @@ def squeeze_excite_backward(gy, x, w1, b1, w2, b2):
     a1 = s @ w1.T + (0 if b1 is None else b1)  # (N, R)
     h = np.maximum(a1, 0)
     a2 = h @ w2.T + (0 if b2 is None else b2)  # (N, C)
-    e = 1 / (1 + np.exp(-a2))  # (N, C)
+    e = 0.5 * (np.tanh(0.5 * a2) + 1)  # (N, C)  sigmoid(a2), in the stable form of lesson 01
     # >>> your code
     g_e = (gy * x).sum(axis=(2, 3))  # (N, C)
     g_a2 = g_e * e * (1 - e)

@@ -23,7 +23,8 @@ class SGD(Optimizer):
         p   = p - lr * g
 
     ``momentum`` defaults to 0, as PyTorch's (plain SGD): pass ``momentum=0.9``, the SENet paper's
-    value, to train as the paper does (``minise.train``'s ``--momentum`` defaults to 0.9). Nesterov needs momentum > 0 and dampening 0, as in PyTorch. ``params`` is an
+    value, to train as the paper does (``minise.train``'s ``--momentum`` defaults to 0.9).
+    Nesterov needs momentum > 0 and dampening 0, as in PyTorch. ``params`` is an
     iterable of parameters or of group dicts (``{"params": [...], "weight_decay": 0.0}``); parameters
     whose ``grad`` is None are skipped and keep their momentum buffer unchanged.
     """
