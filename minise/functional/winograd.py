@@ -49,42 +49,48 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from minise import backend, cpu
 from minise.backend import get_array_module
 
+# The matrices are plain host constants (lists; the ops turn them into arrays of the data's module and dtype).
+Matrix = list[list[float]]
+
 # F(2, 3): points 0, 1, -1, infinity
-BT_2 = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
-G_2 = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
-AT_2 = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+BT_2: Matrix = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+G_2: Matrix = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
+AT_2: Matrix = [[1, 1, 1, 0], [0, 1, -1, -1]]
 
 # F(4, 3): points 0, 1, -1, 2, -2, infinity (Lavin & Gray, Sec. 4.2)
-BT_4 = np.array(
-    [
-        [4, 0, -5, 0, 1, 0],
-        [0, -4, -4, 1, 1, 0],
-        [0, 4, -4, -1, 1, 0],
-        [0, -2, -1, 2, 1, 0],
-        [0, 2, -1, -2, 1, 0],
-        [0, 4, 0, -5, 0, 1],
-    ],
-    dtype=np.float64,
-)
-G_4 = np.array(
-    [
-        [1 / 4, 0, 0],
-        [-1 / 6, -1 / 6, -1 / 6],
-        [-1 / 6, 1 / 6, -1 / 6],
-        [1 / 24, 1 / 12, 1 / 6],
-        [1 / 24, -1 / 12, 1 / 6],
-        [0, 0, 1],
-    ],
-    dtype=np.float64,
-)
-AT_4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+BT_4: Matrix = [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+]
+G_4: Matrix = [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+]
+AT_4: Matrix = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
 
-TRANSFORMS = {2: (BT_2, G_2, AT_2), 4: (BT_4, G_4, AT_4)}
+TRANSFORMS: dict[int, tuple[Matrix, Matrix, Matrix]] = {2: (BT_2, G_2, AT_2), 4: (BT_4, G_4, AT_4)}
+
+
+def _column(mat: Any, i: int) -> list[float]:
+    return [row[i] for row in mat]
+
+
+def _kron_g(xp: Any, m: int, dtype: Any) -> Any:
+    """kron(G, G) (a*a, 9): entry (i a + j, 3 r + s) = G[i, r] G[j, s]."""
+    g = xp.asarray(TRANSFORMS[m][1], dtype=dtype)  # (a, 3)
+    a = g.shape[0]
+    return (g[:, None, :, None] * g[None, :, None, :]).reshape(a * a, 9)
 
 
 def _lincomb(xp: Any, coeffs: Any, terms: list[Any], out: Any) -> None:
@@ -149,7 +155,7 @@ def weight_transform(w: Any, m: int) -> Any:
     xp = get_array_module(w)
     k, c = w.shape[:2]
     a = m + 2
-    gg = xp.asarray(np.kron(TRANSFORMS[m][1], TRANSFORMS[m][1]), dtype=w.dtype)  # (a*a, 9)
+    gg = _kron_g(xp, m, w.dtype)  # (a*a, 9)
     ut = xp.empty((a, a, c, k), dtype=w.dtype)
 
     def work(s: int, z: int) -> None:
@@ -171,7 +177,7 @@ def input_transform(xpad: Any, m: int, th: int, tw: int) -> Any:
     """
     xp = get_array_module(xpad)
     bt = TRANSFORMS[m][0]
-    a = bt.shape[0]
+    a = len(bt)
     hp, _, n, c = xpad.shape
     cols = [xpad[:, col : col + m * (tw - 1) + 1 : m] for col in range(a)]  # a views (Hp, TW, n, C)
     z = xp.empty((a, hp, tw, n, c), dtype=xpad.dtype)  # z[j] = sum_col BT[j, col] xpad[:, col::m]
@@ -189,7 +195,7 @@ def output_transform(mm: Any, m: int) -> Any:
     """Y = A^T M A for every tile: mm (a, a, TH, TW, n, K) -> y (TH, m, TW, m, n, K)."""
     xp = get_array_module(mm)
     at = TRANSFORMS[m][2]
-    a = at.shape[1]
+    a = len(at[0])
     th, tw, n, k = mm.shape[2:]
     s = xp.empty((m, a, th, tw, n, k), dtype=mm.dtype)  # s[u, j] = sum_i AT[u, i] M[i, j]
     for u in range(m):
@@ -206,16 +212,16 @@ def output_adjoint(gy6: Any, m: int) -> Any:
     gy6 (TH, m, TW, m, n, K) -> dM (a, a, TH, TW, n, K)."""
     xp = get_array_module(gy6)
     at = TRANSFORMS[m][2]
-    a = at.shape[1]
+    a = len(at[0])
     th, _, tw, _, n, k = gy6.shape
     s = xp.empty((a, m, th, tw, n, k), dtype=gy6.dtype)  # s[i, v] = sum_u AT[u, i] dY[u, v]
     for i in range(a):
         for v in range(m):
-            _lincomb(xp, at[:, i], [gy6[:, u, :, v] for u in range(m)], s[i, v])
+            _lincomb(xp, _column(at, i), [gy6[:, u, :, v] for u in range(m)], s[i, v])
     dm = xp.empty((a, a, th, tw, n, k), dtype=gy6.dtype)  # dm[i, j] = sum_v AT[v, j] s[i, v]
     for i in range(a):
         for j in range(a):
-            _lincomb(xp, at[:, j], [s[i, v] for v in range(m)], dm[i, j])
+            _lincomb(xp, _column(at, j), [s[i, v] for v in range(m)], dm[i, j])
     return dm
 
 
@@ -283,7 +289,7 @@ def weight_grad_from_transformed(dut: Any, m: int) -> Any:
     dU^T (a, a, C, K) -> dW (K, C, 3, 3)."""
     xp = get_array_module(dut)
     a, _, c, k = dut.shape
-    gg = xp.asarray(np.kron(TRANSFORMS[m][1], TRANSFORMS[m][1]), dtype=dut.dtype)  # (a*a, 9)
+    gg = _kron_g(xp, m, dut.dtype)  # (a*a, 9)
     dw = xp.empty((k, c, 3, 3), dtype=dut.dtype)
 
     def work(s: int, z: int) -> None:
