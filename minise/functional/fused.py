@@ -11,8 +11,8 @@ fused ops equal to the composition and to finite differences.
 * :class:`AddReLUOp`: ``relu(a + b)``, the end of every residual block;
 * :func:`fold_batch_norm`: for evaluation, each BN folded into the convolution before it (no BN pass at all).
 
-The per-chunk kernels (``_affine_relu``, ``_relu_mask_grad``, ...) are plain NumPy/CuPy expressions; on
-CuPy a chunk is the whole batch.
+The elementwise bodies (``_affine_relu``, ``_masked_affine2``, ...) go through ``backend.elementwise``, as
+batch norm's own: on NumPy in chunks of a few images on all cores, on CuPy as one ``cupy.fuse`` kernel each.
 """
 
 from __future__ import annotations
@@ -21,25 +21,42 @@ import copy
 import os
 from typing import Any
 
-from minise import cpu
+from minise import backend, cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
 from minise.functional.elementwise import relu
-from minise.functional.normalization import _batch_moments, _sum_chunks, batch_norm
+from minise.functional.normalization import _affine2, _batch_moments, _sum_chunks, batch_norm
 from minise.tensor import Tensor, as_tensor
 
 
-def _affine_relu(x: Any, a: Any, b: Any, out: Any) -> None:
-    """out = max(a x + b, 0), in place in ``out`` (a chunk of the batch, a and b broadcast per channel)."""
-    xp = get_array_module(x)
-    xp.multiply(x, a, out=out)
-    out += b
-    xp.maximum(out, 0, out=out)
+def _masked(g: Any, y: Any) -> Any:
+    """g * [y > 0]: the ReLU's gradient (y > 0 exactly where its input was > 0)."""
+    return g * (y > 0)
 
 
-def _relu_mask_grad(gy: Any, y: Any, out: Any) -> Any:
-    """out = gy * [y > 0]: the ReLU's gradient (y > 0 exactly where its input was > 0)."""
+def _affine_relu(x: Any, a: Any, b: Any, out: Any = None) -> Any:
+    """y = max(a x + b, 0)"""
+    return get_array_module(x).maximum(x * a + b, 0, out=out)
+
+
+def _masked_affine2(g: Any, y: Any, a: Any, b: Any, c: Any, x: Any, out: Any = None) -> Any:
+    """dx = A g + B x + C with g = gy [y > 0] (batch norm's ``_affine2`` on the ReLU's gradient)"""
+    return _affine2(_masked(g, y), a, b, c, x, out=out)
+
+
+def _masked_scale(g: Any, y: Any, a: Any, out: Any = None) -> Any:
+    """dx = A g with g = gy [y > 0] (evaluation)"""
+    return get_array_module(g).multiply(_masked(g, y), a, out=out)
+
+
+def _add_relu(a: Any, b: Any, out: Any = None) -> Any:
+    """y = max(a + b, 0)"""
+    return get_array_module(a).maximum(a + b, 0, out=out)
+
+
+def _relu_grad(gy: Any, y: Any, out: Any = None) -> Any:
+    """gy [y > 0]"""
     return get_array_module(gy).multiply(gy, y > 0, out=out)
 
 
@@ -87,10 +104,8 @@ class BatchNormReLUOp(Function):
         inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)  # (C,)
         a = inv_std if gamma is None else gamma * inv_std
         b = -mu * a if beta is None else beta - mu * a
-        y = xp.empty(x.shape, dtype=x.dtype)
-        y3 = y.reshape(n, c, -1)  # a view: y is C-contiguous
-        a3, b3 = a.reshape(1, c, 1), b.reshape(1, c, 1)
-        cpu.run_chunks(xp, n, size, lambda s, z: _affine_relu(x3[s:z], a3, b3, y3[s:z]))
+        y3 = backend.elementwise(_affine_relu, x3, a.reshape(1, c, 1), b.reshape(1, c, 1), like=x3)  # (N, C, L)
+        y = y3.reshape(x.shape)
         self.save(x, y, mu, inv_std, gamma)
         return y
 
@@ -104,7 +119,7 @@ class BatchNormReLUOp(Function):
         need_x, need_g, need_b = self.needs_input_grad
 
         def sums(a: int, z: int) -> Any:  # (2, C): sum g and sum g * x, g = gy [y > 0] made in cache
-            g = _relu_mask_grad(g3[a:z], y3[a:z], xp.empty(g3[a:z].shape, dtype=gy.dtype))
+            g = _masked(g3[a:z], y3[a:z])
             return xp.stack([xp.einsum("ncl->c", g), xp.einsum("ncl,ncl->c", g, x3[a:z])])
 
         s = _sum_chunks(xp, n, size, sums)
@@ -116,19 +131,11 @@ class BatchNormReLUOp(Function):
             # training: dx = scale (g - dbeta/m - xhat dgamma/m) = A g + B x + C per channel; evaluation: A g
             coef_b = -scale * inv_std * dgamma / m
             coef_c = -scale * dbeta / m - coef_b * mu
-            a3, b3, c3 = scale.reshape(1, c, 1), coef_b.reshape(1, c, 1), coef_c.reshape(1, c, 1)
-            dx = xp.empty(x.shape, dtype=x.dtype)
-            d3 = dx.reshape(n, c, -1)
-
-            def grad(s_: int, z: int) -> None:
-                d = d3[s_:z]
-                _relu_mask_grad(g3[s_:z], y3[s_:z], d)  # g, recomputed in cache
-                d *= a3
-                if self.training:
-                    d += x3[s_:z] * b3
-                    d += c3
-
-            cpu.run_chunks(xp, n, size, grad)
+            per_channel = [v.reshape(1, c, 1) for v in (scale, coef_b, coef_c)]
+            if self.training:
+                dx = backend.elementwise(_masked_affine2, g3, y3, *per_channel, x3, like=x3).reshape(x.shape)
+            else:
+                dx = backend.elementwise(_masked_scale, g3, y3, per_channel[0], like=x3).reshape(x.shape)
         return dx, dgamma if need_g else None, dbeta if need_b else None
 
 
@@ -142,22 +149,14 @@ class AddReLUOp(Function):
     name = "add_relu"
 
     def forward(self, a: Any, b: Any) -> Any:
-        xp = get_array_module(a)
-        y = cpu.elementwise(xp, xp.empty(a.shape, dtype=a.dtype), _add_relu, a, b)
+        y = backend.elementwise(_add_relu, a, b, like=a)
         self.save(y)
         return y
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
         (y,) = self.saved  # type: ignore[misc]
-        xp = get_array_module(gy)
-        g = cpu.elementwise(xp, xp.empty(gy.shape, dtype=gy.dtype), _relu_mask_grad, gy, y)
+        g = backend.elementwise(_relu_grad, gy, y, like=gy)
         return g, g  # the same gradient for both inputs (autograd never changes a gradient in place)
-
-
-def _add_relu(a: Any, b: Any, out: Any) -> Any:
-    xp = get_array_module(a)
-    xp.add(a, b, out=out)
-    return xp.maximum(out, 0, out=out)
 
 
 def batch_norm_relu(
