@@ -13,7 +13,7 @@ from conftest import Server
 
 import minise
 from minise import models
-from minise.models import timm_weights as tw
+from minise import timm_weights as tw
 from minise.nn import BatchNorm2d
 from minise.tensor import Tensor
 

@@ -40,7 +40,7 @@ from minise.models.imagenet import (
 )
 from minise.models.registry import create, list_models, model_family
 from minise.models.summary import LayerRow, ModelSummary, count_macs, summarize, summary
-from minise.models.timm_weights import TIMM_ARCHS, WeightsError, load_timm, save_timm
+from minise.timm_weights import TIMM_ARCHS, WeightsError, load_timm, save_timm
 
 __all__ = [
     "PLACEMENTS",

@@ -99,7 +99,7 @@ def create(name: str, num_classes: int | None = None, pretrained: str | None = N
     ImageNet ones) and the given options, e.g. ``create("se_resnet50", reduction=8, bias=False)``.
 
     ``pretrained``: a timm/torchvision ``.safetensors`` file, or a hub name such as
-    ``"timm/seresnet50.a1_in1k"``, loaded with :func:`~minise.models.timm_weights.load_timm`; the
+    ``"timm/seresnet50.a1_in1k"``, loaded with :func:`~minise.timm_weights.load_timm`; the
     options that make the model equal timm's architecture (``TIMM_ARCHS``) are then the defaults."""
     builder, _, default_classes = _MODELS[_check_name(name)]
     classes = default_classes if num_classes is None else num_classes
@@ -107,7 +107,7 @@ def create(name: str, num_classes: int | None = None, pretrained: str | None = N
         raise ValueError(f"create: num_classes must be a positive int, got {classes!r}")
     if pretrained is None:
         return builder(classes, **options)
-    from minise.models import timm_weights  # noqa: PLC0415  (only pretrained models need it)
+    from minise import timm_weights  # noqa: PLC0415  (only pretrained models need it)
 
     if name not in timm_weights.TIMM_ARCHS:
         raise ValueError(

@@ -1,5 +1,8 @@
 """Weights shared with timm (and torchvision): read and write their ``.safetensors`` state dicts.
 
+A file format, like :mod:`minise.checkpoint`: it works on host (NumPy) arrays, so it sits outside the
+backend-agnostic packages (``models`` re-exports ``load_timm``, ``save_timm`` and ``TIMM_ARCHS``).
+
 minise's ImageNet models use torchvision's module names, which timm's ResNet family keeps, so a
 timm state dict maps onto a minise model key for key, with three differences in form:
 
