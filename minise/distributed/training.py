@@ -32,7 +32,7 @@ from minise.evaluate import EvalResult
 from minise.nn import Module
 from minise.tensor import Tensor
 
-ACTIVE: list[DistributedRun] = []  # this process's distributed run, once made (for finish())
+ACTIVE: list[DistributedRun] = []  # the distributed run of this process's minise.train, until finish()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +85,6 @@ class DistributedRun:
         self.is_main = comm.rank == 0
         self.ddp: DistributedDataParallel | None = None
         self._saved_output: tuple[Any, Any] | None = None
-        ACTIVE.append(self)
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> DistributedRun:
@@ -95,7 +94,9 @@ class DistributedRun:
         kind = args.comm
         if kind == "auto":
             kind = "nccl" if backend.get_backend() == "cupy" else "mpi"
-        return DistributedRun(communicator(kind), args.sync_bn, args.bucket_mb)
+        run = DistributedRun(communicator(kind), args.sync_bn, args.bucket_mb)
+        ACTIVE[:] = [run]  # the run of this process, for finish()
+        return run
 
     def shard(self) -> dict[str, int]:
         """The DataLoader arguments that give this rank its share of every global batch."""
@@ -165,7 +166,8 @@ def finish(code: int) -> int:
     """The exit status of ``python -m minise.train``; in a distributed run that failed on this rank (status
     neither 0 nor 130, a stop all ranks agreed on), end the whole job now with MPI_Abort: the other ranks
     would otherwise wait for this one in their next collective."""
-    if ACTIVE and code not in (0, 130):
-        ACTIVE[-1].restore_output()
-        ACTIVE[-1].end(code)
+    run = ACTIVE.pop() if ACTIVE else None
+    if run is not None and code not in (0, 130):
+        run.restore_output()
+        run.end(code)
     return code
