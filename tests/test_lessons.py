@@ -475,3 +475,39 @@ def test_the_exercise_commands_keep_list_and_run_working(tmp_path: Path, capsys:
     assert lessons.main(["exercise", "03", "--to", str(tmp_path)]) == 0
     assert lessons.main(["check", "03", "--file", str(tmp_path / "ex03_gradcheck.py")]) == 1
     assert "not written yet" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# lesson 13, section 7: a pretrained SE-ResNet-50 (random weights in timm's format stand in here)
+# --------------------------------------------------------------------------------------------------
+def test_lesson_13_pretrained_section_finds_reads_and_analyses_timm_weights(
+    namespace: Callable[[Path], dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("safetensors", reason="safetensors is not installed (pip install 'minise[weights]')")
+    ns = namespace(LESSON_13)
+    find_weights, analyse = ns["find_se_resnet50_weights"], ns["analyse_pretrained"]
+    root = ns["find_imagenette"]()
+    if root is None:
+        pytest.skip("no imagenette-mini beside the repository: the section has no images to analyse")
+    monkeypatch.setenv("MINISE_SE_RESNET50_WEIGHTS", str(tmp_path / "absent.safetensors"))
+    assert find_weights() is None  # a chosen file that is not there: the section is skipped
+    monkeypatch.delenv("MINISE_SE_RESNET50_WEIGHTS")
+    monkeypatch.setenv("MINISE_DATA", str(tmp_path / "cache"))
+    assert find_weights() is None
+    minise.manual_seed(0)
+    cached = tmp_path / "cache" / "weights" / "timm--seresnet50.a1_in1k.safetensors"
+    models.save_timm(models.se_resnet50(), cached)
+    assert find_weights() == cached  # the documented place in the cache
+    chosen = tmp_path / "mine.safetensors"
+    chosen.write_bytes(cached.read_bytes())
+    monkeypatch.setenv("MINISE_SE_RESNET50_WEIGHTS", str(chosen))
+    assert find_weights() == chosen  # the variable comes first
+
+    gates, labels, accuracy, spec = analyse(chosen, root, per_class=2, image_size=64, out=tmp_path / "out", shuffles=3)
+    np.testing.assert_array_equal(np.bincount(labels), [2] * 10)
+    assert len(gates) == 16 and gates["layer4.2.se"].shape == (20, 2048) and gates["layer1.0.se"].shape == (20, 256)
+    assert all(np.all((g >= 0) & (g <= 1)) for g in gates.values()) and 0 <= accuracy <= 1
+    assert set(spec) == set(gates) and all(np.isfinite(row["times_chance"]) for row in spec.values())
+    assert (tmp_path / "out" / "fig6.png").stat().st_size > 0 and (tmp_path / "out" / "fig7.png").stat().st_size > 0
+    # the lesson's accuracy check bites: untrained weights are not mistaken for ImageNet ones
+    assert accuracy <= 0.5
