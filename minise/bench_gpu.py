@@ -245,6 +245,28 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_nccl() -> dict[str, Any]:
+    """The NCCL communicator on the one GPU (N = 1): ``mpiexec -n 1 python -m minise.distributed.check``."""
+    import shutil  # noqa: PLC0415
+
+    if getattr(sys.modules.get("cupy"), "__file__", None) is None:  # a module with no file: a stand-in, not CuPy
+        why = "CuPy here is not the installed package (a CPU stand-in): NCCL needs the real CuPy and a GPU"
+        print(f"skipped: {why}")
+        return {"skipped": why}
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if mpiexec is None or importlib.util.find_spec("mpi4py") is None:
+        why = "mpiexec or mpi4py is missing (pip install -e '.[distributed]')"
+        print(f"skipped: {why}")
+        return {"skipped": why}
+    cmd = [mpiexec, "-n", "1", sys.executable, "-m", "minise.distributed.check", "--comm", "nccl", "--backend", "cupy"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    summary = (out.stdout.strip().splitlines() or [""])[-1]
+    print(summary)
+    if out.returncode != 0:
+        print(out.stdout[-2000:], out.stderr[-2000:], sep="\n")
+    return {"ok": out.returncode == 0, "returncode": out.returncode, "summary": summary}
+
+
 def main(args: argparse.Namespace) -> int:
     print(f"minise bench gpu: {NOTE}", flush=True)
     results: dict[str, Any] = {"note": NOTE}
@@ -257,6 +279,7 @@ def main(args: argparse.Namespace) -> int:
     _section(results, "train", lambda: run_train(args.batch_size, args.steps))
     _section(results, "launches", lambda: count_launches(args.batch_size))
     _section(results, "accuracy", lambda: run_accuracy(args))
+    _section(results, "nccl", run_nccl)
     failed = [k for k, v in results.items() if isinstance(v, dict) and not v.get("ok", True)]
     print(
         f"\ntotal {sum(v['seconds'] for v in results.values() if isinstance(v, dict)):.0f} s; "
