@@ -85,7 +85,7 @@ class Run:
             backend.set_backend(args.backend)
         # distributed (--distributed under mpiexec): this process's rank, its share of every batch (see
         # minise.distributed.training); None in a single-process run
-        problem = distributed.check_arguments(args, args.dataset in data.IMAGE_DATASETS)
+        problem = distributed.check_arguments(args)
         if problem:
             raise TrainError(problem)
         self.dist = distributed.DistributedRun.from_args(args) if args.distributed else None
@@ -123,7 +123,7 @@ class Run:
             self.pool = data.DecodePool(args.workers)  # decoding processes shared by both loaders
             try:
                 self.train_loader, self.test_loader = image_loaders(
-                    args, self.train_set, self.test_set, self.mean, self.std, self.pool
+                    args, self.train_set, self.test_set, self.mean, self.std, self.pool, world, rank
                 )
             except BaseException:
                 self.close()

@@ -262,10 +262,12 @@ def image_loaders(
     mean: list[float],
     std: list[float],
     pool: data.DecodePool,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> tuple[data.ImageFolderLoader, data.ImageFolderLoader]:
     """The training and held-out loaders of an image-folder data set, sharing ``pool``'s decoding
     processes; with --cache the decoded-image caches are opened (built the first time) here, before
-    training starts."""
+    training starts. ``num_replicas``, ``rank``: this process's share of every batch (--distributed)."""
     test_tf = data.ResizeCenterCrop(args.image_size)
     train_tf: data.RandomResizedCrop | data.ResizeCenterCrop = (
         test_tf if args.no_augment else data.RandomResizedCrop(args.image_size, scale=(args.crop_scale_min, 1.0))
@@ -282,6 +284,7 @@ def image_loaders(
             print(f"cache of {folder.split}/ at {side} px {what}: {cache.path}", file=sys.stderr)
             caches[k] = cache
     common: dict[str, Any] = {"mean": mean, "std": std, "pool": pool, "strict": args.strict}
+    common.update(num_replicas=num_replicas, rank=rank)  # --distributed: this process's share of every batch
     train_loader = data.ImageFolderLoader(
         train,
         args.batch_size,

@@ -368,6 +368,37 @@ def test_union_of_shares_is_the_single_process_batch(ranks: int, b: int, n: int,
             np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), x)
 
 
+@pytest.mark.parametrize(("ranks", "b", "drop_last"), [(2, 3, True), (3, 2, False), (4, 1, False)])
+def test_image_folder_union_of_shares_is_the_single_process_batch(
+    tmp_path: Path, ranks: int, b: int, drop_last: bool
+) -> None:
+    """ImageFolderLoader shards as DataLoader does: crops and flips are keyed by (seed, epoch, image)."""
+    image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for k in range(11):  # 11 images of odd sizes in 2 classes: the last global batch is short
+        w, h = int(rng.integers(20, 40)), int(rng.integers(20, 40))
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        path = tmp_path / "train" / f"c{k % 2}" / f"{k:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.fromarray(pixels).save(path)
+    folder = data.load_image_folder(tmp_path, "train")
+    common = {"transform": data.RandomResizedCrop(12), "shuffle": True, "drop_last": drop_last, "seed": 5, "workers": 0}
+    with data.ImageFolderLoader(folder, ranks * b, **common) as single:  # type: ignore[arg-type]
+        shards = [data.ImageFolderLoader(folder, b, num_replicas=ranks, rank=r, **common) for r in range(ranks)]  # type: ignore[arg-type]
+        assert all(len(s) == len(single) for s in shards)
+        for epoch in (0, 2):
+            whole = list(single.iter_epoch(epoch))
+            parts = [list(s.iter_epoch(epoch)) for s in shards]
+            for t, (x, y) in enumerate(whole):
+                got = [p[t] for p in parts if t < len(p)]  # a rank with an empty share of a short last batch has none
+                np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), y)
+                np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), x)
+        if not drop_last:
+            assert sum(len(yb) for p in parts for _, yb in p) == len(folder)  # every image once per epoch
+    with pytest.raises(ValueError, match="rank 2 of num_replicas 2"):
+        data.ImageFolderLoader(folder, 2, num_replicas=2, rank=2, **common)  # type: ignore[arg-type]
+
+
 def test_sharding_errors_and_a_planted_per_batch_stream_would_differ() -> None:
     images = np.zeros((8, 1, 4, 4), dtype=np.uint8)
     with pytest.raises(ValueError, match="rank 2 of num_replicas 2"):
@@ -421,10 +452,11 @@ def test_distributed_run_agrees_on_sums_and_on_stopping_and_checks_resume() -> N
     assert "trained on 1 process(es), not 2 - resume it with one process" in str(check_resume({}, "x.npz", 2))
     assert "with mpiexec -n 2 python -m minise.train --distributed" in str(check_resume({"world_size": 2}, "x", 1))
     args = argparse.Namespace(distributed=False, sync_bn=True, dataset="shapes", bucket_mb=1.0)
-    assert "--sync-bn needs --distributed" in str(check_arguments(args, False))
+    assert "--sync-bn needs --distributed" in str(check_arguments(args))
     args.distributed = True
-    assert check_arguments(args, False) is None
-    assert "does not shard image-folder" in str(check_arguments(args, True))
+    assert check_arguments(args) is None
+    args.dataset = "imagenette"  # image-folder data sets are sharded too
+    assert check_arguments(args) is None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,7 +9,15 @@ It keeps :class:`~minise.data.loader.DataLoader`'s contract - ``len``, ``set_epo
   ``np.random.default_rng([seed, e, i])``.
 
 So what a sample looks like depends on (seed, epoch, image) only: not on the batch size, the
-number of workers, which worker decoded it, or whether the epoch was resumed half-way.
+number of workers, which worker decoded it, or whether the epoch was resumed half-way. (A crop is
+planned from a whole image's size, so it draws from one ``Generator`` per image; the array transforms
+of :mod:`~minise.data.transforms` get the same keying, vectorised, from ``ImageRandom``.)
+
+**Sharding** (data-parallel training), exactly as :class:`~minise.data.loader.DataLoader`: with
+``num_replicas = R`` processes of batch ``b``, step ``t`` takes the global batch ``order[t R b : (t + 1) R b]``
+- the batch one process with batch ``R b`` takes at step ``t`` - and process ``rank`` keeps the ``rank``-th
+of R nearly equal consecutive parts. Since every image's crop and flip are keyed by the image, the
+union of the R shares is the single-process batch pixel for pixel.
 
 **Prefetching.** Batch ``k`` is one :class:`~minise.data.image_workers.Job` sent to the
 :class:`~minise.data.image_workers.DecodePool`; ``prefetch`` jobs (default two per worker) are in
@@ -53,6 +61,8 @@ class ImageFolderLoader:
         transform: what to make of each image, e.g. ``RandomResizedCrop(128)`` to train,
             ``ResizeCenterCrop(128)`` to evaluate.
         shuffle, drop_last, seed: as :class:`~minise.data.loader.DataLoader`.
+        num_replicas, rank: data-parallel sharding, as :class:`~minise.data.loader.DataLoader`: this process
+            is ``rank`` of ``num_replicas`` and ``batch_size`` is per process. 1 and 0: no sharding.
         mean, std: per-channel statistics on the [0, 1] scale (default ImageNet's).
         workers: decoding processes if no ``pool`` is given (default: one per core; 0: in this process).
         pool: a :class:`~minise.data.image_workers.DecodePool` to share with other loaders; the caller closes it.
@@ -87,9 +97,16 @@ class ImageFolderLoader:
         cache: DecodedCache | None = None,
         strict: bool = False,
         log: Callable[[str], None] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"ImageFolderLoader: batch_size is {batch_size} - it must be >= 1")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"ImageFolderLoader: rank {rank} of num_replicas {num_replicas} - need num_replicas >= 1 and "
+                "0 <= rank < num_replicas"
+            )
         if (mean is None) != (std is None):
             raise ValueError("ImageFolderLoader: give both mean and std, or neither")
         if cache is not None and cache.images != len(folder):
@@ -101,6 +118,7 @@ class ImageFolderLoader:
             raise ValueError(f"ImageFolderLoader: prefetch is {prefetch} - it must be >= 1")
         self.folder, self.batch_size, self.transform = folder, batch_size, transform
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.num_replicas, self.rank = num_replicas, rank
         self.mean, self.std, self.cache, self.strict = mean, std, cache, strict
         self._own_pool = pool is None
         self.pool = pool if pool is not None else DecodePool(workers)
@@ -110,10 +128,22 @@ class ImageFolderLoader:
         self.skipped: list[str] = []  # the files left out in the epoch being (or last) iterated
         self._reported: set[str] = set()
 
+    @property
+    def global_batch_size(self) -> int:
+        """Images per step over all processes: ``batch_size * num_replicas``."""
+        return self.batch_size * self.num_replicas
+
     def __len__(self) -> int:
-        """Number of batches in an epoch."""
-        n = len(self.folder)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Number of batches (steps) in an epoch; with sharding, of global batches."""
+        n, g = len(self.folder), self.global_batch_size
+        return n // g if self.drop_last else -(-n // g)
+
+    def _stop(self) -> int:
+        """The step to stop before: len(self), minus a last global batch too small to give this rank an image."""
+        steps = len(self)
+        if steps and len(self.share(np.arange(len(self.folder)), steps - 1)) == 0:
+            return steps - 1
+        return steps
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Make the next iteration go over epoch ``epoch`` from batch ``start_batch`` (for ``--resume``)."""
@@ -124,10 +154,18 @@ class ImageFolderLoader:
         """The image indices of epoch ``epoch``, in visiting order (N,)."""
         return epoch_order(len(self.folder), self.seed, epoch, self.shuffle)
 
+    def share(self, order: np.ndarray, index: int) -> np.ndarray:
+        """This rank's image indices of global batch ``index`` of the visiting ``order``."""
+        g = self.global_batch_size
+        global_batch = order[index * g : (index + 1) * g]  # (R b,) or fewer at the end
+        if self.num_replicas == 1:
+            return global_batch
+        return np.array_split(global_batch, self.num_replicas)[self.rank]  # (b,) when the batch is full
+
     # ------------------------------------------------------------------------- one batch
     def _job(self, epoch: int, index: int, order: np.ndarray) -> tuple[Job, np.ndarray, list[str]]:
         """The job of batch ``index``, the indices it covers, and the files the cache knows are bad."""
-        idx = order[index * self.batch_size : (index + 1) * self.batch_size]  # (B,)
+        idx = self.share(order, index)  # (B,) this rank's share of global batch `index`
         known_bad: list[str] = []
         if self.cache is not None and self.cache.failed:
             bad = np.isin(idx, list(self.cache.failed))
@@ -185,7 +223,8 @@ class ImageFolderLoader:
         :attr:`skipped` is emptied when the iteration starts and lists the files left out so far."""
         self.skipped = []
         order = self.order(epoch)
-        indices = range(start_batch, len(self) if stop_batch is None else min(stop_batch, len(self)))
+        stop = self._stop() if stop_batch is None else min(stop_batch, self._stop())
+        indices = range(start_batch, max(stop, start_batch))
         if self.pool.workers == 0:
             return (self.make_batch(epoch, i, order) for i in indices)
         return self._pooled(epoch, indices, order)

@@ -60,17 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def check_arguments(args: argparse.Namespace, image_dataset: bool) -> str | None:
+def check_arguments(args: argparse.Namespace) -> str | None:
     """What is wrong with the distributed options (one line with the fix), or None."""
     if not getattr(args, "distributed", False):
         if getattr(args, "sync_bn", False):
             return "--sync-bn needs --distributed (one process already normalises over its whole batch)"
         return None
-    if image_dataset:
-        return (
-            f"--distributed does not shard image-folder data sets ({args.dataset}) yet - use shapes, cifar10 or "
-            "cifar100, or train on one process"
-        )
     if args.bucket_mb <= 0:
         return f"--bucket-mb {args.bucket_mb}: the bucket size must be > 0 MiB"
     return None
@@ -99,7 +94,7 @@ class DistributedRun:
         return run
 
     def shard(self) -> dict[str, int]:
-        """The DataLoader arguments that give this rank its share of every global batch."""
+        """The loader arguments (DataLoader, ImageFolderLoader) that give this rank its share of every global batch."""
         return {"num_replicas": self.size, "rank": self.rank}
 
     def wrap(self, model: Module) -> None:
