@@ -143,11 +143,16 @@ def _backend_from_env() -> str:
     return canonical_backend(name, "MINISE_BACKEND")
 
 
-_current = _backend_from_env()
+# Read from MINISE_BACKEND at first use, not at import: a bad value then raises a ValueError where a
+# command line can print it in one line (an error while ``import minise`` runs could only be a traceback).
+_current: str | None = None
 
 
 def get_backend() -> str:
-    """The name of the current backend: "numpy" or "cupy"."""
+    """The name of the current backend: "numpy" or "cupy" (at first use, from ``MINISE_BACKEND``)."""
+    global _current
+    if _current is None:
+        _current = _backend_from_env()
     return _current
 
 
@@ -175,7 +180,7 @@ def use_backend(name: str) -> Iterator[None]:
 
 def xp_of_backend(name: str | None = None) -> ModuleType:
     """The array module of a backend (the current one by default)."""
-    name = canonical_backend(name, "backend") if name is not None else _current
+    name = canonical_backend(name, "backend") if name is not None else get_backend()
     return _import_cupy() if name == "cupy" else np
 
 
@@ -214,7 +219,7 @@ def to_host(a: Any) -> np.ndarray:
 
 def to_device(a: Any, name: str | None = None) -> Any:
     """``a`` as an array of backend ``name`` (the current backend by default)."""
-    name = canonical_backend(name, "to_device") if name is not None else _current
+    name = canonical_backend(name, "to_device") if name is not None else get_backend()
     if name == "cupy":
         return _import_cupy().asarray(a)
     return to_host(a)

@@ -19,7 +19,6 @@ inside a test.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ import numpy as np
 import minise
 from minise import backend, cpu
 from minise import functional as F
+from minise.cli import HelpFormatter, OneLineParser
 
 
 @dataclass
@@ -650,31 +650,39 @@ def format_data(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minise.bench", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(
+        prog="python -m minise.bench", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
-    ops = sub.add_parser("ops", help="time forward+backward of each op against GEMM and PyTorch")
-    ops.add_argument("--backend", choices=backend.BACKEND_NAMES, default="numpy")
-    ops.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    tr = sub.add_parser("train", help="time full training steps against the same model in PyTorch")
-    tr.add_argument("--model", default="se_resnet20")
-    tr.add_argument("--batch-size", type=int, default=128)
-    tr.add_argument("--steps", type=int, default=10)
+    ops = sub.add_parser(
+        "ops", help="time forward+backward of each op against GEMM and PyTorch", formatter_class=HelpFormatter
+    )
+    ops.add_argument("--backend", choices=backend.BACKEND_NAMES, default="numpy", help="where minise runs")
+    ops.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE (default: printed only)")
+    tr = sub.add_parser(
+        "train", help="time full training steps against the same model in PyTorch", formatter_class=HelpFormatter
+    )
+    tr.add_argument("--model", default="se_resnet20", help="a name of python -m minise.models")
+    tr.add_argument("--batch-size", type=int, default=128, help="images per training step")
+    tr.add_argument("--steps", type=int, default=10, help="timed steps per round (after 2 warm-up steps)")
     tr.add_argument("--rounds", type=int, default=3, help="alternating runs of each framework (median reported)")
-    tr.add_argument("--backend", choices=backend.BACKEND_NAMES, default="numpy")
-    tr.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    tr.add_argument("--backend", choices=backend.BACKEND_NAMES, default="numpy", help="where minise runs")
+    tr.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE (default: printed only)")
     tr.add_argument("--profile", action="store_true", help="instead: minise's per-op breakdown of the step")
     tr.add_argument("--ab", action="store_true", help="instead: Winograd and fused passes on/off, A/B in one process")
     tr.add_argument("--image-size", type=int, default=32, help="for --profile and --ab (e.g. 128 for se_resnet18)")
     tr.add_argument("--eval", action="store_true", help="instead: evaluation images/s (also BN folded) vs torch")
-    da = sub.add_parser("data", help="time image decoding + augmentation against training steps")
+    da = sub.add_parser(
+        "data", help="time image decoding + augmentation against training steps", formatter_class=HelpFormatter
+    )
     da.add_argument("--data-dir", required=True, help="an image folder: DIR/train/<class>/<image>")
-    da.add_argument("--image-size", type=int, default=128)
+    da.add_argument("--image-size", type=int, default=128, help="side of the training crops, in pixels")
     da.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core)")
-    da.add_argument("--batch-size", type=int, default=64)
+    da.add_argument("--batch-size", type=int, default=64, help="images per batch")
     da.add_argument("--batches", type=int, default=8, help="batches timed per pipeline measurement")
     da.add_argument("--steps", type=int, default=3, help="training steps timed (after one warm-up step)")
-    da.add_argument("--model", default="se_resnet18")
-    da.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    da.add_argument("--model", default="se_resnet18", help="the model of the timed training steps")
+    da.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE (default: printed only)")
     sub.add_parser(
         "distributed", help="1 process x 2 threads against 2 MPI processes: images/s, communication, overlap"
     )  # its options: python -m minise.bench distributed --help (minise/distributed/bench.py)

@@ -41,8 +41,14 @@ NOTE = "timings mean something only on a real GPU (under a CPU stand-in of CuPy 
 
 
 def add_parser(sub: Any) -> None:
-    g = sub.add_parser("gpu", help="one command for a first GPU: tests, ops, training, memory, launches, accuracy")
-    g.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    from minise.cli import HelpFormatter  # noqa: PLC0415
+
+    g = sub.add_parser(
+        "gpu",
+        help="one command for a first GPU: tests, ops, training, memory, launches, accuracy",
+        formatter_class=HelpFormatter,
+    )
+    g.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE (default: printed only)")
     g.add_argument("--tests", default="all", help="CuPy-marked tests: all, none, or a pytest -k expression")
     g.add_argument("--ops-batch", type=int, default=128, help="batch of the op benchmarks")
     g.add_argument("--gemm-size", type=int, default=4096, help="side of the GEMM that gives the device's rate")
@@ -56,8 +62,12 @@ def add_parser(sub: Any) -> None:
         "else ../shared/data/cifar10-mini beside the repository",
     )
     g.add_argument("--epochs", type=int, default=3, help="epochs of each training run")
-    g.add_argument("--train-images", type=int, default=None, help="for quick checks: first N training images")
-    g.add_argument("--test-images", type=int, default=None, help="for quick checks: first N held-out images")
+    g.add_argument(
+        "--train-images", type=int, default=None, help="for quick checks: first N training images (default: all)"
+    )
+    g.add_argument(
+        "--test-images", type=int, default=None, help="for quick checks: first N held-out images (default: all)"
+    )
 
 
 def _section(results: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]]) -> None:

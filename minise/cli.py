@@ -13,6 +13,17 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        """Parse, then check ``MINISE_BACKEND`` once: a bad value is a one-line usage error, not a traceback."""
+        parsed = super().parse_args(args, namespace)
+        from minise import backend  # noqa: PLC0415
+
+        try:
+            backend.get_backend()
+        except ValueError as e:
+            self.exit(2, f"{self.prog}: {e}\n")
+        return parsed
+
 
 class HelpFormatter(argparse.HelpFormatter):
     """Each option's default, once: ``(default: X)`` is appended to its help unless the help already says

@@ -106,11 +106,26 @@ def test_minise_backend_env_var_is_read_at_import(value: str) -> None:
 
 
 def test_minise_backend_env_var_with_a_bogus_value_is_a_clear_error() -> None:
-    out = _run_python("import minise", MINISE_BACKEND="bogus")
+    """Read at first use, not at import: ``import minise`` works, the first use raises the clear error."""
+    assert _run_python("import minise", MINISE_BACKEND="bogus").returncode == 0
+    out = _run_python("import minise; minise.get_backend()", MINISE_BACKEND="bogus")
     assert out.returncode != 0
     assert "ValueError" in out.stderr
     assert "MINISE_BACKEND: unknown backend 'bogus'" in out.stderr
     assert "numpy (or cpu), cupy (or cuda, gpu)" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["minise.train", "--dataset", "shapes"], ["minise.evaluate", "--checkpoint", "x.npz"], ["minise.bench", "ops"]],
+)
+def test_a_bogus_minise_backend_is_one_line_and_exit_2_in_every_command_line(command: list[str]) -> None:
+    env = dict(os.environ, MINISE_BACKEND="tpu")
+    out = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MINISE_BACKEND: unknown backend 'tpu'" in lines[0], out.stderr
 
 
 @pytest.mark.parametrize("value", ["cpu", "CPU"])

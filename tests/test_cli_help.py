@@ -1,4 +1,4 @@
-"""--help of train, evaluate and lessons (each subcommand): every option has help text and shows its
+"""--help of train, evaluate, bench and lessons (each subcommand): every option has help text and shows its
 default exactly once (never "(default: ...) (default: None)"), read from the --help output itself.
 The checker is first shown to catch both mistakes on a planted parser."""
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from minise import evaluate, lessons, train
+from minise import bench, evaluate, lessons, train
 
 
 def help_entries(text: str) -> dict[str, str]:
@@ -126,3 +126,15 @@ def test_lessons_help(capsys: pytest.CaptureFixture[str]) -> None:
     for command in choices.split(","):
         sub = help_of(lessons.main, [command], capsys)
         assert problems(sub) == [], (command, sub)
+
+
+@pytest.mark.parametrize("command", ["ops", "train", "data", "gpu", "distributed"])
+def test_bench_help_of_each_subcommand(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    text = help_of(bench.main, [command], capsys)
+    assert problems(text) == [], text
+
+
+def test_bench_help_hides_its_internal_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    text = help_of(bench.main, [], capsys)
+    assert problems(text) == []
+    assert "train-child" not in text

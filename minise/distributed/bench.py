@@ -32,6 +32,7 @@ import numpy as np
 import minise
 from minise import cpu, models, optim
 from minise import functional as F
+from minise.cli import HelpFormatter, OneLineParser
 from minise.distributed.comm import Communicator, SingleProcess
 from minise.distributed.ddp import DistributedDataParallel
 from minise.tensor import Tensor
@@ -156,13 +157,17 @@ def format_result(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespac
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minise.distributed.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="se_resnet20")
+    p = OneLineParser(
+        prog="python -m minise.distributed.bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--model", default="se_resnet20", help="a name of python -m minise.models")
     p.add_argument("--batch-size", type=int, default=64, help="global batch (each of 2 processes takes half)")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two set-ups (median reported)")
     p.add_argument("--bucket-mb", type=float, default=0.25, help="DDP bucket size in MiB")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE (default: printed only)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
