@@ -30,8 +30,8 @@ def grade(tmp_path: Path, number: int, text: str, capsys: pytest.CaptureFixture[
     return code, out.out + out.err
 
 
-def test_every_lesson_from_02_to_13_has_an_exercise() -> None:
-    assert NUMBERS == list(range(2, 14))  # 14 (the GPU) has none: a checker could not run its code here
+def test_every_lesson_from_02_to_15_but_14_has_an_exercise() -> None:
+    assert NUMBERS == [*range(2, 14), 15]  # 14 (the GPU) has none: a checker could not run its code here
 
 
 @pytest.mark.parametrize("number", NUMBERS)
@@ -61,6 +61,18 @@ def test_each_classic_mistake_fails_with_its_hint(
     assert code == 1, report
     assert "WRONG" in report
     assert mistake.expect in report, report
+
+
+def test_the_ring_exercise_names_the_naive_all_reduce(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Right sums through one process are not the ring: the bytes each process sends give it away."""
+    naive = (
+        "import numpy as np\n\n\ndef ring_allreduce(arrays):\n"
+        "    n, total = len(arrays), np.sum(arrays, axis=0)\n"
+        "    return [total.copy() for _ in arrays], [(n - 1) * total.nbytes] + [total.nbytes] * (n - 1)\n\n\n"
+        "def average_gradients(grads):\n    return [s / len(grads) for s in ring_allreduce(grads)[0]]\n"
+    )
+    code, report = grade(tmp_path, 15, naive, capsys)
+    assert code == 1 and "every process holds the sum" in report and "the all-reduce through one process" in report
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ One module per lesson, ``exNN_topic.py``, holds the exercise as one :class:`~min
 the reference solution (the stub is made from it: see ``core.make_stub``), the classic mistakes (the
 solution with a line or a few changed; the tests prove each earns its hint), the checker, and for the
 conv, batch-norm and SE exercises a ``--train`` run (``training.py``). The stub text lives in the
-modules, so it ships with any install of minise. Lessons 02 to 13 have one; lesson 14 (the GPU) has
-none, since its code could only be checked where a GPU is.
+modules, so it ships with any install of minise. Lessons 02 to 13 and 15 have one; lesson 14 (the GPU)
+has none, since its code could only be checked where a GPU is.
 
     python -m minise.lessons exercise 09            write ./exercises/ex09_se_backward.py (never over yours)
     python -m minise.lessons check 09               grade it: exit 0 when right, 1 when wrong
@@ -31,6 +31,7 @@ from minise.exercises import (
     ex11_sgd,
     ex12_lr_schedule,
     ex13_class_gates,
+    ex15_ring_allreduce,
 )
 from minise.exercises.core import Exercise, LearnerFileError, Report, load_learner_module
 
@@ -49,6 +50,7 @@ EXERCISES: dict[int, Exercise] = {
         ex11_sgd.EXERCISE,
         ex12_lr_schedule.EXERCISE,
         ex13_class_gates.EXERCISE,
+        ex15_ring_allreduce.EXERCISE,
     )
 }
 DEFAULT_FOLDER = Path("exercises")
