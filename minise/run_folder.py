@@ -100,6 +100,11 @@ def choose(out: str | None, default_base: Path, resume: str | None, overwrite: b
         folder = Path(out)
         present = run_files(folder)
         if present and not (resume or overwrite):
+            if not any(name.endswith(".npz") for name in present):  # e.g. a run that diverged before saving
+                raise TrainError(
+                    f"--out {folder} holds a run that saved no checkpoint ({', '.join(present)}) - replace it "
+                    "with --overwrite, or give another --out"
+                )
             raise TrainError(
                 f"--out {folder} already holds a run ({', '.join(present)}) - continue it with --resume, "
                 "replace it with --overwrite, or give another --out"

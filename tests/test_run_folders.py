@@ -81,6 +81,21 @@ def test_any_one_run_file_makes_a_folder_a_run(name: str, tmp_path: Path, capsys
     assert snapshot(out) == {name: b"mine"}
 
 
+def test_a_run_that_saved_no_checkpoint_is_refused_naming_overwrite_not_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a run that diverged before its first checkpoint leaves: --resume could not continue it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "metrics.jsonl").write_text("")
+    before = snapshot(out)
+    assert main(*QUICK, "--out", out) == train.EXIT_BAD_INPUT
+    line = assert_one_line_error(capsys.readouterr().err)
+    assert "--overwrite" in line and "--resume" not in line and "no checkpoint" in line
+    assert snapshot(out) == before
+
+
 def test_an_existing_folder_without_a_run_is_used(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
