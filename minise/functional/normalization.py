@@ -192,6 +192,34 @@ def _sum_chunks(xp: Any, n: int, size: int, part: Any) -> Any:
     return total
 
 
+def checked_arguments(
+    op: str, layer: str, input: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, training: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None, Any, Any]:
+    """The checks batch norm and sync batch norm share: float tensors, an input of 2 to 4 axes, every per-channel
+    argument of shape (C,), running statistics in evaluation. Returns (x, weight, bias, running_mean,
+    running_var), the first three as tensors, the running statistics as arrays. ``layer`` names the nn layer
+    in the error (``BatchNorm2d``)."""
+    x = as_tensor(input)
+    g = None if weight is None else as_tensor(weight)
+    b = None if bias is None else as_tensor(bias)
+    rm = running_mean.data if isinstance(running_mean, Tensor) else running_mean
+    rv = running_var.data if isinstance(running_var, Tensor) else running_var
+    for name, t in (("input", x), ("weight", g), ("bias", b)):
+        check_float(op, name, None if t is None else t.data)
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"{op}: input must be (N, C), (N, C, L) or (N, C, H, W), got shape {x.shape}")
+    c = x.shape[1]
+    for name, v in (("weight", g), ("bias", b), ("running_mean", rm), ("running_var", rv)):
+        if v is not None and tuple(v.shape) != (c,):
+            raise ValueError(
+                f"{op}: {name} has shape {tuple(v.shape)} but input {x.shape} has {c} channels - "
+                f"{name} must have shape ({c},); was the layer built with {layer}({c})?"
+            )
+    if not training and (rm is None or rv is None):
+        raise ValueError(f"{op}: evaluation (training=False) needs running_mean and running_var - pass them")
+    return x, g, b, rm, rv
+
+
 def batch_norm(
     input: Any,
     running_mean: Any,
@@ -208,24 +236,8 @@ def batch_norm(
     updated in place when ``training`` is True.
     """
     op = "batch_norm"
-    x = as_tensor(input)
-    g = None if weight is None else as_tensor(weight)
-    b = None if bias is None else as_tensor(bias)
-    rm = running_mean.data if isinstance(running_mean, Tensor) else running_mean
-    rv = running_var.data if isinstance(running_var, Tensor) else running_var
-    for name, t in (("input", x), ("weight", g), ("bias", b)):
-        check_float(op, name, None if t is None else t.data)
-    if x.ndim not in (2, 3, 4):
-        raise ValueError(f"{op}: input must be (N, C), (N, C, L) or (N, C, H, W), got shape {x.shape}")
+    x, g, b, rm, rv = checked_arguments(op, "BatchNorm2d", input, weight, bias, running_mean, running_var, training)
     c = x.shape[1]
-    for name, v in (("weight", g), ("bias", b), ("running_mean", rm), ("running_var", rv)):
-        if v is not None and tuple(v.shape) != (c,):
-            raise ValueError(
-                f"{op}: {name} has shape {tuple(v.shape)} but input {x.shape} has {c} channels - "
-                f"{name} must have shape ({c},); was the layer built with BatchNorm2d({c})?"
-            )
-    if not training and (rm is None or rv is None):
-        raise ValueError(f"{op}: evaluation (training=False) needs running_mean and running_var - pass them")
     if training and x.size // c < 2:
         raise ValueError(
             f"{op}: training needs more than one value per channel to compute a variance, got input {x.shape} - "

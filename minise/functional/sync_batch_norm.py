@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from minise.autograd import Function
 from minise.backend import get_array_module
-from minise.functional._checks import check_float, check_same_dtype
-from minise.tensor import Tensor, as_tensor
+from minise.functional._checks import check_same_dtype
+from minise.functional.normalization import checked_arguments
+from minise.tensor import Tensor
 
 if TYPE_CHECKING:
     from minise.distributed.comm import Communicator
@@ -126,24 +127,7 @@ def sync_batch_norm(
     from minise.distributed.comm import SingleProcess  # noqa: PLC0415  (distributed imports functional)
 
     op = "sync_batch_norm"
-    x = as_tensor(input)
-    g = None if weight is None else as_tensor(weight)
-    b = None if bias is None else as_tensor(bias)
-    rm = running_mean.data if isinstance(running_mean, Tensor) else running_mean
-    rv = running_var.data if isinstance(running_var, Tensor) else running_var
-    for name, t in (("input", x), ("weight", g), ("bias", b)):
-        check_float(op, name, None if t is None else t.data)
-    if x.ndim not in (2, 3, 4):
-        raise ValueError(f"{op}: input must be (N, C), (N, C, L) or (N, C, H, W), got shape {x.shape}")
-    c = x.shape[1]
-    for name, v in (("weight", g), ("bias", b), ("running_mean", rm), ("running_var", rv)):
-        if v is not None and tuple(v.shape) != (c,):
-            raise ValueError(
-                f"{op}: {name} has shape {tuple(v.shape)} but input {x.shape} has {c} channels - "
-                f"{name} must have shape ({c},); was the layer built with SyncBatchNorm({c})?"
-            )
-    if not training and (rm is None or rv is None):
-        raise ValueError(f"{op}: evaluation (training=False) needs running_mean and running_var - pass them")
+    x, g, b, rm, rv = checked_arguments(op, "SyncBatchNorm", input, weight, bias, running_mean, running_var, training)
     check_same_dtype(op, input=x.data, weight=None if g is None else g.data, bias=None if b is None else b.data)
     communicator = comm if comm is not None else SingleProcess()
     return SyncBatchNormOp(communicator, rm, rv, training, momentum, eps).apply(x, g, b)
