@@ -26,7 +26,7 @@ from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
 from minise.functional.elementwise import relu
-from minise.functional.normalization import _affine2, _batch_moments, _sum_chunks, batch_norm
+from minise.functional.normalization import BatchNormOp, _affine2, _sum_chunks, batch_norm
 from minise.tensor import Tensor, as_tensor
 
 
@@ -60,7 +60,7 @@ def _relu_grad(gy: Any, y: Any, out: Any = None) -> Any:
     return get_array_module(gy).multiply(gy, y > 0, out=out)
 
 
-class BatchNormReLUOp(Function):
+class BatchNormReLUOp(BatchNormOp):
     """y = relu(gamma * xhat + beta) = max(a x + b, 0),  a = gamma / sqrt(var + eps),  b = beta - mu a
 
     per channel, with mu, var as in :class:`~minise.functional.normalization.BatchNormOp` (batch moments
@@ -79,31 +79,10 @@ class BatchNormReLUOp(Function):
 
     name = "batch_norm_relu"
 
-    def __init__(self, running_mean: Any, running_var: Any, training: bool, momentum: float, eps: float) -> None:
-        super().__init__()
-        self.running_mean, self.running_var = running_mean, running_var
-        self.training, self.momentum, self.eps = training, momentum, eps
-
     def forward(self, x: Any, gamma: Any, beta: Any) -> Any:
-        xp = get_array_module(x)
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)  # (N, C, L), L = H*W
-        m = n * x3.shape[2]
-        size = cpu.chunk_size(xp, n, x3[0].nbytes, budget=1 << 20)
-        if self.training:
-            mu, var = _batch_moments(xp, x3, size)  # (C,), (C,) biased
-            if self.running_mean is not None:
-                self.running_mean *= 1 - self.momentum
-                self.running_mean += self.momentum * mu
-            if self.running_var is not None:
-                self.running_var *= 1 - self.momentum
-                self.running_var += self.momentum * var * (m / max(m - 1, 1))
-        else:
-            mu, var = self.running_mean, self.running_var
-        mu = mu.astype(x.dtype, copy=False)
-        inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)  # (C,)
-        a = inv_std if gamma is None else gamma * inv_std
-        b = -mu * a if beta is None else beta - mu * a
+        mu, inv_std, a, b = self.coefficients(x3, gamma, beta)  # batch norm's own statistics and update
         y3 = backend.elementwise(_affine_relu, x3, a.reshape(1, c, 1), b.reshape(1, c, 1), like=x3)  # (N, C, L)
         y = y3.reshape(x.shape)
         self.save(x, y, mu, inv_std, gamma)

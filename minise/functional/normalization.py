@@ -51,10 +51,11 @@ class BatchNormOp(Function):
         self.running_mean, self.running_var = running_mean, running_var
         self.training, self.momentum, self.eps = training, momentum, eps
 
-    def forward(self, x: Any, gamma: Any, beta: Any) -> Any:
-        xp = get_array_module(x)
-        n, c = x.shape[:2]
-        x3 = x.reshape(n, c, -1)  # (N, C, L), L = H*W
+    def coefficients(self, x3: Any, gamma: Any, beta: Any) -> tuple[Any, Any, Any, Any]:
+        """(mu, inv_std, a, b) per channel, with y = a x + b: the batch's moments in training (and the
+        running statistics updated in place), the running statistics in evaluation."""
+        xp = get_array_module(x3)
+        n = x3.shape[0]
         m = n * x3.shape[2]
         size = cpu.chunk_size(xp, n, x3[0].nbytes, budget=1 << 20)
         if self.training:
@@ -66,10 +67,16 @@ class BatchNormOp(Function):
                 self.running_var[...] = backend.fused(_moving_average, self.running_var, var, self.momentum, unbiased)
         else:
             mu, var = self.running_mean, self.running_var
-        mu = mu.astype(x.dtype, copy=False)
-        inv_std = backend.fused(_inv_std, var, self.eps).astype(x.dtype)  # (C,)
+        mu = mu.astype(x3.dtype, copy=False)
+        inv_std = backend.fused(_inv_std, var, self.eps).astype(x3.dtype)  # (C,)
         a = inv_std if gamma is None else gamma * inv_std  # y = a x + b
         b = backend.fused(_shift, mu, a) if beta is None else backend.fused(_shift_beta, beta, mu, a)
+        return mu, inv_std, a, b
+
+    def forward(self, x: Any, gamma: Any, beta: Any) -> Any:
+        n, c = x.shape[:2]
+        x3 = x.reshape(n, c, -1)  # (N, C, L), L = H*W
+        mu, inv_std, a, b = self.coefficients(x3, gamma, beta)
         y3 = backend.elementwise(_affine, x3, a.reshape(1, c, 1), b.reshape(1, c, 1), like=x3)  # (N, C, L)
         self.save(x, mu, inv_std, gamma)
         return y3.reshape(x.shape)
