@@ -31,6 +31,8 @@ PAIRS: list[tuple[Any, Any]] = [
     (nn.AvgPool2d, torch.nn.AvgPool2d),
     (nn.Flatten, torch.nn.Flatten),
     (nn.CrossEntropyLoss, torch.nn.CrossEntropyLoss),
+    (nn.Softmax, torch.nn.Softmax),
+    (nn.LogSoftmax, torch.nn.LogSoftmax),
     (F.conv2d, torch.nn.functional.conv2d),
     (F.linear, torch.nn.functional.linear),
     (F.batch_norm, torch.nn.functional.batch_norm),

@@ -10,9 +10,11 @@ from minise.nn.layers import (
     GlobalAvgPool2d,
     Identity,
     Linear,
+    LogSoftmax,
     MaxPool2d,
     ReLU,
     Sigmoid,
+    Softmax,
     Tanh,
 )
 from minise.nn.module import Module, Parameter, Sequential
@@ -28,6 +30,7 @@ __all__ = [
     "GlobalAvgPool2d",
     "Identity",
     "Linear",
+    "LogSoftmax",
     "MaxPool2d",
     "Module",
     "Parameter",
@@ -35,5 +38,6 @@ __all__ = [
     "SEBlock",
     "Sequential",
     "Sigmoid",
+    "Softmax",
     "Tanh",
 ]

@@ -115,6 +115,41 @@ class Tanh(Module):
         return F.tanh(x)
 
 
+class Softmax(Module):
+    """exp(x) / sum exp(x) along ``dim``, built from F.softmax, as ``torch.nn.Softmax(dim)``.
+
+    ``dim=None`` (PyTorch's default) means the last axis, as ``F.softmax``; PyTorch instead guesses
+    a dim from the rank with a deprecation warning, so pass ``dim`` as PyTorch asks you to.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softmax(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Module):
+    """x - log sum exp(x) along ``dim``, built from F.log_softmax, as ``torch.nn.LogSoftmax(dim)``.
+
+    ``dim=None`` means the last axis, as in :class:`Softmax`.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.log_softmax(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
 class Identity(Module):
     def forward(self, x: Tensor) -> Tensor:
         return x
