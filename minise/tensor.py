@@ -405,6 +405,14 @@ class Tensor:
         return log_softmax(self, dim, axis=axis)
 
     # elementwise functions that learners reach for as methods
+    def abs(self) -> Tensor:
+        from minise.functional.elementwise import abs  # noqa: PLC0415
+
+        return abs(self)
+
+    def __abs__(self) -> Tensor:
+        return self.abs()
+
     def exp(self) -> Tensor:
         from minise.functional.elementwise import exp  # noqa: PLC0415
 

@@ -7,7 +7,7 @@ docstring; the lower-case functions here check their input and apply the op.
 
 from minise.functional.conv import conv2d
 from minise.functional.dropout import dropout
-from minise.functional.elementwise import exp, log, relu, sigmoid, tanh
+from minise.functional.elementwise import abs, exp, log, relu, sigmoid, tanh
 from minise.functional.linear import linear
 from minise.functional.loss import cross_entropy, log_softmax, softmax
 from minise.functional.normalization import batch_norm
@@ -16,6 +16,7 @@ from minise.functional.shape import flatten
 from minise.functional.squeeze_excite import squeeze_excite
 
 __all__ = [
+    "abs",
     "adaptive_avg_pool2d",
     "avg_pool2d",
     "batch_norm",

@@ -1,4 +1,4 @@
-"""Elementwise nonlinearities: relu, sigmoid, tanh, exp, log."""
+"""Elementwise nonlinearities: relu, sigmoid, tanh, exp, log, abs."""
 
 from __future__ import annotations
 
@@ -106,6 +106,20 @@ class LogOp(Function):
         return gy / x
 
 
+class AbsOp(Function):
+    """y = |x|;   dx = gy * sign(x)   (d|x|/dx = sign(x); at the kink, sign(0) = 0: the subgradient 0, as PyTorch)"""
+
+    name = "abs"
+
+    def forward(self, x: Any) -> Any:
+        self.save(x)
+        return get_array_module(x).abs(x)
+
+    def backward(self, gy: Any) -> Any:
+        (x,) = self.saved  # type: ignore[misc]
+        return gy * get_array_module(x).sign(x)
+
+
 def _unary(op: Function, input: Any) -> Tensor:
     x = as_tensor(input)
     check_float(op.name, "input", x.data)
@@ -132,3 +146,8 @@ def exp(input: Any) -> Tensor:
 
 def log(input: Any) -> Tensor:
     return _unary(LogOp(), input)
+
+
+def abs(input: Any) -> Tensor:
+    """|input| elementwise (also ``abs(t)`` and ``t.abs()``); integer tensors stay integer, as PyTorch."""
+    return AbsOp().apply(as_tensor(input))
