@@ -1,5 +1,5 @@
 """Names a PyTorch user types and expects to work: nn.Softmax and nn.LogSoftmax as modules, abs(t) /
-t.abs() / minise.abs, and torch's in-place nn.init names with a trailing underscore. Each is checked
+t.abs() / F.abs, and torch's in-place nn.init names with a trailing underscore. Each is checked
 against torch where it is importable."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import minise.functional as F
 import minise.nn as nn
 from minise import backend
 from minise.functional.elementwise import AbsOp
+from minise.nn import init
 
 X = np.random.default_rng(0).normal(size=(2, 3, 4))
 
@@ -119,3 +120,86 @@ def test_abs_matches_torch_in_float64_with_gradients(xp) -> None:
     assert y.dtype == np.float64
     np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
     np.testing.assert_array_equal(backend.to_host(x.grad), tx.grad.numpy())
+
+
+# --------------------------------------------------------------------------------------------------
+# nn.init: torch's in-place names (kaiming_normal_, uniform_, constant_) beside minise's shape forms
+# --------------------------------------------------------------------------------------------------
+SHAPE = (64, 32, 3, 3)  # fan_in 288, fan_out 576; 18,432 draws: the sample std is within 2% of the true one
+
+
+def test_in_place_initialisers_fill_the_same_tensor_and_return_it(xp) -> None:
+    w = nn.Parameter(to_xp(xp, np.zeros(SHAPE, dtype=np.float32)))
+    data = w.data
+    for fill in (init.kaiming_normal_, lambda t: init.uniform_(t, -0.5, 0.5), lambda t: init.constant_(t, 0.25)):
+        assert fill(w) is w and w.data is data and w.dtype == np.float32  # in place: same object, same array
+        assert backend.get_array_module(w.data) is xp  # on the tensor's own backend
+    np.testing.assert_array_equal(w.numpy(), np.full(SHAPE, 0.25, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fan", "gain"),
+    [
+        ({}, 288, np.sqrt(2.0)),  # torch's defaults: fan_in, leaky_relu with a = 0
+        ({"mode": "fan_out", "nonlinearity": "relu"}, 576, np.sqrt(2.0)),
+        ({"a": 0.2}, 288, np.sqrt(2.0 / 1.04)),
+        ({"nonlinearity": "tanh"}, 288, 5.0 / 3.0),
+        ({"nonlinearity": "linear"}, 288, 1.0),
+    ],
+)
+def test_kaiming_normal_draws_torchs_std(kwargs, fan: int, gain: float) -> None:
+    w = init.kaiming_normal_(minise.zeros(SHAPE, dtype=np.float64), **kwargs).numpy()
+    assert abs(w.mean()) < 0.02 * gain / np.sqrt(fan)
+    assert abs(w.std() / (gain / np.sqrt(fan)) - 1) < 0.02
+
+
+def test_uniform_and_constant_fill_as_torch() -> None:
+    w = init.uniform_(minise.zeros(SHAPE, dtype=np.float64), -3.0, -1.0).numpy()
+    assert w.min() >= -3.0 and w.max() < -1.0 and abs(w.mean() + 2.0) < 0.02
+    w = init.uniform_(minise.zeros(SHAPE, dtype=np.float64)).numpy()
+    assert w.min() >= 0.0 and w.max() < 1.0  # torch's default U(0, 1)
+    assert (init.constant_(minise.zeros((3,)), -1.5).numpy() == -1.5).all()
+
+
+def test_in_place_initialisers_follow_the_seed() -> None:
+    minise.manual_seed(7)
+    first = init.kaiming_normal_(minise.zeros((4, 3))).numpy().copy()
+    minise.manual_seed(7)
+    np.testing.assert_array_equal(init.kaiming_normal_(minise.zeros((4, 3))).numpy(), first)
+
+
+def test_the_shape_forms_still_work() -> None:
+    assert init.kaiming_normal((4, 3, 3, 3)).shape == (4, 3, 3, 3)
+    b = init.uniform((5,), 0.1)
+    assert b.shape == (5,) and np.all(np.abs(b) <= 0.1)
+    np.testing.assert_array_equal(init.constant((2,), 3.0), [3.0, 3.0])
+
+
+def test_in_place_initialiser_errors_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="kaiming_normal_: mode must be 'fan_in' or 'fan_out', got 'fan_avg'"):
+        init.kaiming_normal_(minise.zeros((2, 2)), mode="fan_avg")
+    with pytest.raises(ValueError, match="calculate_gain: unknown nonlinearity 'gelu' - use one of"):
+        init.kaiming_normal_(minise.zeros((2, 2)), nonlinearity="gelu")
+
+
+@requires_torch
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["linear", "conv2d", "sigmoid", "tanh", "relu", "leaky_relu"])
+@pytest.mark.parametrize("param", [None, 0.0, 0.2])
+def test_calculate_gain_matches_torch(name: str, param) -> None:
+    import torch
+
+    assert init.calculate_gain(name, param) == pytest.approx(torch.nn.init.calculate_gain(name, param), rel=1e-15)
+
+
+@requires_torch
+@pytest.mark.torch
+def test_kaiming_normal_std_matches_torchs() -> None:
+    """The same target std as torch's, for the same arguments (the draws differ: different generators)."""
+    import torch
+
+    torch.manual_seed(0)
+    for kwargs in ({}, {"mode": "fan_out", "nonlinearity": "relu"}, {"a": 0.2}):
+        ours = init.kaiming_normal_(minise.zeros(SHAPE, dtype=np.float64), **kwargs).numpy().std()
+        theirs = torch.nn.init.kaiming_normal_(torch.empty(SHAPE, dtype=torch.float64), **kwargs).std().item()
+        assert abs(ours / theirs - 1) < 0.04, kwargs

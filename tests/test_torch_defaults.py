@@ -17,6 +17,7 @@ import minise
 import minise.functional as F
 import minise.nn as nn
 import minise.optim as optim
+from minise.nn import init
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -33,6 +34,9 @@ PAIRS: list[tuple[Any, Any]] = [
     (nn.CrossEntropyLoss, torch.nn.CrossEntropyLoss),
     (nn.Softmax, torch.nn.Softmax),
     (nn.LogSoftmax, torch.nn.LogSoftmax),
+    (init.kaiming_normal_, torch.nn.init.kaiming_normal_),
+    (init.uniform_, torch.nn.init.uniform_),
+    (init.calculate_gain, torch.nn.init.calculate_gain),
     (F.conv2d, torch.nn.functional.conv2d),
     (F.linear, torch.nn.functional.linear),
     (F.batch_norm, torch.nn.functional.batch_norm),
