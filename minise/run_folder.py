@@ -10,7 +10,8 @@ The convention is timm's:
   ``curves.png``, nothing else) before the new run writes anything, so an interrupted replacement never
   leaves a folder mixing two runs;
 * ``--resume`` continues the run in ``--out``, or without ``--out`` the newest default folder;
-  ``--resume CHECKPOINT`` continues in the checkpoint's folder, or in an ``--out`` holding no other run.
+  ``--resume CHECKPOINT`` continues in the checkpoint's folder, or in an ``--out`` holding no other run
+  (a branch, which starts with a copy of the run's ``best.npz``: see ``minise.train.Run.carry_best``).
 
 A run claims its folder by creating ``config.json`` exclusively (``O_EXCL``): of two runs started at once
 with the default folder, the second moves on to the next number. An ``--out`` that is a file, lies under

@@ -11,6 +11,9 @@ epoch, and exits; ``--resume`` continues from it to exactly the result an uninte
 same seed would have reached (the batches are a function of seed, epoch and index; the checkpoint
 holds weights, momentum buffers, schedule, BN statistics and the RNG state). ``--resume --epochs N`` on a
 finished run extends it to N epochs, the schedule re-planned for N epochs from the step reached.
+``--resume CHECKPOINT --out NEW`` branches the run into a new folder, which starts with a copy of the
+run's ``best.npz`` (the checkpoint whose accuracy is the best carried over), so that ``NEW`` holds its
+best checkpoint even when no later epoch beats it.
 
 Divergence stops the run (exit status 2) with the epoch and step: a training loss, a gradient norm, a
 weight or a held-out loss that is NaN or infinite. Nothing non-finite is ever written: the last good
@@ -491,6 +494,8 @@ class Run:
         # metrics.jsonl is rewritten to the checkpoint's epochs, so a resumed file has no duplicates
         (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
         print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}", file=sys.stderr)
+        if path.parent.resolve() != self.out.resolve():
+            self.carry_best(path.parent / "best.npz")
         if self.extending:
             print(
                 f"extending the finished {self.epoch}-epoch run to {a.epochs} epochs: the learning-rate schedule is "
@@ -505,6 +510,33 @@ class Run:
                 "to extend it",
                 file=sys.stderr,
             )
+
+    def carry_best(self, source: Path) -> None:
+        """A run resumed into a new folder copies the best checkpoint of the run it continues, ``source``
+        (atomically, as every checkpoint write), so the new folder is complete on its own: its best.npz
+        is otherwise written only by an epoch that beats the carried-over best accuracy. Copied only if
+        it is that best: the same model and data set, its accuracy the one carried over, and not from a
+        later epoch than the checkpoint resumed (a copy of last.npz resumed beside a newer best.npz)."""
+        if self.best < 0:  # no epoch finished yet: the first one writes best.npz
+            return
+        best = f"{100 * self.best:.2f}%"
+        try:
+            meta, arrays = load_checkpoint(source)
+        except CheckpointError as e:
+            meta, arrays, why = {}, {}, str(e).split(" - ")[0]
+        else:
+            same = meta.get("model") == self.args.model and meta.get("dataset") == self.args.dataset
+            epoch = meta.get("epoch")
+            ours = same and meta.get("best_acc") == self.best and isinstance(epoch, int) and epoch <= self.epoch
+            why = "" if ours else f"{source} is not the checkpoint of the carried-over best top-1 {best}"
+        if why:
+            print(
+                f"note: {why}, so {self.out / 'best.npz'} will be written only by an epoch that beats {best}",
+                file=sys.stderr,
+            )
+            return
+        save_checkpoint(self.out / "best.npz", meta, arrays)
+        print(f"copied {source} (best top-1 {best}, epoch {meta['epoch']}) into {self.out}", file=sys.stderr)
 
     def run(self) -> int:
         try:
