@@ -180,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="for quick checks: only the first N held-out images (shapes: draw N instead of 1,000; "
         "image folders: N evenly spaced images; default: all)",
     )
-    p.add_argument("--image-size", type=int, default=None, help="image folders: crop side (default: the run's)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="image folders: crop side; shapes/CIFAR: side the 32x32 images are averaged down to (default: the run's)",
+    )
     p.add_argument(
         "--image-release", choices=data.IMAGE_RELEASES, default=None, help="image folders (default: the run's)"
     )
@@ -256,6 +261,16 @@ def load_test_data(args: argparse.Namespace, meta: dict[str, Any], dataset: str)
             f"{dataset} has more classes than the checkpoint's model ({meta['num_classes']}) - "
             "evaluate on the data set it was trained on"
         )
+    # a model trained on images averaged down (minise.train --image-size 16) is evaluated on the same
+    native = test.images.shape[-1]
+    side = args.image_size or input_side(meta) or native
+    if args.image_size and (side > native or native % side):
+        raise CheckpointError(
+            f"--image-size {side}: {dataset}'s {native}x{native} images can only be averaged down to a side "
+            f"that divides {native}"
+        )
+    if side < native and native % side == 0:
+        test = data.Dataset(data.downsample(test.images, side), test.labels, test.classes, test.name)
     norm = meta.get("normalize", {})
     loader = data.DataLoader(
         test.images, test.labels, args.batch_size or 256, mean=norm.get("mean"), std=norm.get("std")

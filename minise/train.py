@@ -70,6 +70,7 @@ from minise.train_options import (  # noqa: F401  (re-exported: minise.train.bui
     model_options,
     normalization,
     replan_schedule,
+    resolve_image_size,
 )
 
 
@@ -84,6 +85,7 @@ class Run:
         if args.model not in models.list_models():
             raise TrainError(f"unknown model {args.model!r} - use one of {', '.join(models.list_models())}")
         check_numbers(args)
+        resolve_image_size(args)
         if args.backend:
             backend.set_backend(args.backend)
         # distributed (--distributed under mpiexec): this process's rank, its share of every batch (see
@@ -133,7 +135,9 @@ class Run:
                 raise
         else:
             assert isinstance(self.train_set, data.Dataset) and isinstance(self.test_set, data.Dataset)
-            transform = None if args.no_augment else data.train_transform()
+            # the CIFAR recipe pads 4 pixels of 32; images averaged down keep the same share (2 of 16)
+            padding = max(1, 4 * self.input_size() // 32)
+            transform = None if args.no_augment else data.train_transform(padding=padding)
             self.train_loader = data.DataLoader(
                 self.train_set.images,
                 self.train_set.labels,
@@ -283,6 +287,12 @@ class Run:
                     f"checkpoint {path} was trained with {flag} {saved[key]}, not {getattr(self.args, key)} - "
                     "resume with the same arguments (the batches, the schedule and the position depend on them)"
                 )
+        side = meta.get("input_size")
+        if not self.images and isinstance(side, int) and side != self.input_size():
+            raise CheckpointError(
+                f"checkpoint {path} was trained on {side}x{side} images, not {self.input_size()}x{self.input_size()} "
+                f"- resume with --image-size {side}"
+            )
         self.model = model_from_checkpoint(meta, arrays, path)
         try:
             state: dict[int, dict[str, Any]] = {}

@@ -26,6 +26,7 @@ __all__ = [
     "Random",
     "Transform",
     "channel_stats",
+    "downsample",
     "normalize",
     "random_crop",
     "random_hflip",
@@ -188,6 +189,28 @@ def normalize(images: np.ndarray, mean: Sequence[float] | np.ndarray, std: Seque
     x -= m
     x /= s
     return x
+
+
+def downsample(images: np.ndarray, size: int) -> np.ndarray:
+    """Shrink uint8 images (N, C, H, W) to (N, C, size, size) by averaging k x k blocks, k = H / size.
+
+    ``out[n, c, i, j] = round(mean(images[n, c, k*i : k*i+k, k*j : k*j+k]))``: a box filter, what an
+    image library's area resize does for a whole factor, so every pixel counts once and nothing aliases.
+    The factor must be a whole number (32 -> 16, 8 or 4); ``size == H`` returns the images unchanged.
+    One reshape and one mean over two axes: no loop over images or pixels.
+    """
+    _check_batch("downsample", images)
+    n, c, h, w = images.shape
+    if h != w or size < 1 or h % size:
+        raise ValueError(
+            f"downsample: cannot shrink {h}x{w} images to {size}x{size} - the side must divide {h} "
+            f"(e.g. {h // 2}, {h // 4} or {h // 8}) and the images must be square"
+        )
+    if size == h:
+        return images
+    k = h // size
+    blocks = images.reshape(n, c, size, k, size, k)  # a view: block (i, j) is [:, :, i, :, j, :]
+    return np.rint(blocks.mean(axis=(3, 5), dtype=np.float32)).astype(np.uint8)
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
