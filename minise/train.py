@@ -74,6 +74,25 @@ from minise.train_options import (  # noqa: F401  (re-exported: minise.train.bui
 )
 
 
+def model_flags(model: Any, options: Any) -> str:
+    """A model and its SE options as the command line that gives them: ``se_resnet20 --reduction 4 --no-se-bias``
+    (the model alone when it has no options; options that are not a dict are shown as they are)."""
+    if not options:
+        return str(model)
+    if not isinstance(options, dict):
+        return f"{model} (SE options {options!r})"
+    words = [str(model)]
+    for key, value in options.items():
+        flag = "--" + ("se_bias" if key == "bias" else str(key)).replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            words.append(f"{flag} {','.join(str(v) for v in value)}")
+        else:
+            words.append(f"{flag} {value}")
+    return " ".join(words)
+
+
 class Run:
     """One training run: its folder, model, optimiser, loaders and the position reached."""
 
@@ -264,8 +283,8 @@ class Run:
         meta, arrays = load_checkpoint(path)
         if meta.get("model") != self.args.model or meta.get("model_options") != self.options:
             raise CheckpointError(
-                f"checkpoint {path} is of {meta.get('model')} {meta.get('model_options')}, not "
-                f"{self.args.model} {self.options} - resume with the same --model and SE options"
+                f"checkpoint {path} is of {model_flags(meta.get('model'), meta.get('model_options'))}, not "
+                f"{model_flags(self.args.model, self.options)} - resume with the same --model and SE options"
             )
         if meta.get("dataset") != self.args.dataset or meta.get("num_classes") != self.num_classes:
             raise CheckpointError(

@@ -4,6 +4,9 @@ The new folder starts with a copy of the run's best.npz (written atomically, as 
 it holds its best checkpoint even when no epoch of the branch beats the carried-over best accuracy. The
 copy is made only when it is that best (same model and data, the carried-over accuracy, not from a later
 epoch than the checkpoint resumed); otherwise one line says so and the branch writes best.npz itself.
+
+Also: the error for a checkpoint of another model or SE options names both as the flags that give them
+(``se_resnet20, not se_resnet20 --reduction 4``), never a Python dict such as ``{}``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_run_folders import copy_of, main, snapshot
-from test_train_cli import BASE
+from test_train_cli import BASE, assert_one_line_error
 
+from minise import train
 from minise.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -105,3 +109,29 @@ def test_a_branch_from_before_the_first_epoch_writes_its_own_best(
     err = capsys.readouterr().err
     assert "copied" not in err and "note:" not in err
     assert load_checkpoint(branch / "best.npz")[0]["epoch"] == 1
+
+
+# ------------------------------------------------------------------------------------- the model in the error
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--model", "resnet20"], "is of se_resnet20, not resnet20 - "),
+        (["--reduction", "4"], "is of se_resnet20, not se_resnet20 --reduction 4 - "),
+        (["--no-se-bias", "--se-stages", "2,3"], "is of se_resnet20, not se_resnet20 --no-se-bias --se-stages 2,3 - "),
+    ],
+)
+def test_resuming_another_model_names_its_options_as_flags(
+    extra: list[str], named: str, finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*BASE, *extra] if extra[0] != "--model" else [a if a != "se_resnet20" else "resnet20" for a in BASE]
+    assert main(*args, "--epochs", 2, "--resume", finished / "last.npz", "--out", tmp_path / "b") == 2
+    line = assert_one_line_error(capsys.readouterr().err)
+    assert named in line and "{" not in line and "--model and SE options" in line, line
+
+
+def test_model_flags_reads_as_a_command_line() -> None:
+    assert train.model_flags("se_resnet20", {}) == "se_resnet20"
+    assert train.model_flags("se_resnet20", None) == "se_resnet20"
+    options = {"reduction": 8, "bias": True, "gate": "tanh", "se_stages": [3]}
+    assert train.model_flags("se_resnet56", options) == "se_resnet56 --reduction 8 --se-bias --gate tanh --se-stages 3"
+    assert train.model_flags("m", "odd") == "m (SE options 'odd')"  # a damaged checkpoint's value, shown as it is
