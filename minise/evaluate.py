@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--workers must be >= 0, got {args.workers}")
     if args.no_plot and (args.plot or args.out):
         p.error("--no-plot writes no figure - drop it, or drop --plot/--out")
+    names = data.DATASETS + data.IMAGE_DATASETS  # as train's --dataset: the arrays and the image folders
+    if args.dataset is not None and args.dataset not in names:
+        p.error(f"unknown data set {args.dataset!r} - use one of {', '.join(names)}")
     cpu.retain_freed_memory()  # reuse freed memory from batch to batch (see its docstring)
     pool = None
     try:

@@ -293,6 +293,18 @@ def test_no_plot_with_plot_is_a_usage_error(shapes_checkpoint: Path, capsys: pyt
     assert "--no-plot" in line
 
 
+def test_an_unknown_data_set_lists_every_one_evaluate_accepts(
+    shapes_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The arrays and the image folders, as train's --dataset; before the checkpoint is even read."""
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--checkpoint", str(shapes_checkpoint), "--dataset", "banana"])
+    assert exc.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown data set 'banana' - use one of " + ", ".join(data.DATASETS + data.IMAGE_DATASETS) in line, line
+    assert {"cifar10", "imagenette", "imagefolder"} <= set(data.DATASETS + data.IMAGE_DATASETS)
+
+
 # ------------------------------------------------------------------------------------- refusals
 def edited(source: Path, target: Path, change: Any) -> Path:
     with np.load(source, allow_pickle=False) as z:
