@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="CHECKPOINT",
         help="continue a run exactly where it stopped, or extend a finished one to more --epochs; a CHECKPOINT "
-        "continues in its own folder unless --out names a new one (default checkpoint: <out>/last.npz; without "
+        "continues in its own folder unless --out names a new one, which starts with a copy of the run's best.npz "
+        "(default checkpoint: <out>/last.npz; without "
         "--out, that of the newest runs/<dataset>-<model>-s<seed>[-N])",
     )
     r.add_argument(
