@@ -1,11 +1,16 @@
 """python -m minise.experiments: the statistics (held to published t-table values, and shown to tell a
 consistent difference from noise), study files, and a tiny study on `shapes` that is interrupted and
-continued: finished runs are skipped, a half-trained run is resumed to exactly the uninterrupted result."""
+continued: finished runs are skipped, a half-trained run is resumed to exactly the uninterrupted result.
+The last part (marker ``distributed``) deals a study's runs to 2 ranks: as threads of one process
+(LocalGroup) and as 2 MPI processes started with the venv's ``mpiexec`` (skipped, with the reason, when
+mpi4py or mpiexec is missing)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,10 +204,13 @@ def test_a_folder_holding_another_run_is_never_overwritten_but_can_be_extended(t
 
 def test_run_states_decide_skip_resume_or_restart(tmp_path: Path) -> None:
     from minise.experiments.runner import command, state
+    from minise.train_options import resolve_image_size
 
     spec = plan(STUDIES["se-vs-plain"], [0], tmp_path, "se_resnet20", TINY)[0]
     assert state(spec) == "new" and "--overwrite" not in command(spec, "new")
-    config = vars(train.build_parser().parse_args(list(spec.argv)))
+    args = train.build_parser().parse_args(list(spec.argv))
+    resolve_image_size(args)  # as the run records it: the data set's side
+    config = vars(args)
     spec.folder.mkdir(parents=True)
     (spec.folder / "config.json").write_text(json.dumps(config))  # killed before its first checkpoint
     assert state(spec) == "new" and command(spec, "new")[-1] == "--overwrite"  # nothing saved to lose
@@ -213,3 +221,158 @@ def test_run_states_decide_skip_resume_or_restart(tmp_path: Path) -> None:
     (spec.folder / "config.json").write_text(json.dumps({**config, "model": "se_resnet32"}))
     with pytest.raises(StudyError, match="other options: --model 'se_resnet32'"):
         state(spec)
+
+
+# --------------------------------------------------------------------------------------------------
+# a study on MPI ranks: the runs dealt round-robin, rank 0 reports, every rank exits with one status
+# --------------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+def _why_no_mpi() -> str | None:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed (pip install -e '.[distributed]')"
+    if not MPIEXEC.exists():
+        return f"no mpiexec next to {sys.executable} (pip install -e '.[distributed]' installs MPICH's)"
+    return None
+
+
+requires_mpi = pytest.mark.skipif(_why_no_mpi() is not None, reason=str(_why_no_mpi()))
+
+
+def test_runs_are_dealt_round_robin_and_the_launcher_is_read_from_its_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from minise.experiments import ranks
+
+    assert [ranks.deal(range(7), r, 3) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert ranks.deal([4, 9], 2, 3) == []  # more ranks than runs left: some ranks have nothing to do
+    for name in ranks.LAUNCHER_SIZE:
+        monkeypatch.delenv(name, raising=False)
+    assert ranks.launched_size() == 1 and ranks.study_communicator() is None  # no launcher: mpi4py not needed
+    monkeypatch.setenv("PMI_SIZE", "1")
+    assert ranks.study_communicator() is None  # mpiexec -n 1: nothing changes
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert ranks.launched_size() == 4
+    monkeypatch.setattr(ranks, "mpi_unavailable", lambda: "mpi4py is not installed - install it")
+    with pytest.raises(StudyError, match="started by an MPI launcher as 4 processes, but mpi4py is not installed"):
+        ranks.study_communicator()  # else each of the 4 would run the whole study into the same folders
+
+
+def test_a_run_is_an_ordinary_single_process_with_one_thread_beside_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    from minise.experiments.runner import child_env
+
+    monkeypatch.setenv("PMI_RANK", "1")
+    monkeypatch.setenv("PMI_FD", "9")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.delenv("MINISE_NUM_THREADS", raising=False)
+    env = child_env(jobs=1, ranks=2)
+    assert not {"PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_SIZE"} & set(env)  # not a member of the MPI job
+    assert env["MINISE_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+    assert "MINISE_NUM_THREADS" not in child_env(jobs=1, ranks=1)  # alone: all the cores
+    monkeypatch.setenv("MINISE_NUM_THREADS", "4")  # the user's choice, e.g. one rank per 4-core share
+    assert child_env(jobs=2, ranks=2)["MINISE_NUM_THREADS"] == "4"
+
+
+def test_ranks_agree_on_errors_and_gather_every_runs_status() -> None:
+    from minise.distributed import LocalGroup
+    from minise.experiments.ranks import agree_on_error, gather_statuses
+
+    def errors(on: set[int]) -> list[str | None]:
+        return LocalGroup.run(2, lambda c: agree_on_error(c, "wrong" if c.rank in on else None))
+
+    assert errors(set()) == [None, None]  # nobody stops
+    assert errors({0, 1}) == ["wrong", ""]  # everybody stops, rank 0 alone says why
+    assert errors({1}) == ["", "(rank 1 of 2) wrong"]  # a rank's own trouble is said by that rank
+    # rank 0 ran runs 0 and 2, rank 1 run 1 (killed by a signal: negative); run 3 by nobody
+    mine = [{0: 0, 2: 130}, {1: -9}]
+    assert LocalGroup.run(2, lambda c: gather_statuses(c, mine[c.rank], 4)) == [[0, -9, 130, None]] * 2
+
+
+def test_a_failing_run_fails_every_rank_and_a_bad_command_stops_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2 ranks as threads of this process: the run that fails on rank 1 fails the study on both ranks;
+    rank 0 (whose run succeeds) writes the report; a folder of another run stops both, said once."""
+    from minise.distributed import LocalGroup
+
+    f = tmp_path / "failing.txt"
+    f.write_text("ok: --reduction 16\nbad: --dataset cifar10 --data-dir /nonexistent\n")  # fails on starting
+    argv = [str(f), *TINY, "--seeds", "1", "--out", str(tmp_path / "s")]
+    assert LocalGroup.run(2, lambda c: main(argv, comm=c), timeout=120) == [1, 1]
+    err = capsys.readouterr().err
+    assert "rank 1/2: train bad seed 0" in err and "rank 1/2: bad seed 0 failed (exit 2): minise.train:" in err
+    assert err.count("1 run(s) failed (bad seed 0)") == 1
+    assert "| ok |" in (tmp_path / "s" / "report.md").read_text()
+    # the baseline's folder now holds a run of other options: refused by rank 0, and both ranks stop
+    config = tmp_path / "s" / "runs" / "ok-s0" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "lr": 9.0}))
+    assert LocalGroup.run(2, lambda c: main(argv, comm=c)) == [2, 2]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a run made with other options: --lr 9.0" in err[0]
+    assert LocalGroup.run(2, lambda c: main([*argv, "--distributed"], comm=c)) == [2, 2]  # runs are one process
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["minise.experiments: --distributed: under mpiexec the study deals whole runs to its 2 ranks, "
+                   "each run one process - leave --distributed out"]  # fmt: skip
+
+
+def _mpi_study(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n 2 python -m minise.experiments se-vs-plain`` with a tiny budget, 2 seeds."""
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "minise.experiments", "se-vs-plain", *TINY,
+           "--seeds", "2", "--out", str(out), *extra]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MINISE_NUM_THREADS"}  # the study sets one thread
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+
+
+TRAINED_BY = re.compile(r"^# minise.experiments: \w+ on .*, rank (\d) of 2,", re.MULTILINE)  # a log's header
+
+
+def _trained_by(out: Path) -> dict[str, list[int]]:
+    """Each run folder's name -> the rank of every process that trained into it (from its log's headers)."""
+    return {log.stem: [int(r) for r in TRAINED_BY.findall(log.read_text())] for log in (out / "logs").glob("*.log")}
+
+
+@requires_mpi
+@pytest.mark.distributed
+@pytest.mark.slow  # about 25 s on 2 busy cores: three mpiexec starts, four tiny training runs
+def test_a_study_on_two_mpi_ranks_trains_each_run_once_and_continues(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    # 1. each rank stops after one run (as an interruption would): runs 0 and 1 of the plan, one per rank
+    first = _mpi_study(out, "--stop-after-runs", "1")
+    assert first.returncode == 130, first.stderr[-3000:]
+    assert _trained_by(out) == {"resnet-s0": [0], "se-resnet-s0": [1]}
+    assert "rank 0/2: train ResNet seed 0" in first.stderr and "rank 1/2: train SE-ResNet seed 0" in first.stderr
+    assert first.stdout.count("2 of 4 runs finished") == 1  # rank 0 alone reports
+    # 2. again: rank 0 sees the 2 finished runs, everyone skips them; the 2 left are dealt afresh
+    second = _mpi_study(out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("skip ") == 2 and "rank 0/2: skip ResNet seed 0" in second.stderr
+    assert _trained_by(out) == {"resnet-s0": [0], "resnet-s1": [0], "se-resnet-s0": [1], "se-resnet-s1": [1]}
+    assert sorted(p.name for p in out.iterdir()) == ["command.txt", "errors.png", "logs", "report.md",
+                                                     "results.csv", "runs"]  # fmt: skip
+    report = (out / "report.md").read_text()
+    assert "| ResNet |" in report and "| SE-ResNet |" in report and "Not finished" not in report
+    assert "with 2 MPI ranks (the i-th unfinished run on rank i mod 2), --jobs 1 on each" in report
+    rows = _results(out / "results.csv")
+    assert len(rows) == 4
+    # 3. a third time: nothing left to train, the same numbers
+    third = _mpi_study(out)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stderr.count("skip ") == 4 and " train " not in third.stderr
+    assert _results(out / "results.csv") == rows and len(_trained_by(out)["resnet-s0"]) == 1
+
+
+@requires_mpi
+@pytest.mark.distributed
+def test_a_failing_run_under_mpi_ends_the_study_without_hanging(tmp_path: Path) -> None:
+    f = tmp_path / "failing.txt"
+    f.write_text("bad: --dataset cifar10 --data-dir /nonexistent\nok: --reduction 16\n")  # rank 0's run fails
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "minise.experiments", str(f), *TINY, "--seeds", "1",
+           "--out", str(tmp_path / "s")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "rank 0/2: bad seed 0 failed (exit 2)" in r.stderr and "1 run(s) failed (bad seed 0)" in r.stderr
+    assert "| ok |" in (tmp_path / "s" / "report.md").read_text()  # rank 1's run finished and is reported

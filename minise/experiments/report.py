@@ -45,7 +45,9 @@ def _macs(folder: Path, config: dict[str, Any]) -> int:
     """Multiply-accumulates of one image through the run's model (built from its checkpoint's meta)."""
     meta, _ = load_checkpoint(folder / "last.npz")
     model = models.create(meta["model"], num_classes=meta["num_classes"], **meta.get("model_options", {}))
-    side = config.get("image_size", 32) if config.get("dataset") in data.IMAGE_DATASETS else 32
+    side = int(config.get("image_size") or 32)  # the side the model saw
+    if config.get("dataset") not in data.IMAGE_DATASETS:
+        side = min(side, 32)  # 32x32 arrays (configs from before --image-size applied to them say 128)
     return models.count_macs(model, (3, side, side))
 
 

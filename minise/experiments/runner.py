@@ -13,18 +13,20 @@ folder:
   with one line naming the difference, and never overwrites it;
 * empty or without a checkpoint (stopped before its first save): started again.
 
-Runs go side by side with ``jobs`` > 1, each a child process limited to one thread
-(``MINISE_NUM_THREADS=1``). Ctrl-C reaches the children too: each saves its checkpoint and exits,
-and the study stops; the same command continues it.
+:func:`triage` looks at every folder, :func:`execute` trains the runs that are not finished. Runs go
+side by side with ``jobs`` > 1 (and on several MPI ranks, see :mod:`minise.experiments.ranks`), each a
+child process limited to one thread (``MINISE_NUM_THREADS=1``) unless ``MINISE_NUM_THREADS`` is set.
+Each run's log starts with a line saying which process trained it and how. Ctrl-C reaches the children
+too: each saves its checkpoint and exits, and the study stops; the same command continues it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
+import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -32,10 +34,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from minise.experiments.studies import Study, StudyError, Variant, plain_model
-from minise.train_options import build_parser
+from minise.train_options import TrainError, build_parser, resolve_image_size
 
 EXIT_INTERRUPTED = 130
 # training options that do not change what a run computes (they may differ between invocations)
@@ -100,13 +102,19 @@ def plan(study: Study, seeds: Sequence[int], out: Path, model: str, train_args: 
 
 def intended_config(spec: RunSpec) -> dict[str, Any]:
     """The training options this run is made with, as ``config.json`` records them."""
-    said = io.StringIO()
+    parser = build_parser()
+
+    def refuse(status: int = 0, message: str | None = None) -> NoReturn:  # instead of printing and exiting
+        why = (message or "").strip().removeprefix(f"{parser.prog}: ")
+        raise StudyError(f"the training options are not valid: {why}")
+
+    # (not contextlib.redirect_stderr: sys.stderr is the whole process's, and ranks may be threads of one)
+    parser.exit = refuse  # type: ignore[method-assign]
+    args = parser.parse_args(list(spec.argv))
     try:
-        with contextlib.redirect_stderr(said):
-            args = build_parser().parse_args(list(spec.argv))
-    except SystemExit:
-        why = said.getvalue().strip().removeprefix("python -m minise.train: ")
-        raise StudyError(f"the training options are not valid: {why}") from None
+        resolve_image_size(args)  # the default side of the data set, as the run fills it in and records it
+    except TrainError as e:
+        raise StudyError(f"the training options are not valid: {e}") from None
     return {k: v for k, v in vars(args).items() if k not in NOT_COMPARED}
 
 
@@ -160,37 +168,59 @@ def command(spec: RunSpec, how: str) -> list[str]:
     return [sys.executable, "-m", "minise.train", *argv]
 
 
-def child_env(jobs: int) -> dict[str, str]:
-    """The environment of a run: one thread each when runs go side by side."""
-    env = dict(os.environ)
-    if jobs > 1:
-        env.update(MINISE_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+# what an MPI launcher tells each of its processes about the job: not passed on to a run, which is an
+# ordinary single process (MPICH/Hydra, PMIx, Open MPI, MVAPICH)
+LAUNCHER_VARIABLES = (
+    "PMI_",
+    "PMIX_",
+    "HYDI_",
+    "MPI_LOCALRANKID",
+    "MPI_LOCALNRANKS",
+    "OMPI_COMM_WORLD_",
+    "MV2_COMM_WORLD_",
+)
+THREAD_VARIABLES = ("MINISE_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def child_env(jobs: int, ranks: int = 1) -> dict[str, str]:
+    """The environment of a run: this one without the MPI launcher's variables, and one thread when runs
+    go side by side (``jobs`` > 1 or several ``ranks``) unless the user set ``MINISE_NUM_THREADS``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_VARIABLES)}
+    if (jobs > 1 or ranks > 1) and not os.environ.get("MINISE_NUM_THREADS"):
+        env.update(dict.fromkeys(THREAD_VARIABLES, "1"))
     return env
 
 
+def triage(specs: Sequence[RunSpec], say: Callable[[str], None] = print) -> list[str]:
+    """The :func:`state` of every run ("new", "started" or "finished"), saying which are skipped."""
+    states = []
+    for spec in specs:
+        states.append(state(spec))
+        if states[-1] == "finished":
+            say(f"skip {spec.label}: finished in {spec.folder}")
+    return states
+
+
 def execute(
-    specs: Sequence[RunSpec],
+    todo: Sequence[tuple[RunSpec, str]],
     jobs: int = 1,
     stop_after_runs: int | None = None,
     say: Callable[[str], None] = print,
+    ranks: int = 1,
+    trained_by: str = "",
 ) -> dict[RunSpec, int]:
-    """Run (or skip, or continue) every spec; returns each attempted run's exit status (0 for skipped).
+    """Train (or continue) each ``(spec, state)`` of ``todo``, ``jobs`` at a time; returns each attempted
+    run's exit status. ``ranks``: how many MPI ranks share the study (for the threads, see
+    :func:`child_env`); ``trained_by``: who trains, for the first line of each run's log.
 
     Stops launching new runs when one is interrupted (exit 130) or, for tests, after
     ``stop_after_runs`` runs have been trained by this call.
     """
     status: dict[RunSpec, int] = {}
-    todo = []
-    for spec in specs:
-        how = state(spec)
-        if how == "finished":
-            say(f"skip {spec.label}: finished in {spec.folder}")
-            status[spec] = 0
-        else:
-            todo.append((spec, how))
     lock = threading.Lock()
     stop = threading.Event()
     trained = [0]
+    who = trained_by or f"pid {os.getpid()}"
 
     def one(item: tuple[RunSpec, str]) -> None:
         spec, how = item
@@ -199,9 +229,13 @@ def execute(
                 return
         spec.log.parent.mkdir(parents=True, exist_ok=True)
         spec.folder.parent.mkdir(parents=True, exist_ok=True)
-        say(f"{'continue' if how == 'started' else 'train'} {spec.label} -> {spec.folder}")
+        verb = "continue" if how == "started" else "train"
+        say(f"{verb} {spec.label} -> {spec.folder}")
+        cmd = command(spec, how)
         with open(spec.log, "a") as log:
-            code = subprocess.call(command(spec, how), stdout=log, stderr=subprocess.STDOUT, env=child_env(jobs))
+            log.write(f"# minise.experiments: {verb} on {socket.gethostname()}, {who}: {shlex.join(cmd)}\n")
+            log.flush()
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(jobs, ranks))
         with lock:
             status[spec] = code
             trained[0] += 1
