@@ -287,8 +287,18 @@ def run_lesson(
     return namespace
 
 
-def _figures_written(folder: Path, since: float) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_mtime >= since - 1)
+def _file_stamps(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Every file under ``folder`` with its (modification time in ns, size): what a run may change."""
+    if not folder.is_dir():
+        return {}
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+def _figures_written(folder: Path, before: dict[Path, tuple[int, int]]) -> list[Path]:
+    """The files under ``folder`` that are new, or changed, since the snapshot ``before``
+    (:func:`_file_stamps` taken just before the run): only what this run wrote, however soon
+    another run wrote into the same folder before it."""
+    return sorted(p for p, stamp in _file_stamps(folder).items() if before.get(p) != stamp)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,6 +325,7 @@ def _run(refs: list[str], full: bool, figures: str | None) -> int:
             folder = folder / path.stem
         mode = "full" if full else "fast"
         print(f"=== {path.name} ({mode} mode) ===", flush=True)
+        before = _file_stamps(folder)
         start = time.time()
         try:
             run_lesson(path, fast=not full, figures=folder)
@@ -324,7 +335,7 @@ def _run(refs: list[str], full: bool, figures: str | None) -> int:
             print(str(e), file=sys.stderr)
             return 1
         elapsed = time.time() - start
-        written = _figures_written(folder, start)
+        written = _figures_written(folder, before)
         where = f"{len(written)} figure(s) written to {folder}/: " + ", ".join(p.name for p in written)
         print(f"=== {path.name} passed in {elapsed:.1f} s; {where if written else 'no figures written'} ===")
     return 0

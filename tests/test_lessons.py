@@ -318,6 +318,26 @@ def test_the_last_expression_of_a_block_is_shown(tmp_path: Path, capsys: pytest.
     assert ns["value"] == 42 and "--- block 1 (line 2) ---\n42\n--- block 2 (line 7) ---\n" in out
 
 
+def _writes(name: str) -> str:
+    return f'```python\n(FIGURES / "{name}").write_bytes(b"png")\n```\n'
+
+
+def test_figures_written_names_only_what_this_run_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tmp_path / "97_first.md", tmp_path / "96_second.md"
+    first.write_text(_writes("97_a.png") + _writes("97_kept.png"), encoding="utf-8")
+    second.write_text(_writes("96_b.png") + _writes("97_kept.png"), encoding="utf-8")
+    folder = tmp_path / "figures"
+    assert lessons._run([str(first)], full=False, figures=str(folder)) == 0
+    (folder / "touched_just_before.png").write_bytes(b"png")  # within a second of the next run's start
+    assert lessons._run([str(second)], full=False, figures=str(folder)) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    # the second run wrote 96_b.png and rewrote 97_kept.png; 97_a.png and the touched file are older
+    assert last.endswith("2 figure(s) written to " + f"{folder}/: 96_b.png, 97_kept.png ===")
+    (tmp_path / "95_none.md").write_text("```python\nx = 1\n```\n", encoding="utf-8")
+    assert lessons._run([str(tmp_path / "95_none.md")], full=False, figures=str(folder)) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("no figures written ===")
+
+
 # --------------------------------------------------------------------------------------------------
 # the lessons' shape and the table of contents
 # --------------------------------------------------------------------------------------------------
