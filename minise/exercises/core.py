@@ -286,10 +286,13 @@ class Report:
         return any(Path(f.filename).resolve() == self.path.resolve() for f in traceback.extract_tb(error.__traceback__))
 
     def _learner_function(self, error: BaseException) -> str:
-        frames = [
-            f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve() == self.path.resolve()
+        """'`Exp.forward`': the learner's function that raised, with its class (Python 3.11 and later)."""
+        codes = [
+            frame.f_code
+            for frame, _ in traceback.walk_tb(error.__traceback__)
+            if Path(frame.f_code.co_filename).resolve() == self.path.resolve()
         ]
-        return f"`{frames[-1].name}`" if frames else "your function"
+        return f"`{getattr(codes[-1], 'co_qualname', codes[-1].co_name)}`" if codes else "your function"
 
 
 def compare(got: Any, want: Any, rtol: float = 1e-6, atol: float = 1e-9) -> str | None:
@@ -319,10 +322,21 @@ def compare(got: Any, want: Any, rtol: float = 1e-6, atol: float = 1e-9) -> str 
     at = np.unravel_index(int(np.argmax(err)), err.shape)
     rel = err / np.maximum(np.maximum(np.abs(w), np.abs(g)), 1e-300)
     index = tuple(int(i) for i in at)
+    yours, expected = distinct_texts(float(g[at]), float(w[at]))
     return (
-        f"worst absolute error {err[at]:.3e} at index {index}: yours {g[at]:.6g}, expected {w[at]:.6g}; "
-        f"worst relative error {float(np.max(rel)):.3e}"
+        f"worst absolute error {err[at]:.3e} at index {index}: yours {yours}, expected {expected} "
+        f"(relative difference {float(rel[at]):.3e}); worst relative error {float(np.max(rel)):.3e}"
     )
+
+
+def distinct_texts(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with 6 significant digits, or as many more as it takes for two different numbers
+    to print differently (1.42544 and 1.42544 become 1.4254403 and 1.4254411)."""
+    for digits in range(6, 18):
+        ta, tb = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if ta != tb or a == b:
+            return ta, tb
+    return repr(a), repr(b)
 
 
 def close(a: Any, b: Any, rtol: float = 1e-9) -> bool:
@@ -338,6 +352,18 @@ def close(a: Any, b: Any, rtol: float = 1e-9) -> bool:
     return a_.shape == b_.shape and bool(
         np.allclose(a_, b_, rtol=rtol, atol=1e-9 + rtol * float(np.max(np.abs(b_), initial=0)))
     )
+
+
+class AnyOf:
+    """Several classic wrong answers that earn the same hint (in ``Case.variants``)."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = answers
+
+
+def matches_variant(got: Any, variant: Any) -> bool:
+    """Whether ``got`` equals a classic wrong answer ``variant``, or one of several (:class:`AnyOf`)."""
+    return any(close(got, v) for v in variant.answers) if isinstance(variant, AnyOf) else close(got, variant)
 
 
 def _describe(value: Any) -> str:
@@ -367,7 +393,8 @@ class Case:
     ``args`` are what the function is called with; ``expected`` maps each output's name to minise's
     answer (the engine's own op); ``numeric`` to a function computing float64 central differences
     (called lazily); ``variants`` maps a hint to the outputs a classic wrong formula gives, so that a
-    learner's answer equal to one of them earns that hint.
+    learner's answer equal to one of them earns that hint (an output given as :class:`AnyOf` stands for
+    several wrong formulas with the same hint).
     """
 
     where: str
@@ -425,7 +452,7 @@ def grade_function(
                 want = case.expected[name]
 
                 def hints(got: Any = got, want: Any = want, case: Case = case, name: str = name) -> list[str]:
-                    found = [h for h, v in case.variants.items() if name in v and close(got, v[name])]
+                    found = [h for h, v in case.variants.items() if name in v and matches_variant(got, v[name])]
                     return found + transposed_hint(name, got, want)
 
                 report.expect_close(f"{fn_name}: {name} (against {against})", got, want, case.where, hints, rtol, atol)
@@ -465,6 +492,7 @@ def engine_forward(fn: Callable[..., Any], arrays: list[Any]) -> np.ndarray:
 
 
 __all__ = [
+    "AnyOf",
     "Case",
     "Draw",
     "Exercise",
@@ -474,6 +502,7 @@ __all__ = [
     "Report",
     "close",
     "compare",
+    "distinct_texts",
     "draw_cases",
     "engine_forward",
     "engine_gradients",
@@ -482,6 +511,7 @@ __all__ = [
     "learner_traceback",
     "load_learner_module",
     "make_stub",
+    "matches_variant",
     "numerical_gradient",
     "rng_for",
     "shape_text",

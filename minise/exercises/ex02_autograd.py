@@ -1,9 +1,11 @@
 """Exercise 02: three ops of the autograd engine, ``Mul``, ``Exp`` and ``Tanh``, as
 :class:`minise.autograd.Function` subclasses (forward and backward on arrays).
 
-Each is run through minise's engine (``Op().apply(tensors)``, then ``y.backward(gy)``) and checked
-against minise's own ``*``, ``exp`` and ``tanh`` and float64 central differences; the hints recognise
-the factors of a product swapped, and tanh's derivative written with the input instead of the output.
+Each is run through minise's engine (``Op().apply(tensors)``, then ``y.backward(gy)``): y is checked
+against minise's own ``*``, ``exp`` and ``tanh``, the gradients against minise's and float64 central
+differences. backward must return one gradient per input and leave ``gy`` as it was (the engine hands
+one gy array to both inputs of an addition); the hints recognise the factors of a product swapped,
+and tanh's derivative written with the input instead of the output.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from minise.exercises.core import (
     Case,
     Exercise,
     Mistake,
+    PartFailed,
     Report,
     draw_cases,
     engine_gradients,
@@ -36,10 +39,15 @@ Start over:        python -m minise.lessons exercise 02 --force   (this file is 
 Check it:          python -m minise.lessons check 02
 
 An op is a Function: forward(*arrays) -> array, and backward(gy) -> the gradient of the loss for
-each input, given gy = dL/dy (lesson 02, section 2). forward keeps what backward needs with
+each input, given gy = dL/dy (lesson 02, section 5). forward keeps what backward needs with
 self.save(...); backward reads it back from self.saved. The engine calls them: Mul().apply(a, b)
 runs forward on the tensors' arrays and records the op; y.backward(gy) runs every backward in
 reverse topological order.
+
+Two rules for backward:
+  - return one gradient per input, as a tuple: return da, db (an op with one input may return dx);
+  - do not change gy in place (no gy *= b): the engine may hand the same gy array to several
+    ops (in y = Mul(a, b) + a, Add gives its gy to Mul and to a), so compute new arrays (gy * b).
 """
 
 import numpy as np
@@ -103,6 +111,17 @@ TANH_INPUT_HINT = "d tanh(x)/dx = 1 - tanh(x)^2 = 1 - y^2 with the OUTPUT y, not
 TANH_SQUARE_HINT = "d tanh(x)/dx = 1 - y^2: the output squared, not 1 - y"
 
 
+GY_HINT = (
+    "backward must not change gy in place (gy *= ..., gy += ...): the engine may hand the same gy array to "
+    "several ops - in y = Mul(a, b) + a, Add gives its gy to Mul and to a, so a's gradient would come out "
+    "wrong - compute new arrays instead: da = gy * b"
+)
+
+
+class _Stop(Exception):
+    """Raised by the watched backward once it has run: the checker has what it wanted."""
+
+
 def run_op(op_class: Any, arrays: tuple[Any, ...], gy: Any) -> tuple[Any, ...]:
     """(y, the gradient of each input): the learner's op run through minise's engine."""
     with use_backend("numpy"):
@@ -110,6 +129,46 @@ def run_op(op_class: Any, arrays: tuple[Any, ...], gy: Any) -> tuple[Any, ...]:
         y = op_class().apply(*ts)
         y.backward(gy)
         return (y.numpy(), *[t.grad for t in ts])
+
+
+def check_backward_contract(report: Report, name: str, op_class: Any, inputs: tuple[str, ...], case: Case) -> bool:
+    """One part: ``backward`` returns one gradient per input, as a tuple, and leaves gy as it was.
+
+    False when the number of gradients is wrong (the engine could not use them: the gradients are then
+    not graded); a changed gy is reported, and the gradients are still graded.
+    """
+    seen: dict[str, Any] = {}
+
+    class Watched(op_class):  # type: ignore[misc, valid-type]
+        def backward(self, gy: Any) -> Any:
+            before = np.array(gy, copy=True)
+            seen["out"] = super().backward(gy)
+            seen["gy changed"] = not np.array_equal(gy, before)
+            raise _Stop
+
+    count_ok = False
+    grads = ", ".join(f"d{i}" for i in inputs)
+    with report.part(f"{name}.backward"):
+        report.calling = f"{name}.backward on {case.where}"
+        try:
+            run_op(Watched, case.args[:-1], case.args[-1].copy())
+        except _Stop:
+            pass
+        out = seen["out"]
+        count = len(out) if isinstance(out, (tuple, list)) else 1
+        if isinstance(out, list) or count != len(inputs):
+            got = "a list" if isinstance(out, list) else f"{count} gradient{'s' * (count != 1)}"
+            report.fail(
+                f"{name}.backward returned {got}, but {name} has {len(inputs)} input{'s' * (len(inputs) != 1)} "
+                f"({', '.join(inputs)}): return one gradient per input, as a tuple: return {grads}"
+            )
+            raise PartFailed
+        count_ok = True
+        if seen["gy changed"]:
+            report.fail(f"{name}.backward changed gy, the array it was given (case: {case.where})", hints=[GY_HINT])
+            raise PartFailed
+        report.ok(f"{name}.backward returns {grads} and leaves gy as it was")
+    return count_ok
 
 
 def _forward_only(op_class: Any, arrays: tuple[Any, ...]) -> Any:
@@ -167,24 +226,29 @@ def make_cases(module: ModuleType) -> dict[str, list[Case]]:
 
 def check(module: ModuleType, report: Report) -> None:
     cases = make_cases(module)
-    mul = learner_function(module, "Mul")
-    grade_function(
-        report,
-        "Mul",
-        lambda a, b, gy: run_op(mul, (a, b), gy),
-        ("y", "da", "db"),
-        cases["Mul"],
-        "minise's a * b and central differences, through the engine",
-    )
-    for name in ("Exp", "Tanh"):
+    for name, inputs, reference in (("Mul", ("a", "b"), "a * b"), ("Exp", ("x",), "exp"), ("Tanh", ("x",), "tanh")):
         cls = learner_function(module, name)
+        n = len(inputs)
         grade_function(
             report,
             name,
-            lambda x, gy, cls=cls: run_op(cls, (x,), gy),
-            ("y", "dx"),
+            lambda *args, cls=cls, n=n: _forward_only(cls, args[:n]),
+            ("y",),
             cases[name],
-            f"minise's {name.lower()} and central differences, through the engine",
+            f"minise's {reference}",
+        )
+        if not check_backward_contract(report, name, cls, inputs, cases[name][0]):
+            continue  # the gradients cannot be graded: the engine needs one per input
+        names = tuple(f"d{i}" for i in inputs)
+        grade_function(
+            report,
+            name,
+            lambda *args, cls=cls, n=n: (
+                run_op(cls, args[:n], args[n])[1:] if n > 1 else run_op(cls, args[:n], args[n])[1]
+            ),
+            names,
+            cases[name],
+            f"minise's gradient of {reference} and central differences",
         )
 
 
@@ -197,5 +261,14 @@ EXERCISE = Exercise(
     mistakes=(
         Mistake("factors swapped", "return gy * b, gy * a", "return gy * a, gy * b", "the OTHER factor"),
         Mistake("tanh with 1 - y", "return gy * (1 - y * y)", "return gy * (1 - y)", "not 1 - y"),
+        Mistake(  # a fresh reader's code: it passed while only one op was checked; in y = Mul(a, b) + a it is wrong
+            "gy changed in place",
+            "return gy * b, gy * a",
+            "db = gy * a\n        gy *= b\n        return gy, db",
+            "must not change gy in place",
+        ),
+        Mistake(
+            "one gradient for two inputs", "return gy * b, gy * a", "return gy * b", "returned 1 gradient, but Mul"
+        ),
     ),
 )

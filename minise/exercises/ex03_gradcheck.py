@@ -2,9 +2,11 @@
 ``gradient_error(f, grad, x)``.
 
 ``numerical_gradient`` is checked against gradients known in closed form; ``gradient_error`` must
-call a right gradient right and catch planted wrong ones: a sign error at one element, two elements
-swapped (invisible to a check of the sum), a gradient 1 % too large. The hints recognise a one-sided
-difference, a missing factor 2, an x left changed, and a check that compares sums.
+call a right gradient right, catch planted wrong ones (a sign error at one element, two elements
+swapped: invisible to a check of the sum, a gradient 1 % too large) and return the worst relative
+error itself (0.5 for a gradient twice too large at its smallest element, where the absolute, mean and
+norm-ratio errors are all below 0.07). The hints recognise a one-sided difference, a missing factor 2,
+an x left changed, a check that compares sums, and those three other measures of the error.
 """
 
 from __future__ import annotations
@@ -65,7 +67,10 @@ def gradient_error(f, grad, x):
 
         max_j |grad[j] - num[j]| / max(|grad[j]|, |num[j]|, 1e-8)
 
-    A right gradient gives about 1e-8 or less in float64; a wrong one gives 1e-2 or more.
+    Return that number itself (not an absolute error, a mean or a ratio of norms). A right gradient
+    gives about 1e-7 or less in float64 (often 1e-9; more where an element is close to 0); the wrong
+    ones the checker plants give from 0.0099 (every element 1 % too large) to 2 (one element's sign
+    flipped): lesson 03 calls anything above 1e-3 wrong.
     """
     # >>> your code
     num = numerical_gradient(f, x)
@@ -82,6 +87,23 @@ RESTORE_HINT = "x must be left as it was: put each x[j] back to its old value af
 SUM_HINT = (
     "compare element by element: errors that cancel in a sum (two elements swapped, a wrong batch-norm "
     "gradient) are invisible to a check of sums (lesson 03, section 3)"
+)
+
+ABSOLUTE_HINT = (
+    "yours is the worst ABSOLUTE error, max |grad - num|: it depends on the gradient's size (a gradient of 1e-4 "
+    "can be wrong by 100 % under 1e-3); divide each error by max(|grad[j]|, |num[j]|, 1e-8)"
+)
+MEAN_HINT = (
+    "yours is the MEAN of the relative errors: one wrong element among many disappears in a mean; "
+    "return the worst one, np.max(...)"
+)
+NORM_HINT = (
+    "yours is |grad - num| / |num| over the whole array (a ratio of norms): one small wrong element hides "
+    "under the large right ones; compare element by element and return the worst relative error"
+)
+DENOMINATOR_HINT = (
+    "divide by max(|grad[j]|, |num[j]|, 1e-8), as the docstring says, not by |num[j]| alone "
+    "(which can give more than 1, and is not symmetric in the two gradients)"
 )
 
 Known = tuple[str, Callable[[Any], float], Callable[[Any], Any]]
@@ -205,7 +227,42 @@ def _check_gradient_error(module: ModuleType, report: Report) -> None:
                     hints=[SUM_HINT],
                 )
                 raise PartFailed
-        report.ok("gradient_error passes the right gradient and catches 3 planted mistakes")
+        _check_the_value(error_of, f, right, x, report)
+        report.ok(
+            "gradient_error passes the right gradient, catches 3 planted mistakes and returns the worst relative error"
+        )
+
+
+def error_measures(grad: Any, num: Any) -> dict[str, float]:
+    """The asked-for worst relative error and, for the hints, the other measures a learner may return."""
+    diff = np.abs(grad - num)
+    rel = diff / np.maximum(np.maximum(np.abs(grad), np.abs(num)), 1e-8)
+    return {
+        "right": float(np.max(rel)),
+        ABSOLUTE_HINT: float(np.max(diff)),
+        MEAN_HINT: float(np.mean(rel)),
+        NORM_HINT: float(np.linalg.norm(grad - num) / np.linalg.norm(num)),
+        DENOMINATOR_HINT: float(np.max(diff / np.maximum(np.abs(num), 1e-8))),
+    }
+
+
+def _check_the_value(error_of: Callable[..., Any], f: Any, right: Any, x: Any, report: Report) -> None:
+    """The number itself: one small element twice too large has relative error 0.5, while the absolute
+    error (its size), the mean over the elements and the ratio of norms are all far smaller."""
+    at = np.unravel_index(int(np.argmin(np.abs(right))), right.shape)
+    wrong = right.copy()
+    wrong[at] *= 2
+    measures = error_measures(wrong, right)
+    want = measures.pop("right")  # 0.5
+    report.calling = f"gradient_error with a gradient twice too large at element {tuple(int(i) for i in at)}"
+    value = float(error_of(f, wrong.copy(), x.copy()))
+    if not abs(value - want) <= 1e-4 * want:
+        report.fail(
+            f"gradient_error says {value:.6g} for a gradient twice too large at its smallest element "
+            f"{tuple(int(i) for i in at)}; the worst relative error there is |2g - g| / |2g| = {want:.6g}",
+            hints=[h for h, v in measures.items() if abs(value - v) <= 1e-3 * v],
+        )
+        raise PartFailed
 
 
 EXERCISE = Exercise(
@@ -228,6 +285,24 @@ EXERCISE = Exercise(
             "        minus = f(x)\n        x[j] = old\n",
             "        minus = f(x)\n",
             "x must be left as it was",
+        ),
+        Mistake(  # the next three are a fresh reader's: each passed the three planted mistakes
+            "absolute error",
+            "return float(np.max(np.abs(grad - num) / np.maximum(np.maximum(np.abs(grad), np.abs(num)), 1e-8)))",
+            "return float(np.max(np.abs(grad - num)))",
+            "worst ABSOLUTE error",
+        ),
+        Mistake(
+            "mean relative error",
+            "return float(np.max(np.abs(grad - num) / np.maximum(np.maximum(np.abs(grad), np.abs(num)), 1e-8)))",
+            "return float(np.mean(np.abs(grad - num) / np.maximum(np.maximum(np.abs(grad), np.abs(num)), 1e-8)))",
+            "MEAN of the relative errors",
+        ),
+        Mistake(
+            "ratio of norms",
+            "return float(np.max(np.abs(grad - num) / np.maximum(np.maximum(np.abs(grad), np.abs(num)), 1e-8)))",
+            "return float(np.linalg.norm(grad - num) / np.linalg.norm(num))",
+            "a ratio of norms",
         ),
         Mistake(
             "sums compared",

@@ -39,7 +39,8 @@ def sgd_step(p, grad, buf, lr, momentum, dampening, nesterov, weight_decay):
         buf = momentum * buf + (1 - dampening) * g          at every later step
         g   = g + momentum * buf   if nesterov,   else g = buf         (only when momentum != 0)
         p   = p - lr * g
-    Return new arrays; do not change p or buf in place.
+    Return new arrays; do not change p, grad or buf in place (not even through another name:
+    after g = grad, g += ... changes grad, the optimizer's p.grad).
     """
     # >>> your code
     g = grad + weight_decay * p
@@ -63,6 +64,12 @@ DECAY_HINT = (
 )
 NESTEROV_HINT = "Nesterov is ignored: with nesterov=True the step is g + momentum * buf, not buf"
 DAMPENING_HINT = "at the first step the buffer is the gradient itself, buf = g, without the factor (1 - dampening)"
+
+IN_PLACE_HINT = (
+    "return new arrays and leave p, grad and buf as they came: g = grad + weight_decay * p (not g = grad; "
+    "g += ..., which changes grad itself - the optimizer's p.grad - through its other name), p - lr * g "
+    "(not p -= lr * g)"
+)
 
 SETTINGS: list[dict[str, Any]] = [
     {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
@@ -150,10 +157,16 @@ def check(module: ModuleType, report: Report) -> None:
     fn = learner_function(module, "sgd_step")
 
     def learner(p: Any, grad: Any, buf: Any, s: dict[str, Any]) -> tuple[Any, Any]:
-        p_in, buf_in = p.copy(), np.array(buf, copy=True)
+        before = {"p": p.copy(), "grad": grad.copy(), "buf": None if buf is None else buf.copy()}
         result = fn(p, grad, buf, s["lr"], s["momentum"], s["dampening"], s["nesterov"], s["weight_decay"])
-        if not np.array_equal(p, p_in) or (buf is not None and not np.array_equal(buf, buf_in)):
-            raise ValueError("sgd_step changed p or buf in place - return new arrays (p - lr * g, not p -= lr * g)")
+        now = {"p": p, "grad": grad, "buf": buf}
+        changed = [k for k, v in before.items() if v is not None and not np.array_equal(now[k], v)]
+        if changed:
+            report.fail(
+                f"sgd_step changed {' and '.join(changed)} in place ({_setting_text(s)})",
+                hints=[IN_PLACE_HINT],
+            )
+            raise PartFailed
         return result  # type: ignore[no-any-return]
 
     references = [("minise.optim.SGD", minise_trajectory)]
@@ -224,6 +237,12 @@ EXERCISE = Exercise(
             "    g = grad + weight_decay * p\n" + MOMENTUM_LINES + "    return p - lr * g, buf\n",
             "    g = grad\n" + MOMENTUM_LINES + "    return p - lr * (g + weight_decay * p), buf\n",
             "weight decay is added after the momentum",
+        ),
+        Mistake(  # a fresh reader's code: it passed while only p and buf were watched
+            "grad changed in place",
+            "    g = grad + weight_decay * p\n",
+            "    g = grad\n    g += weight_decay * p\n",
+            "sgd_step changed grad in place",
         ),
         Mistake(
             "Nesterov ignored",
