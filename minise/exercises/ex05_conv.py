@@ -16,6 +16,7 @@ import numpy as np
 
 import minise.functional as F
 from minise.exercises.core import (
+    AnyOf,
     Case,
     Exercise,
     Mistake,
@@ -37,19 +38,20 @@ Start over:        python -m minise.lessons exercise 05 --force   (this file is 
 Check it:          python -m minise.lessons check 05
 Train with it:     python -m minise.lessons check 05 --train   (every convolution of an SE-ResNet-20 is yours)
 
-Shapes: x (N, C, H, W); w (O, C, KH, KW); b (O,) or None; square stride S and padding P;
-OH = (H + 2P - KH) // S + 1, OW likewise; y and gy (N, O, OH, OW). Write it without a Python loop
-over images or pixels: a loop over the KH x KW kernel offsets is fine.
+Shapes: x (N, C, H, W); w (O, C, KH, KW); b (O,) or None; stride s and padding p, the same along
+both axes; OH = (H + 2p - KH) // s + 1, OW likewise, and P = OH * OW output pixels; y and gy
+(N, O, OH, OW). Write it without a Python loop over images or pixels: a loop over the KH x KW kernel
+offsets is fine.
 """
 
 import numpy as np
 
 
 def im2col(x, kh, kw, stride, padding):
-    """x (N, C, H, W) -> cols (N, C*KH*KW, OH*OW).
+    """x (N, C, H, W) -> cols (N, C*KH*KW, P), P = OH*OW.
 
     Column i*OW + j holds the window under output pixel (i, j); row c*KH*KW + a*KW + b holds
-        x_pad[n, c, i*S + a, j*S + b]
+        x_pad[n, c, i*s + a, j*s + b]      (s the stride, x_pad is x with p zeros on each side)
     (the layout of w.reshape(O, C*KH*KW), so that the convolution is one matrix product).
     """
     n, c, h, w = x.shape
@@ -67,7 +69,7 @@ def im2col(x, kh, kw, stride, padding):
 
 
 def col2im(cols, x_shape, kh, kw, stride, padding):
-    """The adjoint of im2col: cols (N, C*KH*KW, OH*OW) -> (N, C, H, W).
+    """The adjoint of im2col: cols (N, C*KH*KW, P) -> (N, C, H, W).
 
     Every value of cols goes back to the pixel it was copied from; a pixel under several windows
     receives the sum of all of them. The padding is cut away at the end.
@@ -91,8 +93,8 @@ def conv2d_forward(x, w, b, stride, padding):
     n, _, h, wd = x.shape
     o, _, kh, kw = w.shape
     oh, ow = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
-    cols = im2col(x, kh, kw, stride, padding)  # (N, C*KH*KW, OH*OW)
-    y = w.reshape(o, -1) @ cols  # (N, O, OH*OW)
+    cols = im2col(x, kh, kw, stride, padding)  # (N, C*KH*KW, P)
+    y = w.reshape(o, -1) @ cols  # (N, O, P)
     if b is not None:
         y = y + b.reshape(1, o, 1)
     return y.reshape(n, o, oh, ow)
@@ -106,8 +108,8 @@ def conv2d_backward(gy, x, w, stride, padding):
     """
     n = x.shape[0]
     o, _, kh, kw = w.shape
-    cols = im2col(x, kh, kw, stride, padding)  # (N, C*KH*KW, OH*OW)
-    gy3 = gy.reshape(n, o, -1)  # (N, O, OH*OW)
+    cols = im2col(x, kh, kw, stride, padding)  # (N, C*KH*KW, P)
+    gy3 = gy.reshape(n, o, -1)  # (N, O, P)
     # >>> your code
     dw = (gy3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)
     db = gy.sum(axis=(0, 2, 3))
@@ -129,6 +131,10 @@ DW_T_HINT = (
     "the weight gradient is dW = sum_n gy_n cols_n^T (O, C*KH*KW), laid out like w"
 )
 DB_HINT = "db sums gy over the images AND the pixels: gy.sum(axis=(0, 2, 3)), one number per output channel"
+DB_MEAN_HINT = (
+    "db is a sum, not a mean: b is added at every pixel of every image, so each of them adds its gy to db: "
+    "gy.sum(axis=(0, 2, 3))"
+)
 
 
 def _shapes(draw: Any) -> dict[str, Any]:
@@ -205,7 +211,8 @@ def make_cases() -> tuple[list[Case], list[Case], list[Case], list[Case]]:
                 numeric={k_: numeric(a) for k_, a in zip(("dx", "dw", "db"), inputs)},
                 variants={
                     DW_T_HINT: {"dw": (cols @ gy3.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)},
-                    DB_HINT: {"db": gy.sum(axis=0)},
+                    DB_HINT: {"db": AnyOf(gy.sum(axis=0), gy3.sum(axis=0))},
+                    DB_MEAN_HINT: {"db": AnyOf(gy.mean(axis=(0, 2, 3)), gy.sum(axis=0).mean(axis=(1, 2)))},
                     OVERLAP_HINT: {"dx": _col2im_overwrite(w.reshape(o, -1).T @ gy3, x.shape, k, s, p)},
                 },
             )
@@ -257,5 +264,9 @@ EXERCISE = Exercise(
             "transpose (C*KH*KW, O) of the weight gradient",
         ),
         Mistake("db over the batch only", "db = gy.sum(axis=(0, 2, 3))", "db = gy.sum(axis=0)", "AND the pixels"),
+        Mistake(  # a fresh reader's: db of shape (O, P), and db as a mean; neither got a hint
+            "db of shape (O, P)", "db = gy.sum(axis=(0, 2, 3))", "db = gy3.sum(axis=0)", "AND the pixels"
+        ),
+        Mistake("db a mean", "db = gy.sum(axis=(0, 2, 3))", "db = gy.mean(axis=(0, 2, 3))", "db is a sum, not a mean"),
     ),
 )

@@ -2,7 +2,7 @@
 ``squeeze_excite_backward(gy, x, w1, b1, w2, b2) -> (dx, dw1, db1, dw2, db2)``.
 
 Checked against ``minise.functional.squeeze_excite`` and float64 central differences; the hints
-recognise a missing path of dx (the direct path G * e or the gate path through the squeeze), a
+recognise a missing path of dx (the scale path G * e or the squeeze path through s, a1, h, a2, e), a
 transposed weight gradient, a missing ReLU mask or sigmoid derivative, and the squeeze's 1/(H W).
 """
 
@@ -56,7 +56,7 @@ def squeeze_excite_backward(gy, x, w1, b1, w2, b2):
         dw2  = g_a2^T h      db2 = sum_n g_a2
         g_a1 = (g_a2 w2) * [a1 > 0]        (N, R)   through the ReLU
         dw1  = g_a1^T s      db1 = sum_n g_a1
-        dx   = G * e  +  (g_a1 w1) / (H W)          the direct path + the gate path (through the squeeze)
+        dx   = G * e  +  (g_a1 w1) / (H W)          the scale path + the squeeze path (lesson 09)
     db1 (db2) is None when b1 (b2) is None.
     """
     n, c, hh, ww = x.shape
@@ -79,23 +79,23 @@ def squeeze_excite_backward(gy, x, w1, b1, w2, b2):
     # <<<
 '''
 
-GATE_HINT = (
-    "your dx is only the direct path G * e: the gate path is missing. x also reaches y through the squeeze "
+SQUEEZE_PATH_HINT = (
+    "your dx is only the scale path G * e: the squeeze path is missing. x also reaches y through the squeeze "
     "s = mean_hw(x), which feeds the gate e; add (g_a1 w1) / (H W), broadcast over the pixels (lesson 09)"
 )
-DIRECT_HINT = (
-    "your dx is only the gate path (g_a1 w1) / (H W): the direct path is missing. y = x * e depends on x "
+SCALE_PATH_HINT = (
+    "your dx is only the squeeze path (g_a1 w1) / (H W): the scale path is missing. y = x * e depends on x "
     "directly too; add G * e[:, :, None, None] (lesson 09)"
 )
-MEAN_HINT = "the gate path must be divided by H W: the squeeze is a mean over the H x W pixels, not a sum"
+MEAN_HINT = "the squeeze path must be divided by H W: the squeeze is a mean over the H x W pixels, not a sum"
 MASK_HINT = "the ReLU mask is missing: the gradient passes the ReLU only where a1 > 0, so g_a1 = (g_a2 w2) * [a1 > 0]"
 SIGMOID_HINT = "the sigmoid's derivative is missing: g_a2 = g_e * e * (1 - e), since d sigmoid(a)/da = e (1 - e)"
 
 
 def reference(gy: Any, x: Any, w1: Any, b1: Any, w2: Any, b2: Any, **use: bool) -> dict[str, Any]:
-    """The backward in NumPy; ``use`` switches a term off (direct, gate, mean, mask, sigmoid) to give
+    """The backward in NumPy; ``use`` switches a term off (scale, squeeze, mean, mask, sigmoid) to give
     the answer of a classic mistake, so that the checker can recognise it."""
-    direct, gate, mean = use.get("direct", True), use.get("gate", True), use.get("mean", True)
+    scale, squeeze, mean = use.get("scale", True), use.get("squeeze", True), use.get("mean", True)
     mask, sigmoid = use.get("mask", True), use.get("sigmoid", True)
     hh, ww = x.shape[2:]
     s = x.mean(axis=(2, 3))
@@ -104,8 +104,8 @@ def reference(gy: Any, x: Any, w1: Any, b1: Any, w2: Any, b2: Any, **use: bool) 
     e = 1 / (1 + np.exp(-(h @ w2.T + (0 if b2 is None else b2))))
     g_a2 = (gy * x).sum(axis=(2, 3)) * (e * (1 - e) if sigmoid else 1)
     g_a1 = (g_a2 @ w2) * ((a1 > 0) if mask else 1)
-    dx = (gy * e[:, :, None, None] if direct else 0) + (
-        (g_a1 @ w1)[:, :, None, None] / (hh * ww if mean else 1) if gate else 0
+    dx = (gy * e[:, :, None, None] if scale else 0) + (
+        (g_a1 @ w1)[:, :, None, None] / (hh * ww if mean else 1) if squeeze else 0
     )
     return {
         "dx": dx * np.ones_like(x),
@@ -153,8 +153,8 @@ def make_cases() -> list[Case]:
             return lambda: numerical_gradient(lambda: forward(*inputs), a, gy)
 
         wrong = {
-            GATE_HINT: {"dx": reference(gy, *inputs, gate=False)["dx"]},
-            DIRECT_HINT: {"dx": reference(gy, *inputs, direct=False)["dx"]},
+            SQUEEZE_PATH_HINT: {"dx": reference(gy, *inputs, squeeze=False)["dx"]},
+            SCALE_PATH_HINT: {"dx": reference(gy, *inputs, scale=False)["dx"]},
             MEAN_HINT: {"dx": reference(gy, *inputs, mean=False)["dx"]},
             MASK_HINT: reference(gy, *inputs, mask=False),
             SIGMOID_HINT: reference(gy, *inputs, sigmoid=False),
@@ -198,16 +198,16 @@ EXERCISE = Exercise(
     train=train,
     mistakes=(
         Mistake(
-            "the gate path is missing",
+            "the squeeze path is missing",
             "dx = gy * e[:, :, None, None] + (g_a1 @ w1)[:, :, None, None] / (hh * ww)",
             "dx = gy * e[:, :, None, None]",
-            "the gate path is missing",
+            "the squeeze path is missing",
         ),
         Mistake(
-            "the direct path is missing",
+            "the scale path is missing",
             "dx = gy * e[:, :, None, None] + (g_a1 @ w1)[:, :, None, None] / (hh * ww)",
             "dx = 0 * gy + (g_a1 @ w1)[:, :, None, None] / (hh * ww)",
-            "the direct path is missing",
+            "the scale path is missing",
         ),
         Mistake("dw1 transposed", "dw1 = g_a1.T @ s", "dw1 = s.T @ g_a1", "transpose of the right one"),
         Mistake("no ReLU mask", "g_a1 = (g_a2 @ w2) * (a1 > 0)", "g_a1 = g_a2 @ w2", "ReLU mask is missing"),

@@ -3,7 +3,9 @@
 Its weights are copied from the model library's ``BasicBlock`` with an SE block (``minise.models.blocks``),
 and its output and every gradient (input and parameters, through minise's autograd) are compared
 with the library block's; the hints name the placement (Table 14 of the paper) the learner built by
-mistake, a missing SE block, a missing projection shortcut and parameters named otherwise.
+mistake (an SE block of the input's width among them), a missing SE block, the final ReLU missing or
+moved before the addition, a projection shortcut missing or misplaced, and parameters named otherwise.
+A case whose parameters do not match is reported once, and the other parts are graded on the rest.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 import numpy as np
 
 import minise
-from minise.exercises.core import Exercise, Mistake, PartFailed, Report, close, draw_cases, learner_function, rng_for
+import minise.functional as F
+from minise.exercises.core import Exercise, Mistake, Report, close, draw_cases, learner_function, rng_for
 from minise.models.blocks import BasicBlock, SEConfig
 from minise.nn import Module
 
@@ -74,6 +77,24 @@ PLACEMENT_HINTS = {
     "the addition",
 }
 RELU_HINT = "the ReLU comes after the addition: relu(SE(F(x)) + shortcut(x)), not SE(F(x)) + shortcut(x)"
+RELU_BEFORE_HINT = (
+    "your ReLU acts on the branch before the addition, relu(SE(F(x))) + shortcut(x); it comes after it: "
+    "relu(SE(F(x)) + shortcut(x)), so that the block's output is never negative"
+)
+NAMES_HINT = (
+    "keep the attribute names of the docstring (conv1, bn1, conv2, bn2, se, downsample): the checker copies the "
+    "library's weights into yours by name"
+)
+DOWNSAMPLE_HINT = (
+    "build downsample exactly where the shape changes (stride != 1 or inplanes != planes): "
+    "nn.Sequential(1x1 conv inplanes -> planes with the stride, BatchNorm2d(planes)); elsewhere it is None"
+)
+SE_WIDTH_HINT = (
+    "your SE block is built for the block's input, inplanes channels (the 'pre' placement of Table 14); the "
+    "SE-ResNet applies it to the residual branch's output, which has planes channels: "
+    "nn.SEBlock(planes, reduction=reduction)"
+)
+SHAPES_HINT = "build each layer with the sizes of the docstring (conv1: inplanes -> planes with the stride, ...)"
 
 
 def _shapes(draw: Any) -> dict[str, Any]:
@@ -124,44 +145,100 @@ def _wrong_answers(sh: dict[str, Any], state: dict[str, Any], x: np.ndarray, gy:
     return answers
 
 
+PARTS = {  # part -> the verb of its "right" line
+    "the parameters' names and shapes": "match",
+    "forward y": "matches",
+    "dL/dx": "matches",
+    "the parameter gradients": "match",
+}
+
+
 def check(module: ModuleType, report: Report) -> None:
     learner_class = learner_function(module, "SEBasicBlock")
     cases = draw_cases(_shapes, EDGE, count=6)
+    laid_out: list[int] = []  # the cases whose parameters match the library's: the others cannot be compared
     with minise.use_backend("numpy"):
-        for part in ("the parameters' names and shapes", "forward y", "dL/dx", "the parameter gradients"):
+        with report.part("SEBasicBlock: the parameters' names and shapes"):
+            for i, sh in enumerate(cases):
+                if _check_layout(report, learner_class, sh, i, first_failure=len(laid_out) == i):
+                    laid_out.append(i)
+            if len(laid_out) == len(cases):
+                report.ok(f"SEBasicBlock: the parameters' names and shapes match the library's on {len(cases)} cases")
+        if not laid_out:
+            return
+        others = f" (the other {len(cases) - len(laid_out)}: see above)" if len(laid_out) < len(cases) else ""
+        for part, verb in list(PARTS.items())[1:]:
             with report.part(f"SEBasicBlock: {part}"):
-                for i, sh in enumerate(cases):
-                    _check_case(report, learner_class, sh, i, part)
-                report.ok(f"SEBasicBlock: {part} match the model library's SE BasicBlock on {len(cases)} cases")
+                for i in laid_out:
+                    _check_case(report, learner_class, cases[i], i, part)
+                report.ok(
+                    f"SEBasicBlock: {part} {verb} the model library's SE BasicBlock on {len(laid_out)} cases{others}"
+                )
 
 
-def _check_case(report: Report, learner_class: Any, sh: dict[str, Any], i: int, part: str) -> None:
-    where = (
+def _where(sh: dict[str, Any]) -> str:
+    return (
         f"inplanes {sh['inplanes']}, planes {sh['planes']}, stride {sh['stride']}, reduction {sh['reduction']}, "
         f"x ({sh['n']}, {sh['inplanes']}, {sh['size']}, {sh['size']})"
     )
+
+
+def _names(names: list[str], buffers: set[str]) -> str:
+    """'a, b (parameters); c (buffers)' for the report."""
+    params = [k for k in names if k not in buffers]
+    bufs = [k for k in names if k in buffers]
+    text = "; ".join(
+        f"{', '.join(group)} ({kind}{'s' * (len(group) != 1)})"
+        for group, kind in ((params, "parameter"), (bufs, "batch-norm buffer"))
+        if group
+    )
+    return text or "none"
+
+
+def _check_layout(report: Report, learner_class: Any, sh: dict[str, Any], i: int, first_failure: bool) -> bool:
+    """Whether the learner's block has the library's parameters and buffers (names and shapes); the first
+    case that does not is reported, with hints for a missing projection, an SE of the input's width, names."""
+    minise.manual_seed(i)
+    library = _library_block(sh, "standard")
+    report.calling = f"SEBasicBlock({sh['inplanes']}, {sh['planes']}, {sh['stride']}, {sh['reduction']})"
+    yours = learner_class(sh["inplanes"], sh["planes"], sh["stride"], sh["reduction"])
+    own = {k: tuple(v.shape) for k, v in yours.state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in library.state_dict().items()}
+    if own == want:
+        return True
+    if not first_failure:
+        return False
+    buffers = set(want) - {k for k, _ in library.named_parameters()}
+    buffers |= set(own) - {k for k, _ in yours.named_parameters()}
+    missing, extra = sorted(set(want) - set(own)), sorted(set(own) - set(want))
+    shapes = [f"{k} {own[k]} (should be {want[k]})" for k in sorted(set(own) & set(want)) if own[k] != want[k]]
+    wrong = set(missing) | set(extra) | {k for k in set(own) & set(want) if own[k] != want[k]}
+    pre = {k: tuple(v.shape) for k, v in _library_block(sh, "pre").state_dict().items() if k.startswith("se.")}
+    hints = []
+    if any(k.startswith("downsample.") for k in wrong):
+        hints.append(DOWNSAMPLE_HINT)
+    if any(k.startswith("se.") for k in wrong) and {k: v for k, v in own.items() if k.startswith("se.")} == pre:
+        hints.append(SE_WIDTH_HINT)
+    if any(not k.startswith("downsample.") for k in set(missing) | set(extra)):
+        hints.append(NAMES_HINT)
+    if not hints:
+        hints.append(SHAPES_HINT)
+    report.fail(
+        f"SEBasicBlock: your block's parameters and buffers (its state_dict) differ from the library's ({_where(sh)})",
+        details=f"missing: {_names(missing, buffers)}\nunexpected: {_names(extra, buffers)}\n"
+        f"wrong shapes: {', '.join(shapes) or 'none'}",
+        hints=hints,
+    )
+    return False
+
+
+def _check_case(report: Report, learner_class: Any, sh: dict[str, Any], i: int, part: str) -> None:
+    where = _where(sh)
     minise.manual_seed(i)
     library = _library_block(sh, "standard")
     report.calling = f"SEBasicBlock({sh['inplanes']}, {sh['planes']}, {sh['stride']}, {sh['reduction']})"
     yours = learner_class(sh["inplanes"], sh["planes"], sh["stride"], sh["reduction"])
     state = library.state_dict()
-    own = {k: tuple(v.shape) for k, v in yours.state_dict().items()}
-    want = {k: tuple(v.shape) for k, v in state.items()}
-    if own != want:
-        missing = sorted(set(want) - set(own))
-        extra = sorted(set(own) - set(want))
-        shapes = [f"{k} {own[k]} (should be {want[k]})" for k in sorted(set(own) & set(want)) if own[k] != want[k]]
-        report.fail(
-            f"your block's parameters do not match the library's ({where})",
-            details=f"missing: {missing or 'none'}; unexpected: {extra or 'none'}; wrong shapes: {shapes or 'none'}",
-            hints=[
-                "keep the attribute names of the docstring (conv1, bn1, conv2, bn2, se, downsample) and build "
-                "downsample only where the stride or the width changes"
-            ],
-        )
-        raise PartFailed
-    if part == "the parameters' names and shapes":
-        return
     yours.load_state_dict(state)
     rng = rng_for(i)
     x = rng.standard_normal((sh["n"], sh["inplanes"], sh["size"], sh["size"])).astype(np.float32)
@@ -175,23 +252,28 @@ def _check_case(report: Report, learner_class: Any, sh: dict[str, Any], i: int, 
 
         def hints() -> list[str]:
             found = [h for h, v in _wrong_answers(sh, state, x, gy).items() if close(y, v, rtol=1e-4)]
-            relu_missing = _wrong_answers_no_relu(library, x, gy)
-            return found + ([RELU_HINT] if close(y, relu_missing, rtol=1e-4) else [])
+            no_relu, relu_before = _wrong_relus(library, x)
+            return (
+                found
+                + ([RELU_HINT] if close(y, no_relu, rtol=1e-4) else [])
+                + ([RELU_BEFORE_HINT] if close(y, relu_before, rtol=1e-4) else [])
+            )
 
-        report.expect_close("forward y", y, y_ref, where, hints, rtol=rtol, atol=atol)
+        report.expect_close("SEBasicBlock: forward y", y, y_ref, where, hints, rtol=rtol, atol=atol)
     elif part == "dL/dx":
-        report.expect_close("dL/dx", dx, dx_ref, where, rtol=rtol, atol=atol)
+        report.expect_close("SEBasicBlock: dL/dx", dx, dx_ref, where, rtol=rtol, atol=atol)
     else:
         for name, g in dp_ref.items():
-            report.expect_close(f"dL/d{name}", dp[name], g, where, rtol=rtol, atol=atol)
+            report.expect_close(f"SEBasicBlock: dL/d{name}", dp[name], g, where, rtol=rtol, atol=atol)
 
 
-def _wrong_answers_no_relu(library: BasicBlock, x: np.ndarray, gy: np.ndarray) -> Any:
-    """The output without the final ReLU: SE(F(x)) + shortcut(x)."""
+def _wrong_relus(library: BasicBlock, x: np.ndarray) -> tuple[Any, Any]:
+    """The output without the final ReLU, SE(F(x)) + shortcut(x), and with the ReLU before the addition,
+    relu(SE(F(x))) + shortcut(x)."""
     xt = minise.tensor(x)
     out = library.se(library.residual(xt))  # type: ignore[misc]
     shortcut = xt if library.downsample is None else library.downsample(xt)
-    return (out + shortcut).numpy()
+    return (out + shortcut).numpy(), (F.relu(out) + shortcut).numpy()
 
 
 EXERCISE = Exercise(
@@ -221,6 +303,24 @@ EXERCISE = Exercise(
         ),
         Mistake(
             "no final ReLU", "return F.relu(out + shortcut)", "return out + shortcut", "ReLU comes after the addition"
+        ),
+        Mistake(  # the next three are a fresh reader's: the first two got no hint, or an unrelated one
+            "ReLU before the addition",
+            "return F.relu(out + shortcut)",
+            "return F.relu(out) + shortcut",
+            "your ReLU acts on the branch before the addition",
+        ),
+        Mistake(
+            "SE on the block's input",
+            "        self.se = nn.SEBlock(planes, reduction=reduction)\n",
+            "        self.se = nn.SEBlock(inplanes, reduction=reduction)\n",
+            "built for the block's input, inplanes channels",
+        ),
+        Mistake(
+            "no projection shortcut",
+            "        if stride != 1 or inplanes != planes:\n",
+            "        if stride != 1:\n",
+            "build downsample exactly where the shape changes",
         ),
     ),
 )

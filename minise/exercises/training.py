@@ -239,7 +239,7 @@ def compare_training(op_name: str, replacement: Callable[..., Tensor], steps: in
     * at steps 1 and 2 (the forward, then the first step after an update made with your gradients) the
       two losses agree to 2e-6 relative. They differ only by rounding there (measured: at most 2.0e-7
       for the reference solutions of 05, 07, 08, 09), while each classic mistake moves them by 1.8e-5
-      or more (a missing gate path of the SE gradient: 1.8e-5; the others 4e-5 to 2e-2);
+      or more (a missing squeeze path of the SE gradient: 1.8e-5; the others 4e-5 to 2e-2);
     * every loss is finite, and the mean over the last tenth of the steps is at most 25 % above the
       built-in op's (a guard against a run that diverges).
     Later steps are compared by eye, not to a tolerance: rounding differences grow step after step
