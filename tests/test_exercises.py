@@ -75,6 +75,32 @@ def test_the_ring_exercise_names_the_naive_all_reduce(tmp_path: Path, capsys: py
     assert code == 1 and "every process holds the sum" in report and "the all-reduce through one process" in report
 
 
+def test_a_wrong_number_of_gradients_is_one_line_and_y_stays_right(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mul.backward returning one gradient: one learner-level line (not the engine's zip() error), and the
+    forward, which is right, is graded right."""
+    text = exercises.EXERCISES[2].clean_solution.replace("return gy * b, gy * a", "return gy * b")
+    code, report = grade(tmp_path, 2, text, capsys)
+    assert code == 1 and "right  Mul: y matches" in report and "zip()" not in report
+    assert report.count("WRONG") == 1 and "Mul.backward returned 1 gradient, but Mul has 2 inputs (a, b)" in report
+
+
+def test_a_block_with_the_wrong_parameters_is_reported_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No projection shortcut: one paragraph, parameters and buffers told apart, the other cases still graded."""
+    text = exercises.EXERCISES[10].clean_solution.replace("if stride != 1 or inplanes != planes:", "if False:")
+    code, report = grade(tmp_path, 10, text, capsys)
+    assert code == 1 and report.count("WRONG") == 1 and report.count("differ from the library's") == 1
+    assert "downsample.0.weight" in report and "(parameters)" in report and "(batch-norm buffers)" in report
+    assert "right  SEBasicBlock: forward y matches" in report and "see above" in report
+
+
+def test_compare_prints_two_different_numbers_differently() -> None:
+    """1.4254403 and 1.4254411 both read 1.42544 with 6 digits (batch norm without its eps gave that)."""
+    text = core.compare(np.array([1.4254403]), np.array([1.4254411]), rtol=1e-9)
+    assert text is not None and "yours 1.42544, expected 1.425441" in text and "relative difference 5.6" in text
+
+
 # --------------------------------------------------------------------------------------------------
 # the command line: `exercise` never overwrites, `check` exit codes and what it prints
 # --------------------------------------------------------------------------------------------------
@@ -160,6 +186,23 @@ def test_the_command_line_prints_no_traceback_for_a_missing_file(tmp_path: Path)
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1 and "nothere.py" in done.stderr
 
 
+def test_check_into_a_closed_pipe_prints_no_traceback(tmp_path: Path) -> None:
+    """`check 02 | head -1`: the reader closed the pipe, so the rest of the report is dropped silently."""
+    path = tmp_path / "ex02.py"
+    path.write_text(exercises.EXERCISES[2].clean_solution)
+    done = subprocess.Popen(
+        [sys.executable, "-m", "minise.lessons", "check", "02", "--file", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert done.stdout is not None and done.stderr is not None
+    done.stdout.close()  # before the report is printed: printing it meets a closed pipe
+    err = done.stderr.read()
+    assert done.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
 # --------------------------------------------------------------------------------------------------
 # the pieces
 # --------------------------------------------------------------------------------------------------
@@ -237,8 +280,9 @@ def test_train_runs_the_learners_code_inside_se_resnet20(number: int, tmp_path: 
 def test_train_notices_a_wrong_op_within_two_steps(
     number: int, mistake: int, tmp_path: Path, small_training: None
 ) -> None:
-    """A missing gate path, batch norm without its mean terms, a transposed conv weight gradient: each moves
-    the loss at step 2 by 5e-5 or more (relative), where rounding alone stays below 1.1e-7 (measured)."""
+    """A missing squeeze path in the SE gradient, batch norm without its mean terms, a transposed conv weight
+    gradient: each moves the loss at step 2 by 5e-5 or more (relative), where rounding alone stays below 1.1e-7
+    (measured)."""
     ex = exercises.EXERCISES[number]
     path = tmp_path / ex.filename
     path.write_text(ex.wrong_solution(ex.mistakes[mistake]))

@@ -15,6 +15,7 @@ has none, since its code could only be checked where a GPU is.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -99,7 +100,19 @@ def write_exercise(
 def check_exercise(
     ref: str | int, file: str | Path | None = None, train: bool = False, steps: int = TRAIN_STEPS
 ) -> int:
-    """Grade the learner's file and print the report; 0 when right, 1 when wrong, 2 on usage errors."""
+    """Grade the learner's file and print the report; 0 when right, 1 when wrong, 2 on usage errors.
+
+    A reader who stops reading early (``check 09 | head -1``) closes the pipe: the rest of the report is
+    dropped without a traceback, as Python's documentation advises (signal module, "Note on SIGPIPE").
+    """
+    try:
+        return _check_exercise(ref, file, train, steps)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 1
+
+
+def _check_exercise(ref: str | int, file: str | Path | None, train: bool, steps: int) -> int:
     ex = get_exercise(ref)
     path = Path(file) if file is not None else DEFAULT_FOLDER / ex.filename
     title = f"exercise {ex.number:02d} ({ex.title}), {path}"
