@@ -1,4 +1,8 @@
-"""Benchmarks: ``python -m minise.bench ops [--backend numpy|cupy] [--json FILE]``, ``train``, ``data`` and ``gpu``.
+"""Benchmarks: ``python -m minise.bench ops [--backend numpy|cupy] [--json FILE]``, ``train``, ``data``, ``gpu``
+and ``scaling``.
+
+``scaling`` (minise/bench_scaling.py) draws how training images/s grow with the batch size and the image
+size, minise against PyTorch, under the ceiling the machine's GEMM rate sets.
 
 ``gpu`` is the one command for a first GPU (minise/bench_gpu.py): the CuPy-marked tests on the device,
 ops and training steps against PyTorch on CUDA, se_resnet20 for 3 epochs on CuPy and on NumPy, device
@@ -339,17 +343,15 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _torch_cifar_resnet(torch: Any, name: str, num_classes: int = 10) -> Any:
-    """The same CIFAR (SE-)ResNet in PyTorch: the reference for the training benchmark.
+def _torch_basic_block(torch: Any, se: bool) -> Any:
+    """minise's residual basic block (minise.models.blocks.BasicBlock, SE placement "standard") in torch.nn.
 
-    3x3 conv 16 + BN + ReLU, three stages of basic blocks (16/32/64 channels, strides 1/2/2), 1x1-conv
-    + BN projection shortcuts where the shape changes, SE (r = 16, biased FC layers, hidden width at
-    least 1) on the residual branch before the addition, global average pooling, a linear classifier.
+    ``relu(SE(bn2(conv2(relu(bn1(conv1(x)))))) + shortcut(x))``: two 3x3 convolutions without bias, the
+    stride on the first; the shortcut a 1x1-conv + BN projection where the stride or the width changes,
+    else the identity; SE (r = 16, biased FC layers, hidden width max(C // 16, 1), average squeeze,
+    sigmoid gate) on the residual branch before the addition. Returns the class ``Block(cin, cout, stride)``.
     """
     nn = torch.nn
-    se = name.startswith("se_")
-    depth = int(name.split("resnet")[1])
-    n = (depth - 2) // 6
 
     class SE(nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self, c: int) -> None:
@@ -379,30 +381,85 @@ def _torch_cifar_resnet(torch: Any, name: str, num_classes: int = 10) -> Any:
             out = self.se(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
             return torch.relu(out + self.down(x))
 
-    layers: list[Any] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
-    cin = 16
-    for cout, stride in ((16, 1), (32, 2), (64, 2)):
-        for i in range(n):
-            layers.append(Block(cin, cout, stride if i == 0 else 1))
+    return Block
+
+
+def _torch_stages(torch: Any, name: str, cin: int, widths: tuple[int, ...], blocks: tuple[int, ...]) -> list[Any]:
+    """The residual stages of a (SE-)ResNet of basic blocks: ``blocks[i]`` blocks of ``widths[i]`` channels,
+    the first block of every stage after the first with stride 2 (where the width doubles)."""
+    block = _torch_basic_block(torch, name.startswith("se_"))
+    layers: list[Any] = []
+    for i, (cout, n) in enumerate(zip(widths, blocks)):
+        for j in range(n):
+            layers.append(block(cin, cout, 2 if i > 0 and j == 0 else 1))
             cin = cout
+    return layers
+
+
+CIFAR_TORCH_MODELS = tuple(f"{se}resnet{d}" for se in ("", "se_") for d in (20, 32, 44, 56, 110))
+IMAGENET_TORCH_MODELS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+TORCH_MODELS = CIFAR_TORCH_MODELS + tuple(f"{se}{n}" for se in ("", "se_") for n in IMAGENET_TORCH_MODELS)
+
+
+def _torch_cifar_resnet(torch: Any, name: str, num_classes: int = 10) -> Any:
+    """The same CIFAR (SE-)ResNet in PyTorch: the reference for the training benchmark.
+
+    3x3 conv 16 + BN + ReLU, three stages of basic blocks (16/32/64 channels, strides 1/2/2), 1x1-conv
+    + BN projection shortcuts where the shape changes, SE (r = 16, biased FC layers, hidden width at
+    least 1) on the residual branch before the addition, global average pooling, a linear classifier.
+    """
+    nn = torch.nn
+    n = (int(name.split("resnet")[1]) - 2) // 6
+    layers: list[Any] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    layers += _torch_stages(torch, name, 16, (16, 32, 64), (n, n, n))
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
     return nn.Sequential(*layers)
 
 
-def train_child(framework: str, model_name: str, batch: int, steps: int, backend_name: str) -> dict[str, Any]:
-    """Time ``steps`` full training steps (forward, loss, backward, SGD update) in this process: minise on
-    ``backend_name``, or PyTorch on the same device (the CPU for numpy; CUDA, eager with cuDNN, for cupy).
-    On a GPU also the device memory: CuPy's memory pool after the steps (it keeps its peak) or
-    ``torch.cuda.max_memory_allocated``."""
+def _torch_imagenet_resnet(torch: Any, name: str, num_classes: int = 10) -> Any:
+    """minise's ImageNet (SE-)ResNet-18/34 (minise.models.imagenet) in plain torch.nn, for the benchmarks.
+
+    A 7x7 stride-2 convolution to 64 channels without bias + BN + ReLU, a 3x3 stride-2 max pool (padding 1),
+    four stages of basic blocks of 64/128/256/512 channels (2/2/2/2 blocks for ResNet-18, 3/4/6/3 for
+    ResNet-34; strides 1/2/2/2), 1x1-conv + BN projection shortcuts where the shape changes, SE (r = 16,
+    biased FC layers) on the residual branch before the addition in every block, global average pooling
+    and a linear classifier: the same layers and parameter counts as minise's (11,689,512 for resnet18 with
+    1000 classes; tests/test_bench.py holds both equal).
+    """
+    nn = torch.nn
+    blocks = IMAGENET_TORCH_MODELS[name.removeprefix("se_")]
+    layers: list[Any] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    layers += _torch_stages(torch, name, 64, (64, 128, 256, 512), blocks)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def _torch_model(torch: Any, name: str, num_classes: int = 10) -> Any:
+    """The PyTorch twin of minise's model ``name`` (one of TORCH_MODELS)."""
+    if name in CIFAR_TORCH_MODELS:
+        return _torch_cifar_resnet(torch, name, num_classes)
+    if name in TORCH_MODELS:
+        return _torch_imagenet_resnet(torch, name, num_classes)
+    raise ValueError(f"bench: no PyTorch twin of {name!r} - the models with one: {', '.join(TORCH_MODELS)}")
+
+
+def train_child(
+    framework: str, model_name: str, batch: int, steps: int, backend_name: str, image_size: int = 32
+) -> dict[str, Any]:
+    """Time ``steps`` full training steps (forward, loss, backward, SGD update) of ``batch`` random images of
+    ``image_size`` x ``image_size`` pixels and 10 classes in this process: minise on ``backend_name``, or
+    PyTorch on the same device (the CPU for numpy; CUDA, eager with cuDNN, for cupy) with the same model
+    (:func:`_torch_model`). On a GPU also the device memory: CuPy's memory pool after the steps (it keeps its
+    peak) or ``torch.cuda.max_memory_allocated``."""
     backend_name = backend.canonical_backend(backend_name, "bench train")
     rng = np.random.default_rng(0)
-    x_h = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    x_h = rng.standard_normal((batch, 3, image_size, image_size), dtype=np.float32)
     y_h = rng.integers(0, 10, batch)
     device_mb: Callable[[], float | str] = lambda: "n/a (CPU)"
     if framework == "torch":
         torch = _torch()
         dev = "cuda" if backend_name == "cupy" else "cpu"
-        model = _torch_cifar_resnet(torch, model_name).to(dev)
+        model = _torch_model(torch, model_name).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
         x, y = torch.tensor(x_h, device=dev), torch.tensor(y_h, device=dev)
         params = sum(p.numel() for p in model.parameters())
@@ -451,6 +508,7 @@ def train_child(framework: str, model_name: str, batch: int, steps: int, backend
     seconds = time.perf_counter() - start
     return {
         "framework": framework,
+        "image_size": image_size,
         "images_per_s": batch * steps / seconds,
         "ms_per_step": 1e3 * seconds / steps,
         "peak_extra_mb": _peak_rss_mb() - base,
@@ -467,40 +525,40 @@ def _pool_mb(xp: Any) -> float | str:
         return f"unavailable ({e})"
 
 
-def bench_train(model: str, batch: int, steps: int, backend_name: str, rounds: int = 3) -> dict[str, Any]:
-    """Run the minise and (if importable) torch training steps, each in a fresh process (so that the
-    peak resident memory of one does not hide the other's), one after the other on the same cores.
+def run_child(
+    framework: str, model: str, batch: int, steps: int, backend_name: str, image_size: int = 32
+) -> dict[str, Any]:
+    """:func:`train_child` in a fresh Python process (``python -m minise.bench train-child ...``), so that one
+    framework's memory, threads and caches do not carry over to the next run; its result as a dict."""
+    import subprocess  # noqa: PLC0415
+
+    cmd = [sys.executable, "-m", "minise.bench", "train-child", framework, model, str(batch), str(steps)]
+    cmd += [backend_name, "--image-size", str(image_size)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("minise.bench: ")
+        raise RuntimeError(f"bench: the {framework} run of {model} (batch {batch}, {image_size} px) failed: {last}")
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def bench_train(
+    model: str, batch: int, steps: int, backend_name: str, rounds: int = 3, image_size: int = 32
+) -> dict[str, Any]:
+    """Run the minise and (if importable, and the model has a PyTorch twin: TORCH_MODELS) torch training
+    steps on ``image_size``-pixel images, each in a fresh process (:func:`run_child`: so that the peak
+    resident memory of one does not hide the other's), one after the other on the same cores.
 
     The two take turns for ``rounds`` rounds and each reports its median images/s, so that a slow
     minute on a shared machine does not fall on one framework only; every round's rate is kept."""
-    import subprocess  # noqa: PLC0415
-
-    def child(framework: str) -> dict[str, Any]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "minise.bench",
-            "train-child",
-            framework,
-            model,
-            str(batch),
-            str(steps),
-            backend_name,
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise RuntimeError(f"bench train: the {framework} run failed: {out.stderr.strip().splitlines()[-1:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
     backend_name = backend.canonical_backend(backend_name, "bench train")
     frameworks = ["minise"]
     if _torch_device(_torch(), backend.xp_of_backend(backend_name)) is not None:
-        if model.replace("se_", "") in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"):
+        if model in TORCH_MODELS:
             frameworks.append("torch")
     per_round: dict[str, list[dict[str, Any]]] = {f: [] for f in frameworks}
     for _ in range(max(1, rounds)):
         for f in frameworks:
-            per_round[f].append(child(f))
+            per_round[f].append(run_child(f, model, batch, steps, backend_name, image_size))
     results = []
     for f, runs in per_round.items():
         median = float(np.median([run["images_per_s"] for run in runs]))
@@ -517,6 +575,7 @@ def bench_train(model: str, batch: int, steps: int, backend_name: str, rounds: i
     return {
         "model": model,
         "batch": batch,
+        "image_size": image_size,
         "steps": steps,
         "backend": backend_name,
         "threads": cpu.num_threads(),
@@ -526,7 +585,8 @@ def bench_train(model: str, batch: int, steps: int, backend_name: str, rounds: i
 
 def format_train(r: dict[str, Any]) -> str:
     lines = [
-        f"minise training benchmark: {r['model']}, batch {r['batch']}, {r['steps']} steps after 2 warm-up steps, "
+        f"minise training benchmark: {r['model']}, batch {r['batch']} of {r.get('image_size', 32)} px images, "
+        f"{r['steps']} steps after 2 warm-up steps, "
         f"backend {r['backend']}, {r['threads']} threads; median of {len(r['runs'][0]['rounds_images_per_s'])} "
         "alternating rounds",
         f"{'framework':<10}{'images/s':>10}{'ms/step':>10}{'peak MB':>10}{'parameters':>12}  images/s by round",
@@ -539,6 +599,8 @@ def format_train(r: dict[str, Any]) -> str:
         )
     if len(r["runs"]) == 1 and _torch() is None:
         lines.append(TORCH_HINT)
+    elif len(r["runs"]) == 1 and r["model"] not in TORCH_MODELS:
+        lines.append(f"torch: {r['model']} has no PyTorch twin here (those with one: {', '.join(TORCH_MODELS)})")
     if len(r["runs"]) == 2:
         m, t = r["runs"]
         lines.append(
@@ -670,7 +732,12 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE (default: printed only)")
     tr.add_argument("--profile", action="store_true", help="instead: minise's per-op breakdown of the step")
     tr.add_argument("--ab", action="store_true", help="instead: Winograd and fused passes on/off, A/B in one process")
-    tr.add_argument("--image-size", type=int, default=32, help="for --profile and --ab (e.g. 128 for se_resnet18)")
+    tr.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        help="side of the random training images (e.g. 128 for se_resnet18; --eval uses 32)",
+    )
     tr.add_argument("--eval", action="store_true", help="instead: evaluation images/s (also BN folded) vs torch")
     da = sub.add_parser(
         "data", help="time image decoding + augmentation against training steps", formatter_class=HelpFormatter
@@ -687,11 +754,14 @@ def main(argv: list[str] | None = None) -> int:
         "distributed", help="1 process x 2 threads against 2 MPI processes: images/s, communication, overlap"
     )  # its options: python -m minise.bench distributed --help (minise/distributed/bench.py)
     import minise.bench_gpu as bench_gpu  # noqa: PLC0415  (it imports this module)
+    import minise.bench_scaling as bench_scaling  # noqa: PLC0415  (it imports this module)
 
     bench_gpu.add_parser(sub)
+    bench_scaling.add_parser(sub)
     child = sub.add_parser("train-child")  # internal: one framework's run, in its own process; no help, so not listed
     for name in ("framework", "model", "batch", "steps", "backend_name"):
         child.add_argument(name)
+    child.add_argument("--image-size", type=int, default=32)
     sub.metavar = "{" + ",".join(c for c in sub.choices if c != "train-child") + "}"  # nor in the usage
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["distributed"]:  # data-parallel training: minise/distributed/bench.py has its own options
@@ -704,10 +774,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.what == "gpu":
             return bench_gpu.main(args)
+        if args.what == "scaling":
+            return bench_scaling.main(args)
         if args.what == "train-child":
-            print(
-                json.dumps(train_child(args.framework, args.model, int(args.batch), int(args.steps), args.backend_name))
-            )
+            batch, steps = int(args.batch), int(args.steps)
+            print(json.dumps(train_child(args.framework, args.model, batch, steps, args.backend_name, args.image_size)))
             return 0
         if args.what in ("ops", "data"):
             cpu.retain_freed_memory()  # as minise.train runs; the torch ops in this process share it
@@ -727,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = bp.ab_train(args.model, args.batch_size, args.steps, args.rounds, args.image_size)
                 print(bp.format_ab(result))
         elif args.what == "train":
-            result = bench_train(args.model, args.batch_size, args.steps, args.backend, args.rounds)
+            result = bench_train(args.model, args.batch_size, args.steps, args.backend, args.rounds, args.image_size)
             print(format_train(result))
         if args.what == "data":
             result = bench_data(

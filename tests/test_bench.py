@@ -67,3 +67,126 @@ def test_bench_gpu_runs_end_to_end_under_the_cupy_standin(tmp_path: Path) -> Non
     assert r["train"]["runs"][0]["framework"] == "minise"
     assert "unavailable" in r["launches"]
     assert 0 <= r["accuracy"]["cupy"]["test_acc"] <= 1 and 0 <= r["accuracy"]["numpy"]["test_acc"] <= 1
+
+
+# ------------------------------------------------------------------------ PyTorch twins of the ImageNet models
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["resnet18", "se_resnet18", "resnet34", "se_resnet34"])
+def test_torch_imagenet_twin_has_minises_parameters(name: str) -> None:
+    """The torch.nn build of the benchmark holds exactly minise's layers: the same parameter count (1000 and 10
+    classes), 11,689,512 for ResNet-18 as published, and the same output shape at 64 px."""
+    torch = pytest.importorskip("torch")
+    from minise import models
+
+    for classes in (1000, 10):
+        net = bench._torch_model(torch, name, classes)
+        assert sum(p.numel() for p in net.parameters()) == models.create(name, num_classes=classes).num_parameters()
+    if name == "resnet18":
+        assert sum(p.numel() for p in bench._torch_model(torch, name, 1000).parameters()) == 11_689_512
+    assert tuple(bench._torch_model(torch, name)(torch.zeros(2, 3, 64, 64)).shape) == (2, 10)
+
+
+@pytest.mark.torch
+def test_torch_twins_put_se_where_minise_does() -> None:
+    """Parameter counts alone cannot see SE moved to another tensor of the same width: the SE blocks' widths,
+    in order, equal minise's (the output width of each residual block), for the CIFAR and ImageNet twins."""
+    torch = pytest.importorskip("torch")
+    from minise import models
+    from minise.nn import SEBlock
+
+    for name in ("se_resnet20", "se_resnet18"):
+        mine = [m.channels for m in models.create(name).modules() if isinstance(m, SEBlock)]
+        theirs = [m.fc1.in_features for m in bench._torch_model(torch, name).modules() if hasattr(m, "fc1")]
+        assert mine == theirs and len(mine) in (8, 9), (name, mine, theirs)
+        torch_params = sum(p.numel() for p in bench._torch_model(torch, name).parameters())
+        assert torch_params == models.create(name, num_classes=10).num_parameters()
+    with pytest.raises(ValueError, match="no PyTorch twin of 'se_resnet50'"):
+        bench._torch_model(torch, "se_resnet50")
+
+
+@pytest.mark.torch
+def test_bench_train_runs_both_frameworks_on_se_resnet18_at_64_px(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out_json = tmp_path / "train.json"
+    args = ["train", "--model", "se_resnet18", "--image-size", "64", "--batch-size", "2", "--steps", "1"]
+    assert bench.main([*args, "--rounds", "1", "--json", str(out_json)]) == 0
+    r = json.loads(out_json.read_text())
+    assert r["image_size"] == 64 and [run["framework"] for run in r["runs"]] == ["minise", "torch"]
+    assert r["runs"][0]["parameters"] == r["runs"][1]["parameters"]  # the same model on both sides
+    assert all(run["images_per_s"] > 0 for run in r["runs"])
+
+
+# ------------------------------------------------------------------------ bench scaling
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_bench_scaling_quick_end_to_end(tmp_path: Path) -> None:
+    """Slow (about 20-25 s on 2 shared cores: 8 child processes, each PyTorch one spends ~4 s importing torch
+    and building its optimizer). ``bench scaling --quick`` (4 tiny points, each framework in its own child
+    process; one thread each, as the test machine is shared): every point in the JSON, both frameworks where
+    torch is importable, the ceiling as defined, a PNG."""
+    from minise import bench_scaling
+
+    out_json, figure = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    env = dict(os.environ, MINISE_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "minise.bench", "scaling", "--quick", "--json", str(out_json), "--figure", str(figure)]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    r = json.loads(out_json.read_text())
+    model_a, size_a, batches = bench_scaling.QUICK_BATCH_SERIES
+    model_b, batch_b, sizes = bench_scaling.QUICK_SIZE_SERIES
+    expected = [("batch size", model_a, b, size_a) for b in batches] + [
+        ("image size", model_b, batch_b, s) for s in sizes
+    ]
+    assert [(p["series"], p["model"], p["batch"], p["image_size"]) for p in r["points"]] == expected
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with_torch = False
+    else:
+        with_torch = True
+    for p in r["points"]:
+        assert p["minise"] > 0 and p["ceiling_images_per_s"] > 0 and p["macs"] > 0
+        assert (p["torch"] is not None) == with_torch
+        assert p["ceiling_images_per_s"] == pytest.approx(r["gemm_gflops"] * 1e9 / (6 * p["macs"]))
+    assert _is_png(figure)
+    assert f"figure: {figure}" in out.stdout and "minise/ceiling" in out.stdout
+
+
+def test_bench_scaling_without_torch_runs_minise_alone_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from minise import bench_scaling
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails in this process: no torch children
+    monkeypatch.setenv("MINISE_NUM_THREADS", "1")
+    r = bench_scaling.bench_scaling(
+        ("se_resnet20", 32, (2,)), ("resnet18", 2, (32,)), rounds=1, steps=1, gemm_n=64, progress=False
+    )
+    assert [p["torch"] for p in r["points"]] == [None, None] and r["torch"] is None
+    text = bench_scaling.format_scaling(r)
+    assert "minise alone" in text and "pip install torch" in text
+    figure = tmp_path / "alone.png"
+    bench_scaling.scaling_figure(r).savefig(figure)
+    assert _is_png(figure)
+
+
+def test_ceiling_is_the_gemm_rate_over_six_macs_per_image() -> None:
+    from minise import bench_scaling
+
+    assert bench_scaling.ceiling_images_per_s(60.0, 10**9) == pytest.approx(10.0)  # 60 GFLOP/s / 6 GFLOP
+    assert bench_scaling.macs_per_image("se_resnet18", 64) * 4 == pytest.approx(
+        bench_scaling.macs_per_image("se_resnet18", 128), rel=0.01
+    )  # convolution cost grows with the pixels
+    assert bench_scaling.steps_for(16) == 16 and bench_scaling.steps_for(256) == 3
+
+
+@pytest.mark.parametrize("bad", [["--rounds", "0"], ["--steps", "0"]])
+def test_bench_scaling_refuses_nonpositive_rounds_and_steps_in_one_line(
+    bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.main(["scaling", *bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minise.bench: bench scaling:") and err.count("\n") == 1

@@ -128,7 +128,7 @@ def test_lessons_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert problems(sub) == [], (command, sub)
 
 
-@pytest.mark.parametrize("command", ["ops", "train", "data", "gpu", "distributed"])
+@pytest.mark.parametrize("command", ["ops", "train", "data", "gpu", "distributed", "scaling"])
 def test_bench_help_of_each_subcommand(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     text = help_of(bench.main, [command], capsys)
     assert problems(text) == [], text
