@@ -437,3 +437,38 @@ def test_conv2d_matches_torch(xp, case: ConvCase) -> None:
     np.testing.assert_allclose(backend.to_host(w.grad), tw.grad.numpy(), rtol=1e-10, atol=1e-12)
     if tb is not None:
         np.testing.assert_allclose(backend.to_host(b.grad), tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# small maps, many channels: one GEMM over all the images (conv._one_gemm)
+# --------------------------------------------------------------------------------------------------
+SMALL_MAPS = [
+    ConvCase(n=4, c=8, o=24, h=2, w=2, kernel=(3, 3), padding=(1, 1), seed=1),  # L = 4 < 24
+    ConvCase(n=3, c=6, o=16, h=4, w=4, kernel=(3, 3), stride=(2, 2), padding=(1, 1), seed=2),  # stride 2, L = 4
+    ConvCase(n=2, c=8, o=24, h=3, w=3, kernel=(3, 3), padding=(1, 1), groups=2, bias=False, seed=3),  # L = 9 < 12
+    ConvCase(n=5, c=4, o=9, h=1, w=1, kernel=(1, 1), seed=4),  # 1x1 maps: per image a matrix-vector product
+]
+
+
+def test_one_gemm_rule() -> None:
+    assert conv_module._one_gemm(512, 1, 16) and conv_module._one_gemm(256, 64, 8)  # ResNet-18 stages 4 and 3
+    assert not conv_module._one_gemm(16, 1024, 8) and not conv_module._one_gemm(64, 64, 8)  # CIFAR ResNets
+    assert not conv_module._one_gemm(512, 1, 1)  # one image: nothing to gather
+
+
+@pytest.mark.parametrize("case", SMALL_MAPS, ids=["2x2", "stride2", "groups", "1x1"])
+def test_small_maps_one_gemm_matches_naive_loop_and_gradcheck(case: ConvCase) -> None:
+    out = case.out_hw[0] * case.out_hw[1]
+    assert conv_module._one_gemm(case.o // case.groups, out, case.n), "the case must take the one-GEMM path"
+    xa, wa, ba = case.arrays()
+    x, w, b = _tensors(np, xa, wa, ba)
+    kw = case.kwargs()
+    y = F.conv2d(x, w, b, **kw)
+    np.testing.assert_allclose(y.numpy(), naive_conv2d(xa, wa, ba, **kw), rtol=1e-12, atol=1e-12)
+    gy = np.random.default_rng(case.seed + 1).standard_normal(y.shape)
+    y.backward(gy)
+    dx, dw, _ = naive_conv2d_grads(xa, wa, gy, case.stride, case.padding, case.dilation, case.groups)
+    np.testing.assert_allclose(x.grad, dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
+    x2, w2, b2 = _tensors(np, xa, wa, ba)
+    assert minise.gradcheck(_conv_fn(case), x2, w2, b2).ok

@@ -238,6 +238,8 @@ def test_auto_rule_follows_the_documented_table(monkeypatch: pytest.MonkeyPatch)
     assert _tile((128, 64, 8, 8), (64, 64, 3, 3)) == 2  # F(4x4) is never chosen: slower on two cores
     assert _tile((128, 64, 16, 16), (64, 64, 3, 3)) == 2
     assert _tile((32, 512, 4, 4), (512, 512, 3, 3)) == 2
+    assert _tile((16, 256, 2, 2), (256, 256, 3, 3)) == 0  # maps under 4x4: one padded tile, im2col
+    assert _tile((16, 512, 1, 1), (512, 512, 3, 3)) == 0
     assert _tile((128, 64, 8, 8), (64, 64, 3, 3), stride=(2, 2)) == 0  # ineligible: stride
     assert _tile((128, 64, 8, 8), (64, 64, 1, 1), padding=(0, 0)) == 0  # kernel
     assert _tile((128, 64, 8, 8), (64, 32, 3, 3), groups=2) == 0  # groups

@@ -94,15 +94,20 @@ def winograd_tile(
     ========================== ============ =====================================================
     c < 32                      im2col       the GEMMs are thin; im2col's copy is cheap
     32 <= c < 64 and p > 256    im2col       the transforms cost more than the saved multiplications
+    p < 16 (maps under 4x4)     im2col       a 2x2 or 1x1 map fills one padded tile: Winograd multiplies
+                                             more than im2col, and the kernel transform (16 x O x C
+                                             numbers) is shared by too few tiles
     otherwise                   F(2x2, 3x3)
     ========================== ============ =====================================================
 
     Measured forward + backward at batch 128, Winograd / im2col, on one core's CPU time: 1.67 for 16->16
     on 32x32, 1.63 for 32->32 on 32x32, 0.92 on 16x16, 0.72 for 64->64 on 8x8, 0.66 on 16x16, 0.54 for
-    128->128 on 8x8 (0.46 for 512->512 on 4x4 at batch 32); on two cores' wall clock, 64->64 on 8x8 took
-    102 ms by F(2x2) against 156 ms by im2col (medians of 8). F(4x4, 3x3) is never chosen: it used 0.62
-    of im2col's CPU time on 64->64 8x8, but on two cores it took 124 ms, slower than F(2x2), and its
-    float32 error is about 10x larger (``tests/test_winograd.py``). ``BENCHMARKS.md`` has the tables.
+    128->128 on 8x8 (0.46 for 512->512 on 4x4 at batch 32), but 1.25 for 256->256 on 2x2 and 4.4 for
+    512->512 on 1x1 (batch 16, two cores' wall clock: ResNet-18's last stages on 32-pixel images); on two
+    cores' wall clock, 64->64 on 8x8 took 102 ms by F(2x2) against 156 ms by im2col (medians of 8).
+    F(4x4, 3x3) is never chosen: it used 0.62 of im2col's CPU time on 64->64 8x8, but on two cores it
+    took 124 ms, slower than F(2x2), and its float32 error is about 10x larger (``tests/test_winograd.py``).
+    ``BENCHMARKS.md`` has the tables.
     """
     name = _check_algorithm(os.environ.get("MINISE_CONV_ALGORITHM", _algorithm), "MINISE_CONV_ALGORITHM")
     o, cg, kh, kw = w_shape
@@ -122,14 +127,32 @@ def winograd_tile(
         return 0
     pixels = (x_shape[2] + 2 * padding[0] - 2) * (x_shape[3] + 2 * padding[1] - 2)
     c = min(cg, o)
-    return 0 if c < 32 or (c < 64 and pixels > 256) else 2
+    return 0 if c < 32 or (c < 64 and pixels > 256) or pixels < 16 else 2
+
+
+def _one_gemm(m: int, length: int, n: int) -> bool:
+    """Whether a weight matrix with ``m`` rows times ``n`` images' columns of ``length`` pixels each should
+    be one GEMM over all the images rather than one GEMM per image.
+
+    Per image, the BLAS reads the whole weight matrix for only ``length`` columns: on small maps with
+    many channels (ResNet-18's last stage: a 512 x 4,608 weight, 9.4 MB, for 1 to 49 pixels) that is a
+    matrix-vector product, bound by memory, repeated for every image. Gathering the images' columns side
+    by side, (K, n * L), costs one copy of the columns (as small as the maps) and gives one GEMM that reads
+    the weight once. It pays when the weight outgrows the columns, that is when ``length < m``.
+    """
+    return n > 1 and length < m
 
 
 def _gemm_into(a: Any, b: Any, out: Any) -> None:
     """out[...] = a @ b for a (M, K), b (n, K, L), out (n, M, L): in blocks of columns sized for the BLAS
-    (``cpu.gemm_columns``), each written straight into ``out`` when out is one contiguous block."""
+    (``cpu.gemm_columns``), each written straight into ``out`` when out is one contiguous block; or, on
+    small maps (``_one_gemm``), as one GEMM a (M, K) x (K, n L) over all the images."""
     xp = get_array_module(b)
-    length = b.shape[-1]
+    n, k, length = b.shape
+    if _one_gemm(a.shape[0], length, n):
+        side_by_side = b.transpose(1, 0, 2).reshape(k, n * length)  # (K, n*L): image i's columns i*L..i*L+L-1
+        out[...] = (a @ side_by_side).reshape(a.shape[0], n, length).transpose(1, 0, 2)
+        return
     step = cpu.gemm_columns(xp, a.shape[0], a.shape[1], length)
     if step == length and out.flags.c_contiguous:
         xp.matmul(a, b, out=out)  # no temporary
@@ -227,13 +250,21 @@ class Conv2dOp(Function):
             if need_w:
                 cols = im2col(x[a:z], (kh, kw), self.stride, self.padding, self.dilation)  # (n, C*KH*KW, L)
                 dw_part = xp.empty((g_, og, k), dtype=x.dtype)
+                length = oh * ow
                 for g in range(g_):
                     # dW_g^T = sum over images of cols_g gy_g^T: one GEMM per image, (K, L) x (L, O/G), then a
                     # small sum. OpenBLAS runs this orientation about twice as fast as gy_g cols_g^T for 16
                     # channels (measured); tensordot would first copy both operands into transposed
-                    # whole-chunk matrices.
+                    # whole-chunk matrices. On small maps (_one_gemm) the per-image products would each
+                    # write a (K, O/G) block as large as the weight: there one GEMM (K, n L) x (n L, O/G).
                     gy_t = g3[:, g * og : (g + 1) * og].transpose(0, 2, 1)  # (n, L, O/G), a view
-                    dw_part[g] = (cols[:, g * k : (g + 1) * k] @ gy_t).sum(axis=0).T
+                    cols_g = cols[:, g * k : (g + 1) * k]  # (n, K, L)
+                    if _one_gemm(og, length, z - a):  # dW_g = gy_g (O/G, n L) x cols_g^T (n L, K), no transposed output
+                        side_by_side = cols_g.transpose(1, 0, 2).reshape(k, (z - a) * length)  # (K, n*L), a copy
+                        gy_rows = g3[:, g * og : (g + 1) * og].transpose(1, 0, 2).reshape(og, -1)  # (O/G, n*L)
+                        xp.matmul(gy_rows, side_by_side.T, out=dw_part[g])
+                    else:
+                        dw_part[g] = (cols_g @ gy_t).sum(axis=0).T
             if need_x and unit_stride:
                 q = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)  # padding of the transposed convolution
                 _conv_chunk(gy[a:z], wf, (1, 1), q, self.dilation, g_, dx[a:z])
