@@ -6,6 +6,7 @@ on 127.0.0.1 for the download tests."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,3 +123,21 @@ def server() -> Iterator[Server]:
         s.httpd.server_close()
         s.thread.join(timeout=5)
     assert not s.thread.is_alive()
+
+
+# MPI: tests that start real processes use the venv's mpiexec (MPICH from the `distributed` extra)
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+def why_no_mpi() -> str | None:
+    """Why 2-process MPI tests cannot run here, or None when mpi4py and the venv's mpiexec are there."""
+    try:
+        import mpi4py  # noqa: F401, PLC0415
+    except ImportError:
+        return "mpi4py is not installed (pip install -e '.[distributed]')"
+    if not MPIEXEC.exists():
+        return f"no mpiexec next to {sys.executable} (pip install -e '.[distributed]' installs MPICH's)"
+    return None
+
+
+requires_mpi = pytest.mark.skipif(why_no_mpi() is not None, reason=str(why_no_mpi()))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires_torch
+from conftest import MPIEXEC, requires_mpi, requires_torch, why_no_mpi
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -462,20 +462,6 @@ def test_distributed_run_agrees_on_sums_and_on_stopping_and_checks_resume() -> N
 # ------------------------------------------------------------------------------------------------
 # MPI: 2 real processes, started with the venv's mpiexec
 # ------------------------------------------------------------------------------------------------
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
-
-
-def _why_no_mpi() -> str | None:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py is not installed (pip install -e '.[distributed]')"
-    if not MPIEXEC.exists():
-        return f"no mpiexec next to {sys.executable} (pip install -e '.[distributed]' installs MPICH's)"
-    return None
-
-
-requires_mpi = pytest.mark.skipif(_why_no_mpi() is not None, reason=str(_why_no_mpi()))
 
 
 def mpirun(
@@ -565,8 +551,8 @@ def _update_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> fl
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The runs the tests below compare, each made once: 1 x 64, 2 x 32 with and without SyncBN."""
-    if _why_no_mpi():
-        pytest.skip(str(_why_no_mpi()))
+    if why_no_mpi():
+        pytest.skip(str(why_no_mpi()))
     base = tmp_path_factory.mktemp("dist")
     made = {"one": (None, ["--batch-size", "64"]), "sync": (2, ["--batch-size", "32", "--sync-bn"]),
             "plain": (2, ["--batch-size", "32"])}  # fmt: skip

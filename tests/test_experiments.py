@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import MPIEXEC, requires_mpi
 
 from minise import train
 from minise.experiments import STUDIES, StudyError, paired_test, read_study_file, summarize, t_pvalue, t_quantile
@@ -227,20 +228,6 @@ def test_run_states_decide_skip_resume_or_restart(tmp_path: Path) -> None:
 # a study on MPI ranks: the runs dealt round-robin, rank 0 reports, every rank exits with one status
 # --------------------------------------------------------------------------------------------------
 ROOT = Path(__file__).resolve().parent.parent
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
-
-
-def _why_no_mpi() -> str | None:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py is not installed (pip install -e '.[distributed]')"
-    if not MPIEXEC.exists():
-        return f"no mpiexec next to {sys.executable} (pip install -e '.[distributed]' installs MPICH's)"
-    return None
-
-
-requires_mpi = pytest.mark.skipif(_why_no_mpi() is not None, reason=str(_why_no_mpi()))
 
 
 def test_runs_are_dealt_round_robin_and_the_launcher_is_read_from_its_variables(
