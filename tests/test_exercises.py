@@ -95,6 +95,38 @@ def test_a_block_with_the_wrong_parameters_is_reported_once(tmp_path: Path, caps
     assert "right  SEBasicBlock: forward y matches" in report and "see above" in report
 
 
+def test_a_change_in_place_is_told_first_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """g = gy; g *= gamma: the first wrong line names the function, the argument and the rule, before any
+    result is compared; the sums it spoils then point back to it."""
+    ex = exercises.EXERCISES[7]
+    text = ex.wrong_solution(next(m for m in ex.mistakes if m.name == "g is gy, scaled in place"))
+    code, report = grade(tmp_path, 7, text, capsys)
+    lines = report.splitlines()
+    first = next(i for i, line in enumerate(lines) if "WRONG" in line)
+    assert code == 1 and lines[first].startswith("  WRONG  batch_norm_backward changed gy, the array it was given: ")
+    assert "g = gy * gamma" in lines[first] and not lines[first + 1].startswith("         ")  # one line
+    assert "gy itself was scaled by gamma" in report  # the dgamma and dbeta hints
+
+
+def test_arguments_unchanged_names_the_argument_and_stays_silent_without_arrays(tmp_path: Path) -> None:
+    def scales_w(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        w *= 2
+        return x * w
+
+    case = core.Case("x (2,)", (np.ones(2), np.ones(2)), {"y": np.full(2, 2.0)})
+    report = core.Report(tmp_path / "ex.py")
+    core.check_arguments_unchanged(report, "scale", scales_w, [case])
+    assert (
+        report.failures == 1 and "scale changed w, the array it was given: the caller still needs w" in report.lines[0]
+    )
+    report = core.Report(tmp_path / "ex.py")
+    core.check_arguments_unchanged(report, "f", lambda n: n, [core.Case("n 3", (3,), {})])
+    assert report.lines == []  # no array given: no part at all
+    report = core.Report(tmp_path / "ex.py")
+    core.check_arguments_unchanged(report, "g", lambda gy: 1 / 0, [core.Case("gy", (np.ones(1),), {})])
+    assert report.lines == []  # an exception is left to the parts that grade the outputs
+
+
 def test_compare_prints_two_different_numbers_differently() -> None:
     """1.4254403 and 1.4254411 both read 1.42544 with 6 digits (batch norm without its eps gave that)."""
     text = core.compare(np.array([1.4254403]), np.array([1.4254411]), rtol=1e-9)
@@ -276,16 +308,25 @@ def test_train_runs_the_learners_code_inside_se_resnet20(number: int, tmp_path: 
     assert F.conv2d.__module__ == "minise.functional.conv"  # swapped back
 
 
-@pytest.mark.parametrize(("number", "mistake"), [(9, 0), (7, 0), (5, 1)])
+@pytest.mark.parametrize(
+    ("number", "mistake"),
+    [
+        (9, "the squeeze path is missing"),
+        (7, "no mean terms"),
+        (5, "transposed weight gradient"),
+        (9, "gy scaled in place"),
+    ],
+)
 def test_train_notices_a_wrong_op_within_two_steps(
-    number: int, mistake: int, tmp_path: Path, small_training: None
+    number: int, mistake: str, tmp_path: Path, small_training: None
 ) -> None:
     """A missing squeeze path in the SE gradient, batch norm without its mean terms, a transposed conv weight
     gradient: each moves the loss at step 2 by 5e-5 or more (relative), where rounding alone stays below 1.1e-7
-    (measured)."""
+    (measured). And gy scaled in place by the SE backward, whose gradients are right: the identity path, handed
+    the same gy by the addition, receives it scaled (why the checker forbids changing gy)."""
     ex = exercises.EXERCISES[number]
     path = tmp_path / ex.filename
-    path.write_text(ex.wrong_solution(ex.mistakes[mistake]))
+    path.write_text(ex.wrong_solution(next(m for m in ex.mistakes if m.name == mistake)))
     assert ex.train is not None and not ex.train(core.load_learner_module(path), 2, False)
 
 
@@ -306,3 +347,13 @@ def test_the_sgd_exercise_is_also_checked_against_torch(tmp_path: Path, capsys: 
     pytest.importorskip("torch")
     code, report = grade(tmp_path, 11, exercises.EXERCISES[11].clean_solution, capsys)
     assert code == 0 and "follows torch.optim.SGD" in report
+
+
+@pytest.mark.torch
+def test_the_sgd_in_place_hint_is_printed_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Against minise's SGD and then torch's: the second failure points back to the first."""
+    pytest.importorskip("torch")
+    ex = exercises.EXERCISES[11]
+    text = ex.wrong_solution(next(m for m in ex.mistakes if m.name == "buf changed in place"))
+    code, report = grade(tmp_path, 11, text, capsys)
+    assert code == 1 and report.count("hint: return new arrays") == 1 and "changed buf in place (as above)" in report

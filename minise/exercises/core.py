@@ -11,12 +11,17 @@ marker lines::
 The stub is the same text with each marked region replaced by ``raise NotImplementedError``, so stub
 and solution can never drift apart. A *classic mistake* is the solution with one line changed
 (``Mistake.old`` -> ``Mistake.new``); the tests write it to a file, grade it, and demand the hint.
+
+Every function graded by :func:`grade_function` must also leave the arrays it is given as they came:
+the engine hands one gy to both inputs of an addition and keeps inputs for the backward pass, so a
+change in place is reported first, in one line naming the function, the argument and the rule.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import random
 import traceback
 from collections.abc import Callable, Iterator
@@ -418,6 +423,75 @@ def transposed_hint(name: str, got: Any, want: Any) -> list[str]:
     return []
 
 
+GRADIENT_RULE = (
+    "the engine hands the same {arg} to every input of an addition (a block's output is its residual branch "
+    "plus the identity path), so change a copy ({arg} = {arg} * ...) or build a new array"
+)
+INPUT_RULE = (
+    "the caller still needs {arg} after the call (the engine keeps an op's inputs and weights for the backward "
+    "pass and the next step), so build a new array (y = {arg} * ..., dx = np.zeros_like({arg})) instead of "
+    "writing into {arg}"
+)
+
+
+def unchanged_rule(arg: str) -> str:
+    """Why a learner's function must leave the array ``arg`` as it came (a gradient gy, or any input)."""
+    return (GRADIENT_RULE if arg.startswith("gy") else INPUT_RULE).format(arg=arg)
+
+
+def parameter_names(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """The names of ``fn``'s positional parameters ((), for a function of ``*args`` or a builtin)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def changed_argument(args: tuple[Any, ...], before: tuple[Any, ...], names: tuple[str, ...]) -> str | None:
+    """The name of the first array in ``args`` that no longer equals its copy in ``before`` (None if none)."""
+    for i, (now, then) in enumerate(zip(args, before)):
+        if isinstance(then, np.ndarray) and not (now.shape == then.shape and np.array_equal(now, then)):
+            return names[i] if i < len(names) else f"argument {i + 1}"
+    return None
+
+
+def check_arguments_unchanged(
+    report: Report,
+    fn_name: str,
+    fn: Callable[..., Any],
+    cases: list[Case],
+    arg_names: tuple[str, ...] = (),
+    rules: dict[str, str] | None = None,
+) -> None:
+    """One part: the learner's ``fn`` leaves every array it is given as it was, on every case.
+
+    Each call gets copies and its arguments are compared with a second copy afterwards; the first one
+    changed fails the part with one line naming the function, the argument and the rule (``rules``
+    gives an exercise's own words for an argument, else :func:`unchanged_rule`). An exception is left
+    to the parts that grade the outputs, which report it. No part at all when no case passes an array.
+    """
+    if not any(isinstance(a, np.ndarray) for case in cases for a in case.args):
+        return
+    names = arg_names or parameter_names(fn)
+    with report.part(f"{fn_name}: its arguments"):
+        for case in cases:
+            report.calling = f"{fn_name} on {case.where}"
+            args = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in case.args)
+            before = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in case.args)
+            try:
+                with np.errstate(all="ignore"):
+                    fn(*args)
+            except Exception:  # noqa: BLE001  (reported by the parts that grade the outputs)
+                return
+            arg = changed_argument(args, before, names)
+            if arg is not None:
+                rule = (rules or {}).get(arg) or unchanged_rule(arg)
+                report.fail(f"{fn_name} changed {arg}, the array it was given: {rule} (case: {case.where})")
+                raise PartFailed
+        report.ok(f"{fn_name} leaves the arrays it is given unchanged on {len(cases)} cases")
+
+
 def grade_function(
     report: Report,
     fn_name: str,
@@ -428,10 +502,19 @@ def grade_function(
     rtol: float = 1e-6,
     atol: float = 1e-9,
     against: str = "minise's op",
+    arg_names: tuple[str, ...] = (),
+    rules: dict[str, str] | None = None,
+    check_arguments: bool = True,
 ) -> None:
     """Grade the outputs ``names`` of the learner's ``fn`` (one part each) on every case, against
     ``expected`` (``against`` names it) and, where given, central differences; ``what`` names the
-    references in the "right" line."""
+    references in the "right" line.
+
+    First, unless ``check_arguments`` is False, a part of its own checks that ``fn`` changes none of
+    the arrays it is given (:func:`check_arguments_unchanged`; ``arg_names`` names them where ``fn``'s
+    own parameters do not, ``rules`` says why an argument must stay as it came)."""
+    if check_arguments:
+        check_arguments_unchanged(report, fn_name, fn, cases, arg_names, rules)
     for k, name in enumerate(names):
         with report.part(f"{fn_name}: {name}"):
             for case in cases:
@@ -500,6 +583,8 @@ __all__ = [
     "Mistake",
     "PartFailed",
     "Report",
+    "changed_argument",
+    "check_arguments_unchanged",
     "close",
     "compare",
     "distinct_texts",
@@ -513,7 +598,9 @@ __all__ = [
     "make_stub",
     "matches_variant",
     "numerical_gradient",
+    "parameter_names",
     "rng_for",
     "shape_text",
     "transposed_hint",
+    "unchanged_rule",
 ]

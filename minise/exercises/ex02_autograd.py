@@ -4,8 +4,9 @@
 Each is run through minise's engine (``Op().apply(tensors)``, then ``y.backward(gy)``): y is checked
 against minise's own ``*``, ``exp`` and ``tanh``, the gradients against minise's and float64 central
 differences. backward must return one gradient per input and leave ``gy`` as it was (the engine hands
-one gy array to both inputs of an addition); the hints recognise the factors of a product swapped,
-and tanh's derivative written with the input instead of the output.
+one gy array to both inputs of an addition), and neither forward nor backward may write into its inputs
+or what forward saved; the hints recognise the factors of a product swapped, and tanh's derivative
+written with the input instead of the output.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from minise.exercises.core import (
     Mistake,
     PartFailed,
     Report,
+    changed_argument,
     draw_cases,
     engine_gradients,
     grade_function,
@@ -44,10 +46,11 @@ self.save(...); backward reads it back from self.saved. The engine calls them: M
 runs forward on the tensors' arrays and records the op; y.backward(gy) runs every backward in
 reverse topological order.
 
-Two rules for backward:
+Three rules for backward:
   - return one gradient per input, as a tuple: return da, db (an op with one input may return dx);
   - do not change gy in place (no gy *= b): the engine may hand the same gy array to several
-    ops (in y = Mul(a, b) + a, Add gives its gy to Mul and to a), so compute new arrays (gy * b).
+    ops (in y = Mul(a, b) + a, Add gives its gy to Mul and to a), so compute new arrays (gy * b);
+  - do not change what forward saved either (no y *= gy: a saved y is also the op's output).
 """
 
 import numpy as np
@@ -118,6 +121,17 @@ GY_HINT = (
 )
 
 
+INPUT_HINT = (
+    "forward must not write into its inputs (x *= ..., np.exp(x, out=x)): they are the arrays of the input "
+    "tensors, which other ops and backward still read - compute a new array: y = np.exp(x)"
+)
+SAVED_HINT = (
+    "backward must not write into what forward saved (y *= gy): a saved y is also the op's output (y.data), "
+    "and the gradient returned would be that same array, so both come out wrong - compute a new array: "
+    "return gy * y"
+)
+
+
 class _Stop(Exception):
     """Raised by the watched backward once it has run: the checker has what it wanted."""
 
@@ -140,10 +154,21 @@ def check_backward_contract(report: Report, name: str, op_class: Any, inputs: tu
     seen: dict[str, Any] = {}
 
     class Watched(op_class):  # type: ignore[misc, valid-type]
+        def forward(self, *arrays: Any) -> Any:
+            before = tuple(np.array(a, copy=True) for a in arrays)
+            y = super().forward(*arrays)
+            seen["input changed"] = changed_argument(arrays, before, inputs)
+            return y
+
         def backward(self, gy: Any) -> Any:
             before = np.array(gy, copy=True)
+            saved = tuple(np.array(s, copy=True) if isinstance(s, np.ndarray) else s for s in self.saved)
             seen["out"] = super().backward(gy)
             seen["gy changed"] = not np.array_equal(gy, before)
+            seen["saved changed"] = next(
+                (i for i, (now, then) in enumerate(zip(self.saved, saved)) if changed_argument((now,), (then,), ())),
+                None,
+            )
             raise _Stop
 
     count_ok = False
@@ -164,10 +189,20 @@ def check_backward_contract(report: Report, name: str, op_class: Any, inputs: tu
             )
             raise PartFailed
         count_ok = True
+        if seen["input changed"] is not None:
+            arg = seen["input changed"]
+            report.fail(f"{name}.forward changed {arg}, the array it was given: {INPUT_HINT} (case: {case.where})")
+            raise PartFailed
         if seen["gy changed"]:
             report.fail(f"{name}.backward changed gy, the array it was given (case: {case.where})", hints=[GY_HINT])
             raise PartFailed
-        report.ok(f"{name}.backward returns {grads} and leaves gy as it was")
+        if seen["saved changed"] is not None:
+            report.fail(
+                f"{name}.backward changed self.saved[{seen['saved changed']}], an array its forward saved: "
+                f"{SAVED_HINT} (case: {case.where})"
+            )
+            raise PartFailed
+        report.ok(f"{name}.backward returns {grads}; forward and backward change none of their arrays")
     return count_ok
 
 
@@ -236,6 +271,7 @@ def check(module: ModuleType, report: Report) -> None:
             ("y",),
             cases[name],
             f"minise's {reference}",
+            check_arguments=False,  # the engine copies them into tensors: the contract part watches forward
         )
         if not check_backward_contract(report, name, cls, inputs, cases[name][0]):
             continue  # the gradients cannot be graded: the engine needs one per input
@@ -249,6 +285,7 @@ def check(module: ModuleType, report: Report) -> None:
             names,
             cases[name],
             f"minise's gradient of {reference} and central differences",
+            check_arguments=False,  # the contract part watches gy and what forward saved
         )
 
 
@@ -270,5 +307,12 @@ EXERCISE = Exercise(
         Mistake(
             "one gradient for two inputs", "return gy * b, gy * a", "return gy * b", "returned 1 gradient, but Mul"
         ),
+        Mistake(  # a fresh reader's: it passed while only gy was watched; y.data came out wrong, x.grad was y
+            "saved y changed in place",
+            "        return gy * y\n",
+            "        y *= gy\n        return y\n",
+            "Exp.backward changed self.saved[0], an array its forward saved",
+        ),
+        Mistake("forward into its input", "y = np.exp(x)", "y = np.exp(x, out=x)", "Exp.forward changed x, the array"),
     ),
 )

@@ -195,5 +195,17 @@ EXERCISE = Exercise(
             "shifted = z",
             "subtract each row's maximum",
         ),
+        Mistake(  # the next two are a fresh reader's: they passed while no checker watched the inputs
+            "gy and x zeroed in place",
+            "    return dx, dw, db\n",
+            "    gy[...] = 0\n    x[...] = 0\n    return dx, dw, db\n",
+            "linear_backward changed gy, the array it was given",
+        ),
+        Mistake(
+            "z zeroed in place",
+            "    return p / n\n",
+            "    z[...] = 0\n    return p / n\n",
+            "softmax_cross_entropy_backward changed z, the array it was given",
+        ),
     ),
 )

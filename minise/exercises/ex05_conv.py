@@ -130,6 +130,10 @@ DW_T_HINT = (
     "your dw is sum_n cols gy^T, the transpose (C*KH*KW, O) of the weight gradient, reshaped to w's shape: "
     "the weight gradient is dW = sum_n gy_n cols_n^T (O, C*KH*KW), laid out like w"
 )
+DW_MEAN_HINT = (
+    "dw is a sum over the images, not a mean: every image adds its own gy_n cols_n^T to the weight's gradient "
+    "(a mean loss already carries its 1/N in gy): .sum(axis=0)"
+)
 DB_HINT = "db sums gy over the images AND the pixels: gy.sum(axis=(0, 2, 3)), one number per output channel"
 DB_MEAN_HINT = (
     "db is a sum, not a mean: b is added at every pixel of every image, so each of them adds its gy to db: "
@@ -211,6 +215,7 @@ def make_cases() -> tuple[list[Case], list[Case], list[Case], list[Case]]:
                 numeric={k_: numeric(a) for k_, a in zip(("dx", "dw", "db"), inputs)},
                 variants={
                     DW_T_HINT: {"dw": (cols @ gy3.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)},
+                    DW_MEAN_HINT: {"dw": dw / n},
                     DB_HINT: {"db": AnyOf(gy.sum(axis=0), gy3.sum(axis=0))},
                     DB_MEAN_HINT: {"db": AnyOf(gy.mean(axis=(0, 2, 3)), gy.sum(axis=0).mean(axis=(1, 2)))},
                     OVERLAP_HINT: {"dx": _col2im_overwrite(w.reshape(o, -1).T @ gy3, x.shape, k, s, p)},
@@ -267,6 +272,18 @@ EXERCISE = Exercise(
         Mistake(  # a fresh reader's: db of shape (O, P), and db as a mean; neither got a hint
             "db of shape (O, P)", "db = gy.sum(axis=(0, 2, 3))", "db = gy3.sum(axis=0)", "AND the pixels"
         ),
+        Mistake(  # a fresh reader's: it failed (relative error exactly 0.5) without a hint
+            "dw a mean over the images",
+            "dw = (gy3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)",
+            "dw = (gy3 @ cols.transpose(0, 2, 1)).mean(axis=0).reshape(w.shape)",
+            "dw is a sum over the images, not a mean",
+        ),
         Mistake("db a mean", "db = gy.sum(axis=(0, 2, 3))", "db = gy.mean(axis=(0, 2, 3))", "db is a sum, not a mean"),
+        Mistake(  # a fresh reader's: it passed while no checker watched the inputs
+            "gy, x and w zeroed in place",
+            "    return dx, dw, db\n",
+            "    gy[...] = 0\n    x[...] = 0\n    w[...] = 0\n    return dx, dw, db\n",
+            "conv2d_backward changed gy, the array it was given",
+        ),
     ),
 )

@@ -49,12 +49,12 @@ def max_pool2d_backward(gy, x, kernel_size, stride):
     The max passes its gradient to the ONE element that won: if several tie, the first of them in
     row-major order (the one windows.argmax(axis=0) picks), and it alone gets all of gy;
     the other elements of the window did not change y, so they get nothing. Where windows overlap
-    (S < K), an element can win several windows: its gradients add up.
+    (s < K), an element can win several windows: its gradients add up.
     """
     k, s = kernel_size, stride
     n, c, h, w = x.shape
     oh, ow = (h - k) // s + 1, (w - k) // s + 1
-    # the window element at offset (a, b) of every window: x[:, :, a + i S, b + j S] for all (i, j)
+    # the window element at offset (a, b) of every window: x[:, :, a + i s, b + j s] for all (i, j)
     offsets = [(a, b) for a in range(k) for b in range(k)]
     windows = np.stack([x[:, :, a : a + s * (oh - 1) + 1 : s, b : b + s * (ow - 1) + 1 : s] for a, b in offsets])
     # windows: (K*K, N, C, OH, OW)
@@ -190,6 +190,7 @@ def check(module: ModuleType, report: Report) -> None:
         ("dx",),
         make_cases(ties=True),
         "minise's max_pool2d (the first maximum takes gy)",
+        check_arguments=False,  # watched on the cases above: a changed input is reported once
     )
 
 
@@ -223,6 +224,18 @@ EXERCISE = Exercise(
             "+= gy * (winner == o)",
             "+= gy * (windows[o] == windows.max(axis=0)) / (windows == windows.max(axis=0)).sum(axis=0)",
             "shares it among them",
+        ),
+        Mistake(  # the next two are a fresh reader's: they passed while no checker watched the inputs
+            "dx is x, zeroed",
+            "    dx = np.zeros_like(x)\n    for o",
+            "    dx = x\n    dx[...] = 0\n    for o",
+            "max_pool2d_backward changed x, the array it was given",
+        ),
+        Mistake(
+            "gy zeroed in place",
+            "    return dx\n",
+            "    gy[...] = 0\n    return dx\n",
+            "max_pool2d_backward changed gy, the array it was given",
         ),
     ),
 )

@@ -76,6 +76,11 @@ NO_VAR_HINT = (
     "(through var) before dividing by sqrt(var + eps)"
 )
 NO_MU_HINT = "the path through the mean is missing: subtract mean(g) too (mu depends on every x of the channel)"
+EPS_HINT = "eps goes inside the square root: 1 / sqrt(var + eps), not 1 / (sqrt(var) + eps)"
+SCALED_GY_HINT = (
+    "these are the sums of gy * gamma: gy itself was scaled by gamma before dgamma and dbeta read it (g = gy; "
+    "g *= gamma changes gy through its other name) - write g = gy * gamma"
+)
 AXES_HINT = "sum over every axis but the channel axis: (0, 2, 3) for (N, C, H, W), so dgamma and dbeta have shape (C,)"
 
 
@@ -86,14 +91,31 @@ def forward(x: Any, gamma: Any, beta: Any, eps: float) -> Any:
     return (xhat if gamma is None else xhat * gamma.reshape(shape)) + beta.reshape(shape)
 
 
-def wrong_dx(gy: Any, x: Any, gamma: Any, eps: float, mu_term: bool, var_term: bool) -> Any:
+def wrong_dx(gy: Any, x: Any, gamma: Any, eps: float, mu_term: bool, var_term: bool, eps_outside: bool = False) -> Any:
+    """dx without the path through the mean (``mu_term`` False) or the variance, or with 1 / (sqrt(var) + eps)."""
     axes = (0, *range(2, x.ndim))
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    inv_std = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    var = x.var(axis=axes, keepdims=True)
+    inv_std = 1 / (np.sqrt(var) + eps) if eps_outside else 1 / np.sqrt(var + eps)
     xhat = (x - x.mean(axis=axes, keepdims=True)) * inv_std
     g = gy if gamma is None else gy * gamma.reshape(shape)
     dx = g - (g.mean(axis=axes, keepdims=True) if mu_term else 0)
     return (dx - (xhat * (g * xhat).mean(axis=axes, keepdims=True) if var_term else 0)) * inv_std
+
+
+def _scaled_gy_sums(gy: Any, x: Any, gamma: Any, eps: float) -> dict[str, Any]:
+    """dgamma and dbeta computed from g = gy * gamma instead of gy (gy was scaled in place)."""
+    axes = (0, *range(2, x.ndim))
+    g = gy * gamma.reshape((1, -1) + (1,) * (x.ndim - 2))
+    xhat = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    return {"dgamma": (g * xhat).sum(axis=axes), "dbeta": g.sum(axis=axes)}
+
+
+def _eps_outside_dgamma(gy: Any, x: Any, eps: float) -> Any:
+    """dgamma = sum gy * xhat with xhat = (x - mu) / (sqrt(var) + eps), eps outside the square root."""
+    axes = (0, *range(2, x.ndim))
+    mu, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    return (gy * (x - mu) / (np.sqrt(var) + eps)).sum(axis=axes)
 
 
 def _shapes(draw: Any) -> dict[str, Any]:
@@ -139,10 +161,21 @@ def make_cases() -> list[Case]:
                     NO_VAR_HINT: {"dx": wrong_dx(gy, x, gamma, eps, True, False)},
                     NO_MU_HINT: {"dx": wrong_dx(gy, x, gamma, eps, False, True)},
                     AXES_HINT: {"dbeta": gy.sum(0)},
+                    EPS_HINT: {
+                        "dx": wrong_dx(gy, x, gamma, eps, True, True, eps_outside=True),
+                        "dgamma": None if gamma is None else _eps_outside_dgamma(gy, x, eps),
+                    },
+                    **({} if gamma is None else {SCALED_GY_HINT: _scaled_gy_sums(gy, x, gamma, eps)}),
                 },
             )
         )
     return cases
+
+
+GY_RULE = (
+    "the engine hands the same gy to every input of an addition (the block adds its identity path), so build "
+    "a new array: g = gy * gamma, not g = gy; g *= gamma, which writes into gy through its other name"
+)
 
 
 def check(module: ModuleType, report: Report) -> None:
@@ -153,6 +186,7 @@ def check(module: ModuleType, report: Report) -> None:
         ("dx", "dgamma", "dbeta"),
         make_cases(),
         "minise's batch_norm (training) and central differences",
+        rules={"gy": GY_RULE},
     )
 
 
@@ -185,6 +219,24 @@ EXERCISE = Exercise(
         ),
         Mistake(
             "dbeta over the batch axis only", "dbeta = gy.sum(axis=axes)", "dbeta = gy.sum(axis=0)", "every axis but"
+        ),
+        Mistake(  # the next two are a fresh reader's: the first passed, the second got only "dgamma wrong"
+            "gy zeroed in place",
+            "    return dx, dgamma, dbeta\n",
+            "    gy *= 0\n    return dx, dgamma, dbeta\n",
+            "batch_norm_backward changed gy, the array it was given",
+        ),
+        Mistake(
+            "g is gy, scaled in place",
+            "g = gy if gamma is None else gy * gamma.reshape(shape)",
+            "g = gy\n    if gamma is not None:\n        g *= gamma.reshape(shape)",
+            "not g = gy; g *= gamma",
+        ),
+        Mistake(  # a fresh reader's: it failed without a hint
+            "eps outside the square root",
+            "inv_std = 1 / np.sqrt(var + eps)",
+            "inv_std = 1 / (np.sqrt(var) + eps)",
+            "eps goes inside the square root",
         ),
     ),
 )

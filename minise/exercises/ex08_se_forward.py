@@ -104,6 +104,12 @@ def make_cases() -> list[Case]:
     return cases
 
 
+X_RULE = (
+    "the engine keeps x for the backward pass (dx and the gate's gradient both read x), so return a new "
+    "array: return x * e[:, :, None, None], not x *= ...; return x"
+)
+
+
 def check(module: ModuleType, report: Report) -> None:
     grade_function(
         report,
@@ -112,6 +118,7 @@ def check(module: ModuleType, report: Report) -> None:
         ("y",),
         make_cases(),
         "minise's squeeze_excite",
+        rules={"x": X_RULE},
     )
 
 
@@ -134,5 +141,11 @@ EXERCISE = Exercise(
         Mistake("sum instead of mean", "s = x.mean(axis=(2, 3))", "s = x.sum(axis=(2, 3))", "a mean, not a sum"),
         Mistake("no ReLU", "h = np.maximum(a1, 0)", "h = a1", "ReLU between the two layers"),
         Mistake("tanh gate", "e = 0.5 * (np.tanh(0.5 * a2) + 1)", "e = np.tanh(a2)", "gate is a sigmoid"),
+        Mistake(  # a fresh reader's: it passed while no checker watched the inputs
+            "x scaled in place",
+            "    return x * e[:, :, None, None]\n",
+            "    x *= e[:, :, None, None]\n    return x\n",
+            "squeeze_excite_forward changed x, the array it was given",
+        ),
     ),
 )

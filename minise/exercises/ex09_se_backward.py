@@ -89,20 +89,26 @@ SCALE_PATH_HINT = (
 )
 MEAN_HINT = "the squeeze path must be divided by H W: the squeeze is a mean over the H x W pixels, not a sum"
 MASK_HINT = "the ReLU mask is missing: the gradient passes the ReLU only where a1 > 0, so g_a1 = (g_a2 w2) * [a1 > 0]"
+SUM_HINT = (
+    "g_e is a sum over the pixels, not a mean: every pixel of channel c is scaled by the same e[n, c], so each "
+    "adds its G * x to the gate's gradient: g_e = (gy * x).sum(axis=(2, 3))"
+)
+DW2_HINT = "dw2 = g_a2^T h with h = relu(a1), the input of the second layer, not a1 (the ReLU comes before it)"
 SIGMOID_HINT = "the sigmoid's derivative is missing: g_a2 = g_e * e * (1 - e), since d sigmoid(a)/da = e (1 - e)"
 
 
 def reference(gy: Any, x: Any, w1: Any, b1: Any, w2: Any, b2: Any, **use: bool) -> dict[str, Any]:
-    """The backward in NumPy; ``use`` switches a term off (scale, squeeze, mean, mask, sigmoid) to give
-    the answer of a classic mistake, so that the checker can recognise it."""
+    """The backward in NumPy; ``use`` switches a term off (scale, squeeze, mean, mask, sigmoid, gate_sum,
+    relu_input) to give the answer of a classic mistake, so that the checker can recognise it."""
     scale, squeeze, mean = use.get("scale", True), use.get("squeeze", True), use.get("mean", True)
     mask, sigmoid = use.get("mask", True), use.get("sigmoid", True)
+    gate_sum, relu_input = use.get("gate_sum", True), use.get("relu_input", True)
     hh, ww = x.shape[2:]
     s = x.mean(axis=(2, 3))
     a1 = s @ w1.T + (0 if b1 is None else b1)
     h = np.maximum(a1, 0)
     e = 1 / (1 + np.exp(-(h @ w2.T + (0 if b2 is None else b2))))
-    g_a2 = (gy * x).sum(axis=(2, 3)) * (e * (1 - e) if sigmoid else 1)
+    g_a2 = (gy * x).sum(axis=(2, 3)) / (1 if gate_sum else hh * ww) * (e * (1 - e) if sigmoid else 1)
     g_a1 = (g_a2 @ w2) * ((a1 > 0) if mask else 1)
     dx = (gy * e[:, :, None, None] if scale else 0) + (
         (g_a1 @ w1)[:, :, None, None] / (hh * ww if mean else 1) if squeeze else 0
@@ -111,7 +117,7 @@ def reference(gy: Any, x: Any, w1: Any, b1: Any, w2: Any, b2: Any, **use: bool) 
         "dx": dx * np.ones_like(x),
         "dw1": g_a1.T @ s,
         "db1": None if b1 is None else g_a1.sum(axis=0),
-        "dw2": g_a2.T @ h,
+        "dw2": g_a2.T @ (h if relu_input else a1),
         "db2": None if b2 is None else g_a2.sum(axis=0),
     }
 
@@ -158,6 +164,8 @@ def make_cases() -> list[Case]:
             MEAN_HINT: {"dx": reference(gy, *inputs, mean=False)["dx"]},
             MASK_HINT: reference(gy, *inputs, mask=False),
             SIGMOID_HINT: reference(gy, *inputs, sigmoid=False),
+            SUM_HINT: reference(gy, *inputs, gate_sum=False),
+            DW2_HINT: {"dw2": reference(gy, *inputs, relu_input=False)["dw2"]},
         }
         cases.append(
             Case(
@@ -171,6 +179,12 @@ def make_cases() -> list[Case]:
     return cases
 
 
+GY_RULE = (
+    "the engine hands the same gy to every input of an addition - the SE output is added to the identity "
+    "path, so both receive this gy - so change a copy (gy = gy * e) or build a new array"
+)
+
+
 def check(module: ModuleType, report: Report) -> None:
     grade_function(
         report,
@@ -179,6 +193,7 @@ def check(module: ModuleType, report: Report) -> None:
         ("dx", "dw1", "db1", "dw2", "db2"),
         make_cases(),
         "minise's squeeze_excite and central differences",
+        rules={"gy": GY_RULE},
     )
 
 
@@ -212,5 +227,15 @@ EXERCISE = Exercise(
         Mistake("dw1 transposed", "dw1 = g_a1.T @ s", "dw1 = s.T @ g_a1", "transpose of the right one"),
         Mistake("no ReLU mask", "g_a1 = (g_a2 @ w2) * (a1 > 0)", "g_a1 = g_a2 @ w2", "ReLU mask is missing"),
         Mistake("no sigmoid derivative", "    g_a2 = g_e * e * (1 - e)\n", "    g_a2 = g_e\n", "sigmoid's derivative"),
+        Mistake(  # the next two are a fresh reader's: they failed without a hint
+            "g_e a mean", "g_e = (gy * x).sum(axis=(2, 3))", "g_e = (gy * x).mean(axis=(2, 3))", "g_e is a sum"
+        ),
+        Mistake("dw2 from a1", "dw2 = g_a2.T @ h", "dw2 = g_a2.T @ a1", "not a1 (the ReLU comes before it)"),
+        Mistake(  # a fresh reader's: it passed this check but broke --train (the identity path got a scaled gy)
+            "gy scaled in place",
+            "    dx = gy * e[:, :, None, None] + (g_a1 @ w1)[:, :, None, None] / (hh * ww)\n",
+            "    gy *= e[:, :, None, None]\n    dx = gy + (g_a1 @ w1)[:, :, None, None] / (hh * ww)\n",
+            "squeeze_excite_backward changed gy, the array it was given: the engine hands the same gy",
+        ),
     ),
 )

@@ -94,7 +94,11 @@ SE_WIDTH_HINT = (
     "SE-ResNet applies it to the residual branch's output, which has planes channels: "
     "nn.SEBlock(planes, reduction=reduction)"
 )
-SHAPES_HINT = "build each layer with the sizes of the docstring (conv1: inplanes -> planes with the stride, ...)"
+SHAPES_HINT = "build {layers} with the sizes of the docstring (conv1: inplanes -> planes with the stride, ...)"
+SE_SIZE_HINT = (
+    "only the SE block's shapes are wrong ({keys}): build it as nn.SEBlock(planes, reduction=reduction) - "
+    "its hidden width is planes // reduction (at least 1), so pass the block's own reduction on"
+)
 
 
 def _shapes(draw: Any) -> dict[str, Any]:
@@ -221,8 +225,10 @@ def _check_layout(report: Report, learner_class: Any, sh: dict[str, Any], i: int
         hints.append(SE_WIDTH_HINT)
     if any(not k.startswith("downsample.") for k in set(missing) | set(extra)):
         hints.append(NAMES_HINT)
-    if not hints:
-        hints.append(SHAPES_HINT)
+    if not hints and all(k.startswith("se.") for k in wrong):
+        hints.append(SE_SIZE_HINT.format(keys=", ".join(sorted(wrong))))
+    elif not hints:
+        hints.append(SHAPES_HINT.format(layers=", ".join(sorted({k.split(".")[0] for k in wrong}))))
     report.fail(
         f"SEBasicBlock: your block's parameters and buffers (its state_dict) differ from the library's ({_where(sh)})",
         details=f"missing: {_names(missing, buffers)}\nunexpected: {_names(extra, buffers)}\n"
@@ -321,6 +327,12 @@ EXERCISE = Exercise(
             "        if stride != 1 or inplanes != planes:\n",
             "        if stride != 1:\n",
             "build downsample exactly where the shape changes",
+        ),
+        Mistake(  # a fresh reader's: it got the conv1 hint, though only se.* had wrong shapes
+            "SE reduction ignored",
+            "        self.se = nn.SEBlock(planes, reduction=reduction)\n",
+            "        self.se = nn.SEBlock(planes)\n",
+            "only the SE block's shapes are wrong (se.",
         ),
     ),
 )

@@ -68,7 +68,7 @@ DAMPENING_HINT = "at the first step the buffer is the gradient itself, buf = g, 
 IN_PLACE_HINT = (
     "return new arrays and leave p, grad and buf as they came: g = grad + weight_decay * p (not g = grad; "
     "g += ..., which changes grad itself - the optimizer's p.grad - through its other name), p - lr * g "
-    "(not p -= lr * g)"
+    "(not p -= lr * g), buf = momentum * buf + (1 - dampening) * g (not buf *= momentum; buf += ...)"
 )
 
 SETTINGS: list[dict[str, Any]] = [
@@ -155,6 +155,7 @@ def _setting_text(s: dict[str, Any]) -> str:
 
 def check(module: ModuleType, report: Report) -> None:
     fn = learner_function(module, "sgd_step")
+    reported: set[str] = set()  # a change in place is told once, not again against torch
 
     def learner(p: Any, grad: Any, buf: Any, s: dict[str, Any]) -> tuple[Any, Any]:
         before = {"p": p.copy(), "grad": grad.copy(), "buf": None if buf is None else buf.copy()}
@@ -162,10 +163,12 @@ def check(module: ModuleType, report: Report) -> None:
         now = {"p": p, "grad": grad, "buf": buf}
         changed = [k for k, v in before.items() if v is not None and not np.array_equal(now[k], v)]
         if changed:
-            report.fail(
-                f"sgd_step changed {' and '.join(changed)} in place ({_setting_text(s)})",
-                hints=[IN_PLACE_HINT],
-            )
+            what = " and ".join(changed)
+            if what in reported:
+                report.fail(f"sgd_step changed {what} in place (as above)")
+            else:
+                reported.add(what)
+                report.fail(f"sgd_step changed {what} in place ({_setting_text(s)})", hints=[IN_PLACE_HINT])
             raise PartFailed
         return result  # type: ignore[no-any-return]
 
@@ -243,6 +246,12 @@ EXERCISE = Exercise(
             "    g = grad + weight_decay * p\n",
             "    g = grad\n    g += weight_decay * p\n",
             "sgd_step changed grad in place",
+        ),
+        Mistake(  # a fresh reader's: the hint gave the right form for grad and p, not for buf
+            "buf changed in place",
+            "            buf = momentum * buf + (1 - dampening) * g\n",
+            "            buf *= momentum\n            buf += (1 - dampening) * g\n",
+            "buf = momentum * buf + (1 - dampening) * g (not buf *= momentum",
         ),
         Mistake(
             "Nesterov ignored",
