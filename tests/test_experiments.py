@@ -233,11 +233,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_runs_are_dealt_round_robin_and_the_launcher_is_read_from_its_variables(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from minise.distributed.launch import LAUNCHER_SIZE
     from minise.experiments import ranks
 
     assert [ranks.deal(range(7), r, 3) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
     assert ranks.deal([4, 9], 2, 3) == []  # more ranks than runs left: some ranks have nothing to do
-    for name in ranks.LAUNCHER_SIZE:
+    for name in LAUNCHER_SIZE:
         monkeypatch.delenv(name, raising=False)
     assert ranks.launched_size() == 1 and ranks.study_communicator() is None  # no launcher: mpi4py not needed
     monkeypatch.setenv("PMI_SIZE", "1")

@@ -35,6 +35,7 @@ from minise import functional as F
 from minise.cli import HelpFormatter, OneLineParser
 from minise.distributed.comm import Communicator, SingleProcess
 from minise.distributed.ddp import DistributedDataParallel
+from minise.distributed.launch import launched_size
 from minise.tensor import Tensor
 
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         comm: Communicator = SingleProcess()
-        if "PMI_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ or "PMI_SIZE" in os.environ:
+        if launched_size() > 1:  # the 2-process run (run_child starts it under mpiexec)
             from minise.distributed.mpi import MPICommunicator  # noqa: PLC0415
 
             comm = MPICommunicator()

@@ -10,11 +10,27 @@ out (``MINISE_DIST_TIMEOUT``) and abort.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
 from minise.distributed.comm import Communicator
 from minise.distributed.mpi import MPICommunicator
+
+# the number of processes, as each launcher tells its processes (MPICH/Intel MPI, Open MPI, MVAPICH, Slurm)
+LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+
+
+def launched_size() -> int:
+    """How many processes the MPI launcher started, read from its environment variables (1 without one),
+    so that a program can tell whether it runs under ``mpiexec -n N`` without importing mpi4py."""
+    sizes = []
+    for name in LAUNCHER_SIZE:
+        try:
+            sizes.append(int(os.environ.get(name, "1")))
+        except ValueError:
+            continue
+    return max(sizes, default=1)
 
 
 def communicator(kind: str = "mpi") -> Communicator:

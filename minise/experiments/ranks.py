@@ -29,7 +29,6 @@ launcher, or with one process, nothing changes and mpi4py is not even imported.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import TypeVar
@@ -37,24 +36,12 @@ from typing import TypeVar
 import numpy as np
 
 from minise.distributed import Communicator, MPICommunicator, mpi_unavailable
+from minise.distributed.launch import launched_size
 from minise.experiments.studies import StudyError
 
 T = TypeVar("T")
 
-# the number of processes, as each launcher tells its processes (MPICH/Intel MPI, Open MPI, MVAPICH, Slurm)
-LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 POLL_SECONDS = 0.1  # how often a rank that has finished its share asks whether the others have
-
-
-def launched_size() -> int:
-    """How many processes the MPI launcher started, read from its environment variables (1 without one)."""
-    sizes = []
-    for name in LAUNCHER_SIZE:
-        try:
-            sizes.append(int(os.environ.get(name, "1")))
-        except ValueError:
-            continue
-    return max(sizes, default=1)
 
 
 def study_communicator() -> Communicator | None:
