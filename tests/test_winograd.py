@@ -18,7 +18,7 @@ import minise
 import minise.functional as F
 from minise import backend, cpu
 from minise.functional import winograd
-from minise.functional.conv import conv_algorithm, set_conv_algorithm, winograd_tile
+from minise.functional.conv import choose_algorithm, conv_algorithm, set_conv_algorithm, winograd_tile
 
 TILES = [2, 4]
 
@@ -232,19 +232,28 @@ def _tile(x_shape, w_shape, stride=(1, 1), padding=(1, 1), dilation=(1, 1), grou
 
 def test_auto_rule_follows_the_documented_table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MINISE_CONV_ALGORITHM", raising=False)
-    assert _tile((128, 16, 32, 32), (16, 16, 3, 3)) == 0  # thin GEMMs: im2col
-    assert _tile((128, 32, 32, 32), (32, 32, 3, 3)) == 0  # 32 channels on a large map: im2col
-    assert _tile((128, 32, 16, 16), (32, 32, 3, 3)) == 2
-    assert _tile((128, 64, 8, 8), (64, 64, 3, 3)) == 2  # F(4x4) is never chosen: slower on two cores
-    assert _tile((128, 64, 16, 16), (64, 64, 3, 3)) == 2
-    assert _tile((32, 512, 4, 4), (512, 512, 3, 3)) == 2
-    assert _tile((16, 256, 2, 2), (256, 256, 3, 3)) == 0  # maps under 4x4: one padded tile, im2col
-    assert _tile((16, 512, 1, 1), (512, 512, 3, 3)) == 0
-    assert _tile((128, 64, 8, 8), (64, 64, 3, 3), stride=(2, 2)) == 0  # ineligible: stride
-    assert _tile((128, 64, 8, 8), (64, 64, 1, 1), padding=(0, 0)) == 0  # kernel
-    assert _tile((128, 64, 8, 8), (64, 32, 3, 3), groups=2) == 0  # groups
-    assert _tile((128, 64, 8, 8), (64, 64, 3, 3), dilation=(2, 2), padding=(2, 2)) == 0  # dilation
-    assert _tile((128, 64, 8, 8), (64, 64, 3, 3), xp=types.ModuleType("gpu_xp")) == 0  # auto is im2col on CuPy
+
+    def algo(x_shape, w_shape, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, xp=np):  # type: ignore[no-untyped-def]
+        return choose_algorithm(xp, x_shape, w_shape, stride, padding, dilation, groups)
+
+    assert algo((128, 3, 32, 32), (16, 3, 3, 3)) == "im2col"  # the stem: 3 channels
+    assert algo((128, 16, 32, 32), (16, 16, 3, 3)) == "rows"  # thin GEMMs on a large map
+    assert algo((128, 32, 32, 32), (32, 32, 3, 3)) == "rows"
+    assert algo((128, 32, 16, 16), (32, 32, 3, 3)) == "rows"  # 256 pixels: still rows
+    assert algo((32, 64, 56, 56), (64, 64, 3, 3)) == "rows"
+    assert algo((128, 16, 8, 8), (16, 16, 3, 3)) == "im2col"  # thin, small map
+    assert algo((128, 32, 8, 8), (32, 32, 3, 3)) == "winograd2"
+    assert algo((128, 64, 8, 8), (64, 64, 3, 3)) == "winograd2"  # F(4x4) is never chosen: slower on two cores
+    assert algo((32, 128, 28, 28), (128, 128, 3, 3)) == "winograd2"  # over 64 channels: Winograd on any map
+    assert algo((32, 512, 4, 4), (512, 512, 3, 3)) == "winograd2"
+    assert algo((16, 256, 2, 2), (256, 256, 3, 3)) == "im2col"  # maps under 4x4: one padded tile, im2col
+    assert algo((16, 512, 1, 1), (512, 512, 3, 3)) == "im2col"
+    assert algo((128, 64, 8, 8), (64, 64, 3, 3), stride=(2, 2)) == "im2col"  # ineligible: stride
+    assert algo((128, 64, 8, 8), (64, 64, 1, 1), padding=(0, 0)) == "im2col"  # kernel
+    assert algo((128, 64, 8, 8), (64, 32, 3, 3), groups=2) == "im2col"  # groups
+    assert algo((128, 64, 8, 8), (64, 64, 3, 3), dilation=(2, 2), padding=(2, 2)) == "im2col"  # dilation
+    assert algo((128, 16, 32, 32), (16, 16, 3, 3), xp=types.ModuleType("gpu_xp")) == "im2col"  # auto on CuPy
+    assert _tile((128, 64, 8, 8), (64, 64, 3, 3)) == 2 and _tile((128, 16, 32, 32), (16, 16, 3, 3)) == 0
 
 
 def test_forcing_a_path_with_the_flag_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

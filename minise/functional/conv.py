@@ -1,4 +1,5 @@
-"""2-D convolution (cross-correlation, as in PyTorch) by im2col and one GEMM per group.
+"""2-D convolution (cross-correlation, as in PyTorch): im2col and one GEMM per group, kernel-row GEMMs
+or Winograd, whichever the measured rule of :func:`choose_algorithm` picks for the layer.
 
 How the fast path works, and what each trick buys (measured in ``python -m minise.bench ops``):
 
@@ -18,11 +19,15 @@ How the fast path works, and what each trick buys (measured in ``python -m minis
   im2col + GEMM: a contiguous copy instead of col2im's scattered read-modify-write adds. With a
   stride > 1 the output gradient would need zeros between its pixels (most of the GEMM would
   multiply zeros), so there we compute the column gradient W^T gy and fold it back with col2im.
-* **Winograd for some 3x3, stride-1 layers.** ``minise.functional.winograd`` computes F(2x2, 3x3) with
-  16 multiplications per 2x2 outputs instead of 36. It pays where the GEMMs dominate (many channels,
-  small maps) and loses where im2col's copy is cheap and its GEMM small (16 channels on 32x32);
-  ``winograd_tile`` holds the measured rule. ``MINISE_CONV_ALGORITHM`` or :func:`conv_algorithm` forces
-  a path ("im2col", "winograd2", "winograd4"; default "auto").
+* **Kernel-row GEMMs for stride-1 layers with 8-64 channels on maps of 16x16 and more.**
+  ``minise.functional.conv_rows`` copies the input 3 times (one copy per kernel column, shifted) instead
+  of im2col's 9, and reads the kernel rows as offsets into that copy: 1.2-1.5x faster than im2col on
+  these layers, 1.19x on a whole se_resnet20 training step (measured, ``BENCHMARKS.md``).
+* **Winograd for 3x3, stride-1 layers with many channels on small maps.** ``minise.functional.winograd``
+  computes F(2x2, 3x3) with 16 multiplications per 2x2 outputs instead of 36. It pays where the GEMMs
+  dominate and loses where the copies are cheap and the GEMMs small (16 channels on 32x32).
+  ``MINISE_CONV_ALGORITHM`` or :func:`conv_algorithm` forces a path ("im2col", "rows", "winograd2",
+  "winograd4"; default "auto").
 
 Tests hold every path equal to a naive loop over output pixels and to PyTorch.
 """
@@ -39,14 +44,14 @@ import numpy as np
 from minise import cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
-from minise.functional import winograd
+from minise.functional import conv_rows, winograd
 from minise.functional._checks import check_float, check_same_dtype, pair
 from minise.functional.im2col import col2im, conv_out_size, im2col
 from minise.tensor import Tensor, as_tensor
 
 Pair = tuple[int, int]
 
-ALGORITHMS = ("auto", "im2col", "winograd2", "winograd4")
+ALGORITHMS = ("auto", "im2col", "rows", "winograd2", "winograd4")
 _algorithm = "auto"
 
 
@@ -57,9 +62,9 @@ def _check_algorithm(name: str, where: str) -> str:
 
 
 def set_conv_algorithm(name: str) -> str:
-    """Force how eligible 3x3 stride-1 convolutions run: "auto" (the measured rule of ``winograd_tile``),
-    "im2col", "winograd2" (F(2x2, 3x3)) or "winograd4" (F(4x4, 3x3)). Returns the previous setting.
-    Ineligible convolutions (other kernels, strides, dilations, groups) always use im2col."""
+    """Force how eligible convolutions run: "auto" (the measured rule of :func:`choose_algorithm`),
+    "im2col", "rows" (kernel-row GEMMs), "winograd2" (F(2x2, 3x3)) or "winograd4" (F(4x4, 3x3)). Returns
+    the previous setting. Convolutions the forced path cannot run (see ``choose_algorithm``) use im2col."""
     global _algorithm
     previous, _algorithm = _algorithm, _check_algorithm(name, "set_conv_algorithm:")
     return previous
@@ -75,6 +80,75 @@ def conv_algorithm(name: str) -> Iterator[None]:
         set_conv_algorithm(previous)
 
 
+def choose_algorithm(
+    xp: Any,
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+) -> str:
+    """How this convolution runs: "im2col", "rows" (kernel-row GEMMs, ``conv_rows``), "winograd2" or
+    "winograd4".
+
+    ``MINISE_CONV_ALGORITHM`` (read at each call) or :func:`set_conv_algorithm` may force a path; a forced
+    path applies only where it is eligible, and every other convolution uses im2col. Eligible for "rows":
+    stride 1, one group, a kernel larger than 1x1, 0 <= p <= d (K - 1). For Winograd: 3x3, stride 1,
+    dilation 1, one group, padding 0-2. The "auto" rule, on NumPy only (on CuPy im2col's one big GEMM is
+    what the GPU does best), with c = min(in, out channels) and p = output pixels per channel:
+
+    ============================ ============ =====================================================
+    8 <= c <= 64 and p >= 256     rows         thin GEMMs on maps of 16x16 and more: im2col's 9x copy
+                                               costs about as much as its GEMM; rows copy 3x, in runs
+                                               a whole map long
+    c < 32 (and not above)        im2col       the stem (3 channels), thin layers on small maps
+    p < 16 (maps under 4x4)       im2col       a 2x2 or 1x1 map fills one padded Winograd tile:
+                                               Winograd multiplies more than im2col, and the kernel
+                                               transform (16 x O x C numbers) is shared by too few tiles
+    otherwise                     F(2x2, 3x3)  many channels on small maps, where the GEMMs dominate
+    ============================ ============ =====================================================
+
+    Measured forward + backward on two cores' wall clock, medians of 3 alternating rounds, ms for im2col /
+    rows / F(2x2) (PyTorch in the same run): batch 128: 16->16 on 32x32 22.2 / 18.3 / 42.0 (13.4),
+    32->32 on 16x16 19.4 / 15.4 / 21.7 (9.9), 64->64 on 8x8 18.0 / 15.3 / 13.7 (8.5); ResNet-18's layers
+    at batch 32: 64->64 on 56x56 215 / 143 / 156 (115), 128 on 28x28 140 / 148 / 102 (109), 256 on 14x14
+    141 / 149 / 87 (100), 512 on 7x7 146 / 231 / 156 (97). Rows lose on small maps with many channels:
+    each image's GEMM reads the whole weight for a few columns, and the padded width adds
+    (W + 2p) / W more multiplications (1.25x on 8x8). Earlier, one core's CPU time, F(2x2) / im2col: 0.54
+    for 128->128 on 8x8, 0.46 for 512->512 on 4x4 at batch 32, but 1.25 for 256->256 on 2x2 and 4.4 for
+    512->512 on 1x1. F(4x4, 3x3) is never chosen: on two cores it was slower than F(2x2) (124 against
+    102 ms on 64->64 8x8), and its float32 error is about 10x larger (``tests/test_winograd.py``).
+    ``BENCHMARKS.md`` has the tables.
+    """
+    name = _check_algorithm(os.environ.get("MINISE_CONV_ALGORITHM", _algorithm), "MINISE_CONV_ALGORITHM")
+    o, cg, kh, kw = w_shape
+    wino = (
+        (kh, kw) == (3, 3)
+        and stride == (1, 1)
+        and dilation == (1, 1)
+        and groups == 1
+        and 0 <= padding[0] <= 2
+        and 0 <= padding[1] <= 2
+    )
+    rows = conv_rows.eligible(w_shape, stride, padding, dilation, groups)
+    if name == "rows":
+        return "rows" if rows else "im2col"
+    if name.startswith("winograd"):
+        return name if wino else "im2col"
+    if name == "im2col" or xp is not np:
+        return "im2col"
+    pixels = (x_shape[2] + 2 * padding[0] - dilation[0] * (kh - 1)) * (
+        x_shape[3] + 2 * padding[1] - dilation[1] * (kw - 1)
+    )
+    c = min(cg, o)
+    if rows and 8 <= c <= 64 and pixels >= 256:
+        return "rows"
+    if wino and c >= 32 and pixels >= 16:
+        return "winograd2"
+    return "im2col"
+
+
 def winograd_tile(
     xp: Any,
     x_shape: tuple[int, ...],
@@ -84,50 +158,9 @@ def winograd_tile(
     dilation: Pair,
     groups: int,
 ) -> int:
-    """The Winograd output tile m (2 or 4) this convolution uses, or 0 for im2col.
-
-    Eligible: 3x3 kernel, stride 1, dilation 1, groups 1, padding 0-2. ``MINISE_CONV_ALGORITHM`` (read at
-    each call) or :func:`set_conv_algorithm` may force a path. The "auto" rule, on NumPy only (on CuPy
-    im2col's one big GEMM is what the GPU does best; Winograd there is not measured), with
-    c = min(in, out channels) and p = output pixels per channel:
-
-    ========================== ============ =====================================================
-    c < 32                      im2col       the GEMMs are thin; im2col's copy is cheap
-    32 <= c < 64 and p > 256    im2col       the transforms cost more than the saved multiplications
-    p < 16 (maps under 4x4)     im2col       a 2x2 or 1x1 map fills one padded tile: Winograd multiplies
-                                             more than im2col, and the kernel transform (16 x O x C
-                                             numbers) is shared by too few tiles
-    otherwise                   F(2x2, 3x3)
-    ========================== ============ =====================================================
-
-    Measured forward + backward at batch 128, Winograd / im2col, on one core's CPU time: 1.67 for 16->16
-    on 32x32, 1.63 for 32->32 on 32x32, 0.92 on 16x16, 0.72 for 64->64 on 8x8, 0.66 on 16x16, 0.54 for
-    128->128 on 8x8 (0.46 for 512->512 on 4x4 at batch 32), but 1.25 for 256->256 on 2x2 and 4.4 for
-    512->512 on 1x1 (batch 16, two cores' wall clock: ResNet-18's last stages on 32-pixel images); on two
-    cores' wall clock, 64->64 on 8x8 took 102 ms by F(2x2) against 156 ms by im2col (medians of 8).
-    F(4x4, 3x3) is never chosen: it used 0.62 of im2col's CPU time on 64->64 8x8, but on two cores it
-    took 124 ms, slower than F(2x2), and its float32 error is about 10x larger (``tests/test_winograd.py``).
-    ``BENCHMARKS.md`` has the tables.
-    """
-    name = _check_algorithm(os.environ.get("MINISE_CONV_ALGORITHM", _algorithm), "MINISE_CONV_ALGORITHM")
-    o, cg, kh, kw = w_shape
-    eligible = (
-        (kh, kw) == (3, 3)
-        and stride == (1, 1)
-        and dilation == (1, 1)
-        and groups == 1
-        and 0 <= padding[0] <= 2
-        and 0 <= padding[1] <= 2
-    )
-    if not eligible or name == "im2col":
-        return 0
-    if name != "auto":
-        return int(name[-1])
-    if xp is not np:
-        return 0
-    pixels = (x_shape[2] + 2 * padding[0] - 2) * (x_shape[3] + 2 * padding[1] - 2)
-    c = min(cg, o)
-    return 0 if c < 32 or (c < 64 and pixels > 256) or pixels < 16 else 2
+    """The Winograd output tile m (2 or 4) ``choose_algorithm`` picks for this convolution, or 0 for another path."""
+    name = choose_algorithm(xp, x_shape, w_shape, stride, padding, dilation, groups)
+    return int(name[-1]) if name.startswith("winograd") else 0
 
 
 def _one_gemm(m: int, length: int, n: int) -> bool:
@@ -199,10 +232,11 @@ class Conv2dOp(Function):
 
     name = "conv2d"
 
-    def __init__(self, stride: Pair, padding: Pair, dilation: Pair, groups: int, tile: int = 0) -> None:
+    def __init__(self, stride: Pair, padding: Pair, dilation: Pair, groups: int, algorithm: str = "im2col") -> None:
         super().__init__()
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self.tile = tile  # 0: im2col; 2 or 4: Winograd F(tile x tile, 3x3)
+        self.algorithm = algorithm  # "im2col", "rows", "winograd2" or "winograd4" (choose_algorithm)
+        self.tile = int(algorithm[-1]) if algorithm.startswith("winograd") else 0  # Winograd's F(tile x tile, 3x3)
 
     def forward(self, x: Any, w: Any, b: Any) -> Any:
         xp = get_array_module(x)
@@ -212,6 +246,16 @@ class Conv2dOp(Function):
         oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
         if self.tile:
             y = winograd.conv3x3(x, w, self.padding, self.tile)
+        elif self.algorithm == "rows":
+            y = xp.empty((n, o, oh, ow), dtype=x.dtype)
+            w_rows = conv_rows.kernel_rows(w)
+            hp, wp = h + 2 * ph, wd + 2 * pw
+            size = cpu.chunk_size(xp, n, c * kw * hp * wp * x.itemsize)
+
+            def rows_work(a: int, z: int) -> None:
+                conv_rows.conv_chunk(x[a:z], w_rows, kh, self.padding, self.dilation, y[a:z])
+
+            cpu.run_chunks(xp, n, size, rows_work)
         else:
             y = xp.empty((n, o, oh, ow), dtype=x.dtype)
             size = cpu.chunk_size(xp, n, c * kh * kw * oh * ow * x.itemsize)
@@ -228,6 +272,8 @@ class Conv2dOp(Function):
     def backward(self, gy: Any) -> tuple[Any, Any, Any]:
         if self.tile:
             return self._winograd_backward(gy)
+        if self.algorithm == "rows":
+            return self._rows_backward(gy)
         x, w = self.saved  # type: ignore[misc]
         xp = get_array_module(x)
         n, c, h, wd = x.shape
@@ -282,6 +328,40 @@ class Conv2dOp(Function):
             for p in parts[1:]:
                 dw_ += p
             dw_ = dw_.reshape(w.shape)
+        db = gy.sum(axis=(0, 2, 3)) if need_b else None
+        return dx, dw_, db
+
+    def _rows_backward(self, gy: Any) -> tuple[Any, Any, Any]:
+        """dW from the kernel-row GEMMs of x and gy (``conv_rows.weight_grad_chunk``); dx = the kernel-row
+        convolution of gy, padded by d (K - 1) - p, with the flipped, channel-swapped kernel."""
+        x, w = self.saved  # type: ignore[misc]
+        xp = get_array_module(x)
+        n, c, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        need_x, need_w, need_b = self.needs_input_grad
+        q = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)  # padding of the transposed convolution
+        wf_rows = conv_rows.kernel_rows(_flipped(w, 1)) if need_x else None
+        dx: Any = xp.empty(x.shape, dtype=x.dtype) if need_x else None
+        oh, ow = gy.shape[2:]
+        per_image = max(c * kw * (h + 2 * ph) * (wd + 2 * pw), o * kw * (oh + 2 * q[0]) * (ow + 2 * q[1]))
+        size = cpu.chunk_size(xp, n, per_image * x.itemsize)
+
+        def work(a: int, z: int) -> Any:
+            part = None
+            if need_w:
+                part = conv_rows.weight_grad_chunk(x[a:z], gy[a:z], (kh, kw), self.padding, self.dilation)
+            if need_x:
+                conv_rows.conv_chunk(gy[a:z], wf_rows, kh, q, self.dilation, dx[a:z])
+            return part
+
+        parts = cpu.run_chunks(xp, n, size, work)
+        dw_ = None
+        if need_w:
+            dwt = parts[0]
+            for p in parts[1:]:
+                dwt += p
+            dw_ = conv_rows.weight_grad_from_rows(dwt, c, kw)
         db = gy.sum(axis=(0, 2, 3)) if need_b else None
         return dx, dw_, db
 
@@ -359,5 +439,5 @@ def conv2d(
             f"{op}: bias has shape {b.shape} but weight {w.shape} needs ({o},) - one bias per output channel"
         )
     check_same_dtype(op, input=x.data, weight=w.data, bias=None if b is None else b.data)
-    tile = winograd_tile(get_array_module(x.data), x.shape, w.shape, s, p, d, groups)
-    return Conv2dOp(s, p, d, groups, tile).apply(x, w, b)
+    algorithm = choose_algorithm(get_array_module(x.data), x.shape, w.shape, s, p, d, groups)
+    return Conv2dOp(s, p, d, groups, algorithm).apply(x, w, b)

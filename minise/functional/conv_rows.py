@@ -1,0 +1,136 @@
+"""Stride-1 convolution by kernel-row GEMMs: im2col over the kernel's columns only.
+
+im2col copies every input value KH*KW times (nine times for a 3x3 kernel) into a matrix whose inner runs
+are one output row long (32 values on CIFAR), and that copy costs about as much as the GEMM that reads
+it on thin layers (16-64 channels). This path copies each value KW times (three), in runs as long as a
+whole padded map, and lets the kernel's rows be offsets into that copy instead of more copies.
+
+**On the padded width.** Pad x by (ph, pw) to Hp x Wp and flatten each channel's padded map,
+xf[c, r Wp + s] = xpad[c, r, s]. Compute the output on a grid as wide as the padded input:
+y'[o, oh Wp + ow] for ow = 0..Wp-1, of which only ow < OW = Wp - d_w (KW - 1) are outputs (the other
+columns mix the end of one row with the start of the next and are dropped). Then with q = oh Wp + ow,
+
+    y'[o, q] = sum_{c, kh, kw} W[o, c, kh, kw] xf[c, q + d_h kh Wp + d_w kw].
+
+**KW shifted copies, KH offsets.** Let R[(c, kw), p] = xf[c, p + d_w kw]: KW copies of the flat padded
+map, each shifted by d_w kw (the only copy this path makes: KW x the padded input, each row one
+contiguous run). Then
+
+    y'[:, q] = sum_kh W_kh R[:, q + d_h kh Wp],    W_kh[o, (c, kw)] = W[o, c, kh, kw],
+
+so y' = sum_kh W_kh @ R[:, d_h kh Wp : d_h kh Wp + OH Wp]: KH GEMMs (O, C KW) x (C KW, OH Wp) whose right
+operands are slices of R, which BLAS reads in place (a row stride of Hp Wp is just a leading dimension).
+The output is cropped to its OW columns once. Multiplications: Wp / OW times im2col's (1.06x on 32x32
+with padding 1, 1.25x on 8x8); copies: KW / (KH KW) of im2col's.
+
+**Gradients.** The op is linear in x and in W:
+    dW[o, c, kh, kw] = sum_q gy'[o, q] R[(c, kw), q + d_h kh Wp]:   dW_kh^T = sum_images R_kh gy'^T
+        with gy' the output gradient on the padded width, zeros in the dropped columns;
+    dx = the same convolution of gy, padded by d (K - 1) - p, with the kernel flipped in space and the
+        in/out channels swapped (the transposed convolution, as on the im2col path).
+
+No loop over images or pixels: one batched matmul per kernel row, over the images of a chunk.
+Lesson 05 derives it next to im2col and Winograd.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minise.backend import get_array_module
+
+Pair = tuple[int, int]
+
+
+def eligible(w_shape: tuple[int, ...], stride: Pair, padding: Pair, dilation: Pair, groups: int) -> bool:
+    """Stride 1, one group, a kernel wider and taller than 1, and 0 <= p <= d (K - 1) on both axes (so that
+    the transposed convolution of the input gradient needs no cropping either)."""
+    kh, kw = w_shape[2:]
+    return (
+        stride == (1, 1)
+        and groups == 1
+        and kh > 1
+        and kw > 1
+        and 0 <= padding[0] <= dilation[0] * (kh - 1)
+        and 0 <= padding[1] <= dilation[1] * (kw - 1)
+    )
+
+
+def padded_size(h: int, w: int, kernel: Pair, padding: Pair, dilation: Pair) -> tuple[int, int, int, int]:
+    """(Hp, Wp, OH, OW): the padded input and the output of a stride-1 convolution."""
+    hp, wp = h + 2 * padding[0], w + 2 * padding[1]
+    return hp, wp, hp - dilation[0] * (kernel[0] - 1), wp - dilation[1] * (kernel[1] - 1)
+
+
+def shifted_rows(x: Any, kw: int, padding: Pair, dilation_w: int) -> Any:
+    """R (n, C*KW, Hp*Wp) with R[i, (c, j), p] = xf[i, c, p + dilation_w j], xf the flat zero-padded maps.
+
+    Two copies: x into the zero-padded flat maps (a tail of dilation_w (KW - 1) zeros past the end, for the
+    last shifts), then KW contiguous shifted copies of them."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    (ph, pw), reach = padding, dilation_w * (kw - 1)
+    hp, wp = h + 2 * ph, w + 2 * pw
+    flat = xp.zeros((n, c, hp * wp + reach), dtype=x.dtype)
+    flat[:, :, : hp * wp].reshape(n, c, hp, wp)[:, :, ph : ph + h, pw : pw + w] = x
+    rows = xp.empty((n, c, kw, hp * wp), dtype=x.dtype)
+    for j in range(kw):
+        rows[:, :, j] = flat[:, :, dilation_w * j : dilation_w * j + hp * wp]
+    return rows.reshape(n, c * kw, hp * wp)
+
+
+def kernel_rows(w: Any) -> Any:
+    """W (O, C, KH, KW) -> W_kh stacked (KH, O, C*KW): W_kh[o, (c, kw)] = W[o, c, kh, kw]."""
+    o, c, kh, kw = w.shape
+    return w.transpose(2, 0, 1, 3).reshape(kh, o, c * kw).copy()
+
+
+def conv_chunk(x: Any, w_rows: Any, kernel_h: int, padding: Pair, dilation: Pair, out: Any) -> None:
+    """out[...] = conv2d(x, W, stride 1, padding, dilation) for one chunk of images, with
+    w_rows = kernel_rows(W) given: x (n, C, H, W), out (n, O, OH, OW)."""
+    xp = get_array_module(x)
+    n, _, h, w = x.shape
+    kh_, o, ckw = w_rows.shape
+    hp, wp, oh, ow = padded_size(h, w, (kernel_h, ckw // x.shape[1]), padding, dilation)
+    rows = shifted_rows(x, ckw // x.shape[1], padding, dilation[1])  # (n, C*KW, Hp*Wp)
+    length = oh * wp  # output columns on the padded width
+    y = xp.matmul(w_rows[0], rows[:, :, :length])  # (n, O, OH*Wp)
+    for kh in range(1, kh_):
+        start = dilation[0] * kh * wp
+        y += xp.matmul(w_rows[kh], rows[:, :, start : start + length])
+    out[...] = y.reshape(n, o, oh, wp)[:, :, :, :ow]  # drop the columns past OW
+
+
+def on_padded_width(gy: Any, wp: int) -> Any:
+    """gy (n, O, OH, OW) -> gy' (n, O, OH, Wp): gy in the first OW columns, zeros in the dropped ones (those
+    columns are no outputs, so nothing may flow back from them)."""
+    xp = get_array_module(gy)
+    wide = xp.zeros((*gy.shape[:3], wp), dtype=gy.dtype)
+    wide[..., : gy.shape[3]] = gy
+    return wide
+
+
+def weight_grad_chunk(x: Any, gy: Any, kernel: Pair, padding: Pair, dilation: Pair) -> Any:
+    """dW for one chunk of images, as (KH, C*KW, O): entry [kh, (c, kw), o] = dW[o, c, kh, kw].
+
+    dW_kh^T = sum over images of R_kh gy'^T, R_kh = R[:, :, d_h kh Wp : d_h kh Wp + OH Wp] and gy' the
+    output gradient on the padded width with zeros in the dropped columns."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    o = gy.shape[1]
+    kh_, kw_ = kernel
+    hp, wp, oh, ow = padded_size(h, w, kernel, padding, dilation)
+    rows = shifted_rows(x, kw_, padding, dilation[1])  # (n, C*KW, Hp*Wp)
+    gy_t = on_padded_width(gy, wp).reshape(n, o, oh * wp).transpose(0, 2, 1)  # (n, OH*Wp, O), a view
+    length = oh * wp
+    dwt = xp.empty((kh_, c * kw_, o), dtype=x.dtype)
+    for kh in range(kh_):
+        start = dilation[0] * kh * wp
+        dwt[kh] = xp.matmul(rows[:, :, start : start + length], gy_t).sum(axis=0)
+    return dwt
+
+
+def weight_grad_from_rows(dwt: Any, c: int, kw: int) -> Any:
+    """(KH, C*KW, O) -> dW (O, C, KH, KW)."""
+    kh, _, o = dwt.shape
+    return dwt.reshape(kh, c, kw, o).transpose(3, 1, 0, 2).copy()

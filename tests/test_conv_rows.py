@@ -1,0 +1,287 @@
+"""Kernel-row GEMMs (``minise.functional.conv_rows``): the layout of the shifted rows, the forward and both
+gradients against the naive loop, the im2col path, finite differences and PyTorch over drawn stride-1
+cases (kernels 2-4, dilation 1-2, every padding 0..d(K-1)); its float32 error next to im2col's; the rule
+that picks it; and planted mistakes the checks catch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import requires_torch, to_xp
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from strategies import ConvCase, seeds
+from test_ops_conv import naive_conv2d, naive_conv2d_grads
+
+import minise
+import minise.functional as F
+from minise import backend, cpu
+from minise.functional import conv_rows
+from minise.functional.conv import choose_algorithm, conv_algorithm
+
+
+# --------------------------------------------------------------------------------------------------
+# the layout
+# --------------------------------------------------------------------------------------------------
+def test_shifted_rows_are_the_flat_padded_maps_shifted_by_each_kernel_column() -> None:
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
+    rows = conv_rows.shifted_rows(x, 3, (1, 2), 2)  # KW = 3, padding (1, 2), dilation 2 along the width
+    hp, wp = 4 + 2, 5 + 4
+    assert rows.shape == (2, 3 * 3, hp * wp)
+    flat = np.pad(x, ((0, 0), (0, 0), (1, 1), (2, 2))).reshape(2, 3, hp * wp)
+    flat = np.concatenate([flat, np.zeros((2, 3, 2 * 2))], axis=2)  # the zero tail the last shift reads
+    for c in range(3):
+        for j in range(3):
+            np.testing.assert_array_equal(rows[:, c * 3 + j], flat[:, c, 2 * j : 2 * j + hp * wp])
+
+
+def test_kernel_rows_hold_one_kernel_row_each() -> None:
+    w = np.arange(4 * 3 * 2 * 5, dtype=np.float64).reshape(4, 3, 2, 5)
+    wr = conv_rows.kernel_rows(w)
+    assert wr.shape == (2, 4, 3 * 5)
+    np.testing.assert_array_equal(wr[1, 2].reshape(3, 5), w[2, :, 1, :])
+
+
+# --------------------------------------------------------------------------------------------------
+# forward and gradients: naive loop, im2col, finite differences, torch
+# --------------------------------------------------------------------------------------------------
+@st.composite
+def rows_cases(draw: st.DrawFn, max_out: int = 6) -> ConvCase:
+    """An eligible case: stride 1, one group, kernels 2-4 per side, dilation 1-2, padding 0..d (K - 1)."""
+    kernel = (draw(st.integers(2, 4)), draw(st.integers(2, 4)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = tuple(draw(st.integers(0, dilation[i] * (kernel[i] - 1))) for i in range(2))
+    hw = []
+    for i in range(2):
+        out = draw(st.integers(1, max_out))
+        hw.append(out + dilation[i] * (kernel[i] - 1) - 2 * padding[i])  # input side for that output side
+        if hw[-1] < 1:  # much padding, small output: the input needs a pixel; the output grows
+            hw[-1] = 1
+    return ConvCase(
+        n=draw(st.integers(1, 3)),
+        c=draw(st.integers(1, 4)),
+        o=draw(st.integers(1, 4)),
+        h=hw[0],
+        w=hw[1],
+        kernel=kernel,
+        padding=padding,  # type: ignore[arg-type]
+        dilation=dilation,
+        bias=draw(st.booleans()),
+        seed=draw(seeds),
+    )
+
+
+BATCH_1 = ConvCase(n=1, c=2, o=3, h=5, w=4, kernel=(3, 3), padding=(1, 1), seed=1)
+ONE_CHANNEL = ConvCase(n=2, c=1, o=1, h=4, w=6, kernel=(3, 3), padding=(1, 1), seed=2)
+SPATIAL_1X1 = ConvCase(n=2, c=3, o=2, h=1, w=1, kernel=(3, 3), padding=(1, 1), seed=3)  # all but one tap padding
+NO_PADDING = ConvCase(n=2, c=2, o=3, h=6, w=5, kernel=(3, 2), padding=(0, 0), seed=4)
+FULL_PADDING = ConvCase(n=2, c=3, o=2, h=3, w=4, kernel=(3, 3), padding=(2, 2), seed=5)  # p = K - 1: dx uncropped
+DILATED = ConvCase(n=2, c=2, o=2, h=7, w=6, kernel=(3, 3), padding=(2, 1), dilation=(2, 1), bias=False, seed=6)
+CASES = [BATCH_1, ONE_CHANNEL, SPATIAL_1X1, NO_PADDING, FULL_PADDING, DILATED]
+IDS = ["batch1", "one-channel", "1x1", "no-padding", "full-padding", "dilated"]
+
+
+def _tensors(xp, *arrays):  # type: ignore[no-untyped-def]
+    return [None if a is None else minise.Tensor(to_xp(xp, a.copy()), requires_grad=True) for a in arrays]
+
+
+def _run(xp, case: ConvCase, algorithm: str, gy: np.ndarray):  # type: ignore[no-untyped-def]
+    """y, dx, dW, db of conv2d under ``algorithm``, on host arrays."""
+    x, w, b = _tensors(xp, *case.arrays())
+    with conv_algorithm(algorithm):
+        y = F.conv2d(x, w, b, padding=case.padding, dilation=case.dilation)
+        y.backward(to_xp(xp, gy))
+    host = backend.to_host
+    return host(y.data), host(x.grad), host(w.grad), None if b is None else host(b.grad)
+
+
+def _grads_of(case: ConvCase, gy: np.ndarray):  # type: ignore[no-untyped-def]
+    xa, wa, _ = case.arrays()
+    return naive_conv2d_grads(xa, wa, gy, padding=case.padding, dilation=case.dilation)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=rows_cases())
+@example(case=BATCH_1)
+@example(case=ONE_CHANNEL)
+@example(case=SPATIAL_1X1)
+@example(case=NO_PADDING)
+@example(case=FULL_PADDING)
+@example(case=DILATED)
+def test_rows_match_naive_loop_and_im2col(xp, case: ConvCase) -> None:
+    assert conv_rows.eligible((case.o, case.c, *case.kernel), (1, 1), case.padding, case.dilation, 1)
+    xa, wa, ba = case.arrays()
+    gy = np.random.default_rng(case.seed + 1).standard_normal((case.n, case.o, *case.out_hw))
+    y, dx, dw, db = _run(xp, case, "rows", gy)
+    assert y.shape == (case.n, case.o, *case.out_hw)
+    np.testing.assert_allclose(
+        y, naive_conv2d(xa, wa, ba, padding=case.padding, dilation=case.dilation), rtol=1e-10, atol=1e-10
+    )
+    ndx, ndw, _ = _grads_of(case, gy)
+    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
+    for got, want in zip((y, dx, dw, db), _run(xp, case, "im2col", gy), strict=True):
+        if want is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=rows_cases(max_out=4))
+@example(case=BATCH_1)
+@example(case=ONE_CHANNEL)
+@example(case=SPATIAL_1X1)
+@example(case=DILATED)
+def test_rows_gradcheck(xp, case: ConvCase) -> None:
+    """Float64 central differences against a random cotangent, every element of x, W and b."""
+    x, w, b = _tensors(xp, *case.arrays())
+    with conv_algorithm("rows"):
+        report = minise.gradcheck(
+            lambda x, w, b: F.conv2d(x, w, b, padding=case.padding, dilation=case.dilation), x, w, b
+        )
+    assert report.ok and len(report.inputs) == (3 if case.bias else 2)
+
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True)], ids=["only-x", "only-w"])
+def test_rows_gradient_of_one_input(needs: tuple[bool, bool]) -> None:
+    xa, wa, _ = NO_PADDING.arrays()
+    x, w = (minise.Tensor(a.copy(), requires_grad=r) for a, r in zip((xa, wa), needs, strict=True))
+    with conv_algorithm("rows"):
+        report = minise.gradcheck(lambda x, w: F.conv2d(x, w), x, w)
+    assert report.ok and [r.index for r in report.inputs] == [i for i, r in enumerate(needs) if r]
+
+
+def test_rows_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of one image on two threads: the forward, dx and the summed per-chunk dW are unchanged."""
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+    monkeypatch.setattr(cpu, "chunk_size", lambda xp, batch, per_item, budget=0: 1)
+    case = ConvCase(n=5, c=3, o=4, h=6, w=7, kernel=(3, 3), padding=(1, 1), seed=9)
+    xa, wa, ba = case.arrays()
+    gy = np.random.default_rng(0).standard_normal((5, 4, 6, 7))
+    y, dx, dw, db = _run(np, case, "rows", gy)
+    np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-10, atol=1e-10)
+    for got, want in zip((dx, dw, db), naive_conv2d_grads(xa, wa, gy, padding=(1, 1)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@requires_torch
+@pytest.mark.torch
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_rows_match_torch_float64(case: ConvCase) -> None:
+    import torch  # noqa: PLC0415
+
+    xa, wa, ba = case.arrays()
+    gy = np.random.default_rng(case.seed + 2).standard_normal((case.n, case.o, *case.out_hw))
+    y, dx, dw, db = _run(np, case, "rows", gy)
+    xt, wt = torch.tensor(xa, requires_grad=True), torch.tensor(wa, requires_grad=True)
+    bt = None if ba is None else torch.tensor(ba, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, padding=case.padding, dilation=case.dilation)
+    yt.backward(torch.tensor(gy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    if bt is not None:
+        np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 32), (4, 32, 16), (4, 64, 8)], ids=["16@32", "32@16", "64@8"])
+def test_float32_error_next_to_im2col(shape: tuple[int, int, int]) -> None:
+    """Float32 y, dx and dW against float64 im2col: the same sums in another order, so the same size of
+    rounding error as im2col's (measured: 1.2e-7 .. 1.3e-6 on these shapes)."""
+    n, c, h = shape
+    rng = np.random.default_rng(c)
+    x, gy = rng.standard_normal((n, c, h, h)), rng.standard_normal((n, c, h, h))
+    w = rng.standard_normal((c, c, 3, 3)) * np.sqrt(2 / (9 * c))
+
+    def run(dtype, algorithm):  # type: ignore[no-untyped-def]
+        xt, wt = minise.tensor(x.astype(dtype), requires_grad=True), minise.tensor(w.astype(dtype), requires_grad=True)
+        with conv_algorithm(algorithm):
+            y = F.conv2d(xt, wt, padding=1)
+            y.backward(gy.astype(dtype))
+        return [np.asarray(a, dtype=np.float64) for a in (y.data, xt.grad, wt.grad)]
+
+    exact = run(np.float64, "im2col")
+    errors = {
+        a: max(float(np.abs(g - e).max() / np.abs(e).max()) for g, e in zip(run(np.float32, a), exact, strict=True))
+        for a in ("im2col", "rows")
+    }
+    assert errors["rows"] < 3e-6 and errors["rows"] < 4 * errors["im2col"], errors
+
+
+# --------------------------------------------------------------------------------------------------
+# which path runs
+# --------------------------------------------------------------------------------------------------
+def _algo(x_shape, w_shape, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1):  # type: ignore[no-untyped-def]
+    return choose_algorithm(np, x_shape, w_shape, stride, padding, dilation, groups)
+
+
+def test_forced_rows_apply_only_where_eligible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINISE_CONV_ALGORITHM", raising=False)
+    with conv_algorithm("rows"):
+        assert _algo((2, 3, 5, 5), (4, 3, 3, 3)) == "rows"
+        assert _algo((2, 3, 5, 5), (4, 3, 2, 4), padding=(0, 3)) == "rows"
+        assert _algo((2, 3, 5, 5), (4, 3, 3, 3), stride=(2, 2)) == "im2col"  # stride
+        assert _algo((2, 4, 5, 5), (4, 2, 3, 3), groups=2) == "im2col"  # groups
+        assert _algo((2, 3, 5, 5), (4, 3, 1, 1), padding=(0, 0)) == "im2col"  # a 1x1 kernel is a plain GEMM
+        assert _algo((2, 3, 5, 5), (4, 3, 3, 3), padding=(3, 1)) == "im2col"  # p > d (K - 1): dx would crop
+    monkeypatch.setenv("MINISE_CONV_ALGORITHM", "rows")
+    assert _algo((2, 3, 5, 5), (4, 3, 3, 3)) == "rows"
+
+
+def test_the_chosen_path_is_the_one_that_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINISE_CONV_ALGORITHM", raising=False)
+    calls: list[tuple[int, ...]] = []
+    real = conv_rows.conv_chunk
+    monkeypatch.setattr(conv_rows, "conv_chunk", lambda x, *rest: calls.append(x.shape) or real(x, *rest))
+    x = minise.Tensor(np.zeros((2, 16, 32, 32), np.float32), requires_grad=True)
+    w = minise.Tensor(np.zeros((16, 16, 3, 3), np.float32), requires_grad=True)
+    F.conv2d(x, w, padding=1).sum().backward()
+    assert calls and {s[1:] for s in calls} == {(16, 32, 32)}  # forward and input gradient, in chunks
+    calls.clear()
+    F.conv2d(x, w, padding=1, stride=2)  # stride 2: im2col
+    assert calls == []
+
+
+# --------------------------------------------------------------------------------------------------
+# the checks catch planted mistakes
+# --------------------------------------------------------------------------------------------------
+def test_a_wrong_shift_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shifted rows that all start one place too far (xf[p + j + 1]) move every output by one column:
+    the naive-loop check fails."""
+    real = conv_rows.shifted_rows
+
+    def off_by_one(x, kw, padding, dilation_w):  # type: ignore[no-untyped-def]
+        rows = real(x, kw, padding, dilation_w)
+        return np.concatenate([rows[:, :, 1:], np.zeros_like(rows[:, :, :1])], axis=2)
+
+    monkeypatch.setattr(conv_rows, "shifted_rows", off_by_one)
+    xa, wa, ba = BATCH_1.arrays()
+    y = _run(np, BATCH_1, "rows", np.ones((1, 3, 5, 4)))[0]
+    assert not np.allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-10, atol=1e-10)
+
+
+def test_a_wrong_weight_gradient_is_caught_by_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dW with its kernel rows in reverse order (a kernel flipped upside down) fails gradcheck on the
+    weight, and only there."""
+    real = conv_rows.weight_grad_chunk
+    monkeypatch.setattr(conv_rows, "weight_grad_chunk", lambda *args: real(*args)[::-1])
+    x, w, _ = _tensors(np, *BATCH_1.arrays())
+    with conv_algorithm("rows"):
+        report = minise.gradcheck(lambda x, w: F.conv2d(x, w, padding=1), x, w, raise_on_failure=False)
+    assert [r.index for r in report.inputs if not r.ok] == [1]
+
+
+def test_junk_columns_left_in_the_weight_gradient_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gy' on the padded width must hold zeros past OW; ones there (outputs that do not exist) add the
+    wrap-around columns into dW, and gradcheck on the weight fails, and only there."""
+    real = conv_rows.on_padded_width
+
+    def junk_left(gy, wp):  # type: ignore[no-untyped-def]
+        wide = real(gy, wp)
+        wide[..., gy.shape[3] :] = 1.0
+        return wide
+
+    monkeypatch.setattr(conv_rows, "on_padded_width", junk_left)
+    x, w, _ = _tensors(np, *BATCH_1.arrays())
+    with conv_algorithm("rows"):
+        report = minise.gradcheck(lambda x, w: F.conv2d(x, w, padding=1), x, w, raise_on_failure=False)
+    assert [r.index for r in report.inputs if not r.ok] == [1]
