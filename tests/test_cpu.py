@@ -224,3 +224,30 @@ def test_on_cupy_the_cpu_machinery_is_off(standin, monkeypatch: pytest.MonkeyPat
 
     out = cpu.elementwise(standin, standin.empty((64, 4), dtype=np.float32), body, x)
     assert seen == [64] and float(out.sum()) == 512.0
+
+
+@pytest.mark.parametrize("shape", [(64, 1024), (17, 5), (1, 3), (33, 2), (16, 16)])
+def test_transpose_into_is_the_transpose_whatever_the_number_of_strips(shape: tuple[int, int]) -> None:
+    """Every strip of TRANSPOSE_STRIP source rows lands in its columns of dst, the last (partial) one too."""
+    src = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    dst = np.full(shape[::-1], np.nan, dtype=np.float32)
+    cpu.transpose_into(src, dst)
+    np.testing.assert_array_equal(dst, src.T)
+
+
+def test_transpose_into_on_a_device_module_is_one_assignment() -> None:
+    """Anything that is not a NumPy array (a CuPy array) is transposed in one assignment, no strips."""
+
+    class Recording:
+        def __init__(self) -> None:
+            self.assigned: list[object] = []
+
+        def __setitem__(self, key: object, value: object) -> None:
+            self.assigned.append(key)
+
+    class Source:
+        T = "transposed"
+
+    dst = Recording()
+    cpu.transpose_into(Source(), dst)
+    assert dst.assigned == [Ellipsis]

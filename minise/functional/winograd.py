@@ -249,7 +249,10 @@ def conv3x3_chunk(x: Any, ut: Any, padding: tuple[int, int], m: int, out: Any) -
     v = input_transform(xpad, m, th, tw).reshape(a, a, th * tw * n, c)  # (a, a, P, C), P tiles
     mm = xp.matmul(v, ut)  # (a, a, P, K): one GEMM per transformed position
     y = output_transform(mm.reshape(a, a, th, tw, n, k), m).reshape(th * m, tw * m, n, k)  # (OH+, OW+, n, K)
-    out[...] = y[:oh, :ow].transpose(2, 3, 0, 1)  # crop partial tiles; back to (n, K, OH, OW)
+    if (th * m, tw * m) == (oh, ow) and out.flags.c_contiguous:  # no partial tiles to crop: a 2-D transpose
+        cpu.transpose_into(y.reshape(oh * ow, n * k), out.reshape(n * k, oh * ow))
+    else:
+        out[...] = y[:oh, :ow].transpose(2, 3, 0, 1)  # crop partial tiles; back to (n, K, OH, OW)
 
 
 def conv3x3(x: Any, w: Any, padding: tuple[int, int], m: int = 2, out: Any = None) -> Any:
