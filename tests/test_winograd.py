@@ -170,6 +170,40 @@ def test_winograd_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch, m: i
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
+def test_the_weight_gradient_reads_the_forwards_transformed_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """x is transformed once per chunk in the forward; the weight gradient reuses those V (only dx, a
+    convolution of gy, transforms again)."""
+    monkeypatch.setattr(cpu, "chunk_size", lambda xp, batch, per_item, budget=0: 2)
+    transforms: list[tuple[int, ...]] = []
+    real = winograd.input_transform
+
+    def counted(xpad, *rest):  # type: ignore[no-untyped-def]
+        transforms.append(xpad.shape)
+        return real(xpad, *rest)
+
+    monkeypatch.setattr(winograd, "input_transform", counted)
+    case = ConvCase(n=5, c=3, o=4, h=6, w=7, kernel=(3, 3), padding=(1, 1), seed=9)
+    xa, wa, _ = case.arrays()
+    gy = np.random.default_rng(0).standard_normal((5, 4, 6, 7))
+    _, dx, dw, _ = _run(np, case, "winograd2", gy)
+    assert [s[2] for s in transforms] == [2, 2, 1] * 2  # 3 chunks of x in the forward, 3 of gy for dx; none for dW
+    for got, want in zip((dx, dw), naive_conv2d_grads(xa, wa, gy, padding=(1, 1))[:2], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_other_chunks_in_the_backward_transform_x_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the backward cuts the batch otherwise than the forward did (MINISE_NUM_THREADS changed in
+    between), no chunk's V matches and the weight gradient transforms x itself: still the right dW."""
+    sizes = iter([2] + [3] * 10)  # the forward's chunks of 2, then chunks of 3
+    monkeypatch.setattr(cpu, "chunk_size", lambda xp, batch, per_item, budget=0: next(sizes))
+    case = ConvCase(n=5, c=3, o=4, h=6, w=7, kernel=(3, 3), padding=(1, 1), seed=9)
+    xa, wa, _ = case.arrays()
+    gy = np.random.default_rng(0).standard_normal((5, 4, 6, 7))
+    _, dx, dw, _ = _run(np, case, "winograd2", gy)
+    for got, want in zip((dx, dw), naive_conv2d_grads(xa, wa, gy, padding=(1, 1))[:2], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
 @requires_torch
 @pytest.mark.torch
 @pytest.mark.parametrize("m", TILES)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from minise import cpu
-from minise.autograd import Function
+from minise.autograd import Function, is_grad_enabled
 from minise.backend import get_array_module
 from minise.functional import conv_rows, winograd
 from minise.functional._checks import check_float, check_same_dtype, pair
@@ -244,8 +244,11 @@ class Conv2dOp(Function):
         o, _, kh, kw = w.shape
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
+        transformed = None
         if self.tile:
-            y = winograd.conv3x3(x, w, self.padding, self.tile)
+            y, transformed = winograd.conv3x3(x, w, self.padding, self.tile)
+            if not is_grad_enabled():  # no backward will read the transformed inputs
+                transformed = None
         elif self.algorithm == "rows":
             y = xp.empty((n, o, oh, ow), dtype=x.dtype)
             w_rows = conv_rows.kernel_rows(w)
@@ -266,7 +269,7 @@ class Conv2dOp(Function):
             cpu.run_chunks(xp, n, size, work)
         if b is not None:
             y += b.reshape(1, o, 1, 1)
-        self.save(x, w)
+        self.save(x, w, transformed)  # transformed: Winograd's V per chunk of x, for the weight gradient
         return y
 
     def backward(self, gy: Any) -> tuple[Any, Any, Any]:
@@ -274,7 +277,7 @@ class Conv2dOp(Function):
             return self._winograd_backward(gy)
         if self.algorithm == "rows":
             return self._rows_backward(gy)
-        x, w = self.saved  # type: ignore[misc]
+        x, w, _ = self.saved  # type: ignore[misc]
         xp = get_array_module(x)
         n, c, h, wd = x.shape
         o, cg, kh, kw = w.shape
@@ -334,7 +337,7 @@ class Conv2dOp(Function):
     def _rows_backward(self, gy: Any) -> tuple[Any, Any, Any]:
         """dW from the kernel-row GEMMs of x and gy (``conv_rows.weight_grad_chunk``); dx = the kernel-row
         convolution of gy, padded by d (K - 1) - p, with the flipped, channel-swapped kernel."""
-        x, w = self.saved  # type: ignore[misc]
+        x, w, _ = self.saved  # type: ignore[misc]
         xp = get_array_module(x)
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
@@ -367,19 +370,24 @@ class Conv2dOp(Function):
 
     def _winograd_backward(self, gy: Any) -> tuple[Any, Any, Any]:
         """dx = Winograd conv of gy padded by 2 - p with the flipped, channel-swapped kernel;
-        dW = G^T (sum over tiles of V^T dM) G (``winograd.weight_grad_chunk``)."""
-        x, w = self.saved  # type: ignore[misc]
+        dW = G^T (sum over tiles of V^T dM) G (``winograd.weight_grad_chunk``), with each chunk's V kept
+        from the forward (the same chunks: ``winograd.images_per_chunk``)."""
+        x, w, transformed = self.saved  # type: ignore[misc]
         xp = get_array_module(x)
-        n, c, h, wd = x.shape
+        n = x.shape[0]
         o = w.shape[0]
         m, (ph, pw) = self.tile, self.padding
         need_x, need_w, need_b = self.needs_input_grad
-        dx = winograd.conv3x3(gy, _flipped(w, 1), (2 - ph, 2 - pw), m) if need_x else None
+        dx = winograd.conv3x3(gy, _flipped(w, 1), (2 - ph, 2 - pw), m)[0] if need_x else None
         dw_ = None
         if need_w:
-            _, _, th, tw = winograd.tile_grid(h, wd, self.padding, m)
-            size = cpu.chunk_size(xp, n, (m + 2) ** 2 * (c + o) * th * tw * x.itemsize)
-            parts = cpu.run_chunks(xp, n, size, lambda a, z: winograd.weight_grad_chunk(x[a:z], gy[a:z], (ph, pw), m))
+            size = winograd.images_per_chunk(xp, x.shape, o, self.padding, m, x.itemsize)
+            kept = {} if transformed is None else {(a, z): v for a, z, v in transformed}
+
+            def chunk(a: int, z: int) -> Any:  # V from the forward when it cut the same chunk (the same threads)
+                return winograd.weight_grad_chunk(x[a:z], gy[a:z], (ph, pw), m, kept.get((a, z)))
+
+            parts = cpu.run_chunks(xp, n, size, chunk)
             dut = parts[0]
             for p in parts[1:]:
                 dut += p

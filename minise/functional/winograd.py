@@ -236,8 +236,9 @@ def input_tiles(x: Any, padding: tuple[int, int], m: int) -> Any:
     return backend.as_strided(xpad, (n, c, th, tw, m + 2, m + 2), (sn, sc, sh * m, sw * m, sh, sw))
 
 
-def conv3x3_chunk(x: Any, ut: Any, padding: tuple[int, int], m: int, out: Any) -> None:
-    """out[...] = conv2d(x, w, padding) for one chunk of images, with U^T = weight_transform(w, m) given.
+def conv3x3_chunk(x: Any, ut: Any, padding: tuple[int, int], m: int, out: Any) -> Any:
+    """out[...] = conv2d(x, w, padding) for one chunk of images, with U^T = weight_transform(w, m) given;
+    returns the chunk's transformed input V (a, a, P, C), which the weight gradient reads again.
 
     x (n, C, H, W), ut (a, a, C, K), out (n, K, OH, OW).
     """
@@ -253,35 +254,48 @@ def conv3x3_chunk(x: Any, ut: Any, padding: tuple[int, int], m: int, out: Any) -
         cpu.transpose_into(y.reshape(oh * ow, n * k), out.reshape(n * k, oh * ow))
     else:
         out[...] = y[:oh, :ow].transpose(2, 3, 0, 1)  # crop partial tiles; back to (n, K, OH, OW)
+    return v
 
 
-def conv3x3(x: Any, w: Any, padding: tuple[int, int], m: int = 2, out: Any = None) -> Any:
-    """y = conv2d(x, w, stride 1, padding) for a 3x3 kernel by Winograd F(m x m, 3x3), in chunks of images."""
+def images_per_chunk(xp: Any, x_shape: tuple[int, ...], k: int, padding: tuple[int, int], m: int, itemsize: int) -> int:
+    """Images per chunk: a chunk's transformed input and output, (m+2)^2 (C + K) values per tile, within the
+    budget of ``cpu.chunk_size``. The forward and the weight gradient cut the batch alike, so that the
+    weight gradient reads each chunk's V from the forward instead of transforming x again."""
+    n, c, h, w = x_shape
+    _, _, th, tw = tile_grid(h, w, padding, m)
+    return cpu.chunk_size(xp, n, (m + 2) ** 2 * (c + k) * th * tw * itemsize)
+
+
+def conv3x3(x: Any, w: Any, padding: tuple[int, int], m: int = 2, out: Any = None) -> tuple[Any, list[Any]]:
+    """y = conv2d(x, w, stride 1, padding) for a 3x3 kernel by Winograd F(m x m, 3x3), in chunks of images.
+    Returns y and, for each chunk of images start:stop, (start, stop, V) with V its transformed input
+    (``conv3x3_chunk``)."""
     xp = get_array_module(x)
     n, c, h, wd = x.shape
     k = w.shape[0]
     oh, ow, th, tw = tile_grid(h, wd, padding, m)
     y = xp.empty((n, k, oh, ow), dtype=x.dtype) if out is None else out
     ut = weight_transform(w, m)
-    a = m + 2
-    size = cpu.chunk_size(xp, n, a * a * (c + k) * th * tw * x.itemsize)
+    size = images_per_chunk(xp, x.shape, k, padding, m, x.itemsize)
 
-    def work(s: int, z: int) -> None:
-        conv3x3_chunk(x[s:z], ut, padding, m, y[s:z])
+    def work(s: int, z: int) -> Any:
+        return s, z, conv3x3_chunk(x[s:z], ut, padding, m, y[s:z])
 
-    cpu.run_chunks(xp, n, size, work)
-    return y
+    transformed = cpu.run_chunks(xp, n, size, work)
+    return y, transformed
 
 
-def weight_grad_chunk(x: Any, gy: Any, padding: tuple[int, int], m: int) -> Any:
-    """dU^T = sum over tiles of V[xi]^T dM[xi] for one chunk: x (n, C, H, W), gy (n, K, OH, OW) -> (a, a, C, K)."""
+def weight_grad_chunk(x: Any, gy: Any, padding: tuple[int, int], m: int, v: Any = None) -> Any:
+    """dU^T = sum over tiles of V[xi]^T dM[xi] for one chunk: x (n, C, H, W), gy (n, K, OH, OW) -> (a, a, C, K).
+    ``v``: the chunk's transformed input from the forward (``conv3x3_chunk``), else transformed here."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
     k = gy.shape[1]
     a = m + 2
     _, _, th, tw = tile_grid(h, w, padding, m)
-    xpad = pixel_major(x, padding[0], padding[1], th * m + 2, tw * m + 2)  # (TH*m+2, TW*m+2, n, C)
-    v = input_transform(xpad, m, th, tw).reshape(a, a, th * tw * n, c)  # (a, a, P, C)
+    if v is None:
+        xpad = pixel_major(x, padding[0], padding[1], th * m + 2, tw * m + 2)  # (TH*m+2, TW*m+2, n, C)
+        v = input_transform(xpad, m, th, tw).reshape(a, a, th * tw * n, c)  # (a, a, P, C)
     gpad = pixel_major(gy, 0, 0, th * m, tw * m)  # (TH*m, TW*m, n, K), zeros past the output
     dm = output_adjoint(gpad.reshape(th, m, tw, m, n, k), m).reshape(a, a, th * tw * n, k)  # (a, a, P, K)
     return xp.matmul(v.transpose(0, 1, 3, 2), dm)  # (a, a, C, K)
