@@ -1,30 +1,33 @@
 """Stride-1 convolution by kernel-row GEMMs: im2col over the kernel's columns only.
 
 im2col copies every input value KH*KW times (nine times for a 3x3 kernel) into a matrix whose inner runs
-are one output row long (32 values on CIFAR), and that copy costs about as much as the GEMM that reads
-it on thin layers (16-64 channels). This path copies each value KW times (three), in runs as long as a
-whole padded map, and lets the kernel's rows be offsets into that copy instead of more copies.
+are one output row long (32 values on CIFAR), and on thin layers that copy costs a large part of what
+the GEMM that reads it costs (16 channels on 32x32, one core: 4.4-5.3 ms against 6.3-7.9 ms at batch
+128, BENCHMARKS.md). This path copies each value KW times (three), in runs as long as a whole padded map,
+and lets the kernel's rows be offsets into that copy instead of more copies.
 
-**On the padded width.** Pad x by (ph, pw) to Hp x Wp and flatten each channel's padded map,
-xf[c, r Wp + s] = xpad[c, r, s]. Compute the output on a grid as wide as the padded input:
-y'[o, oh Wp + ow] for ow = 0..Wp-1, of which only ow < OW = Wp - d_w (KW - 1) are outputs (the other
-columns mix the end of one row with the start of the next and are dropped). Then with q = oh Wp + ow,
+**On the padded width.** (Lesson 05 writes l for Wp and i, j for oh, ow.) Pad x by (ph, pw) to Hp x Wp
+and flatten each channel's padded map, xf[c, u Wp + v] = xpad[c, u, v]. Compute the output on a grid as
+wide as the padded input: y'[o, oh Wp + ow] for ow = 0..Wp-1, of which only ow < OW = Wp - d_w (KW - 1)
+are outputs (the other columns mix the end of one row with the start of the next and are dropped). Then
+with t = oh Wp + ow,
 
-    y'[o, q] = sum_{c, kh, kw} W[o, c, kh, kw] xf[c, q + d_h kh Wp + d_w kw].
+    y'[o, t] = sum_{c, kh, kw} W[o, c, kh, kw] xf[c, t + d_h kh Wp + d_w kw].
 
-**KW shifted copies, KH offsets.** Let R[(c, kw), p] = xf[c, p + d_w kw]: KW copies of the flat padded
-map, each shifted by d_w kw (the only copy this path makes: KW x the padded input, each row one
-contiguous run). Then
+**KW shifted copies, KH offsets.** Let R[(c, kw), t] = xf[c, t + d_w kw]: KW copies of the flat padded
+map, each shifted by d_w kw (the one large copy this path makes: KW x the padded input, each row one
+contiguous run; the last shifts read d_w (KW - 1) values past the end of xf, which are zeros). Then
 
-    y'[:, q] = sum_kh W_kh R[:, q + d_h kh Wp],    W_kh[o, (c, kw)] = W[o, c, kh, kw],
+    y'[:, t] = sum_kh W_kh R[:, t + d_h kh Wp],    W_kh[o, (c, kw)] = W[o, c, kh, kw],
 
 so y' = sum_kh W_kh @ R[:, d_h kh Wp : d_h kh Wp + OH Wp]: KH GEMMs (O, C KW) x (C KW, OH Wp) whose right
 operands are slices of R, which BLAS reads in place (a row stride of Hp Wp is just a leading dimension).
 The output is cropped to its OW columns once. Multiplications: Wp / OW times im2col's (1.06x on 32x32
-with padding 1, 1.25x on 8x8); copies: KW / (KH KW) of im2col's.
+with padding 1, 1.25x on 8x8); the copy: KW times the padded input, against im2col's KH KW times the
+output (2.7x smaller on 32x32 with padding 1).
 
 **Gradients.** The op is linear in x and in W:
-    dW[o, c, kh, kw] = sum_q gy'[o, q] R[(c, kw), q + d_h kh Wp]:   dW_kh^T = sum_images R_kh gy'^T
+    dW[o, c, kh, kw] = sum_t gy'[o, t] R[(c, kw), t + d_h kh Wp]:   dW_kh^T = sum_images R_kh gy'^T
         with gy' the output gradient on the padded width, zeros in the dropped columns;
     dx = the same convolution of gy, padded by d (K - 1) - p, with the kernel flipped in space and the
         in/out channels swapped (the transposed convolution, as on the im2col path).
