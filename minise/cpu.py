@@ -72,6 +72,9 @@ def num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+MIN_PARALLEL_BYTES = 1 << 20  # below this much data in all, an op runs in one chunk on the calling thread
+
+
 def chunk_size(xp: ModuleType, batch: int, bytes_per_item: int, budget: int = 4 << 20) -> int:
     """How many images an op handles at a time.
 
@@ -79,8 +82,17 @@ def chunk_size(xp: ModuleType, batch: int, bytes_per_item: int, budget: int = 4 
     im2col buffer (``bytes_per_item`` each) within about ``budget`` bytes, so it stays in cache and is
     reused, instead of one whole-batch matrix that streams through memory; and there are at least as
     many chunks as threads so every core has work.
+
+    Work on less than ``MIN_PARALLEL_BYTES`` (1 MB) in all is one chunk: handing a chunk to another
+    thread costs about 80 us on the course's VM (waking a sleeping thread, then waiting for it), more
+    than a pass over 1 MB takes. A training step of se_resnet20 makes 182 calls of ``run_chunks``. With
+    the rule against without it (medians of 8 alternating rounds in one process): batch 16 219.0 against
+    189.9 images/s (all 8 rounds won), batch 32 228.0 against 212.5 (7 of 8), batch 128 323.2 against
+    324.3 (no change: there nearly every call moves more than 1 MB).
     """
     if xp is not np:
+        return batch
+    if batch * bytes_per_item < MIN_PARALLEL_BYTES:
         return batch
     threads = num_threads()
     by_cache = max(1, budget // max(1, bytes_per_item))
@@ -116,6 +128,12 @@ def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int],
     if len(spans) == 1 or threads == 1 or _blas is None or nested:
         # one chunk, one thread, no way to hold BLAS to one thread, or already on the pool (waiting for the
         # pool from inside it could wait for ever): run serially
+        if len(spans) == 1 and batch > 1 and threads > 1 and _blas is not None and not nested:
+            # small work (``chunk_size``): still hold BLAS to one thread, as the chunks do. A BLAS call on its
+            # own threads leaves them spinning afterwards while minise's threads want the cores: with the
+            # Winograd weight transforms run that way, se_resnet20 trained 15 % slower (measured). A batch
+            # of one image keeps BLAS's threads: its one chunk may be a large product.
+            return _with_one_blas_thread(lambda: [work(0, batch)])
         return [work(a, b) for a, b in spans]
     if _pool is None or _pool._max_workers != threads - 1:
         _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="minise")
@@ -132,11 +150,10 @@ def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int],
                 return
             results[i] = work(*spans[i])
 
-    setter, getter = _blas
-    before = getter()
-    setter(1)
-    try:
-        helpers = [_pool.submit(drain) for _ in range(min(threads, len(spans)) - 1)]
+    pool = _pool
+
+    def on_all_threads() -> None:
+        helpers = [pool.submit(drain) for _ in range(min(threads, len(spans)) - 1)]
         try:
             drain()  # the calling thread works too
         finally:
@@ -144,9 +161,20 @@ def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int],
         for e in errors:
             if e is not None:
                 raise e
+
+    _with_one_blas_thread(on_all_threads)
+    return results
+
+
+def _with_one_blas_thread(run: Callable[[], Any]) -> Any:
+    """``run()`` with the BLAS held to one thread, its thread count restored afterwards (even on an error)."""
+    setter, getter = _blas
+    before = getter()
+    setter(1)
+    try:
+        return run()
     finally:
         setter(before)
-    return results
 
 
 SMALL_GEMM_MNK = 1_000_000  # OpenBLAS's unpacked small-matrix kernels take products with M*N*K up to this

@@ -122,12 +122,38 @@ def test_run_chunks_holds_blas_to_one_thread_and_restores_it(monkeypatch: pytest
         setter(original)
 
 
+def test_small_work_in_one_chunk_holds_blas_to_one_thread(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
+    """One chunk of a batch (small work, ``chunk_size``) runs on the calling thread with BLAS held to one
+    thread, as the chunks are; one chunk of a single image leaves BLAS's threads alone (a large product
+    may need them); BLAS is restored either way."""
+    blas = cpu._find_openblas()
+    if blas is None:
+        pytest.skip("OpenBLAS not found in this process: run_chunks runs serially and leaves BLAS alone")
+    setter, getter = blas
+    original = getter()
+    try:
+        setter(2)
+        monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+        seen: list[tuple[int, int]] = []
+        cpu.run_chunks(np, 5, 5, lambda a, b: seen.append((threading.get_ident(), getter())))
+        assert seen == [(threading.get_ident(), 1)]
+        assert getter() == 2
+        seen.clear()
+        cpu.run_chunks(np, 1, 1, lambda a, b: seen.append((threading.get_ident(), getter())))
+        assert seen == [(threading.get_ident(), 2)]
+    finally:
+        setter(original)
+
+
 def test_chunk_size_covers_the_batch_within_the_cache_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINISE_NUM_THREADS", "4")
     assert cpu.chunk_size(np, 64, 1 << 20, budget=4 << 20) == 4  # the budget decides
-    assert cpu.chunk_size(np, 8, 1, budget=4 << 20) == 2  # at least one chunk per thread
+    assert cpu.chunk_size(np, 8, 1 << 20, budget=64 << 20) == 2  # at least one chunk per thread
     assert cpu.chunk_size(np, 1, 1 << 30) == 1
     assert cpu.chunk_size(types.ModuleType("fake_xp"), 64, 1 << 30) == 64  # a GPU takes the whole batch
+    per_image = cpu.MIN_PARALLEL_BYTES // 8
+    assert cpu.chunk_size(np, 8, per_image - 1) == 8  # under 1 MB in all: one chunk, no thread hand-off
+    assert cpu.chunk_size(np, 8, per_image) == 2  # 1 MB: split across the 4 threads
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])

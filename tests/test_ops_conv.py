@@ -175,6 +175,7 @@ def test_conv2d_in_column_blocks_matches_naive_loop(case: ConvCase, block: int) 
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv_module.cpu, "gemm_columns", blocks)
+        mp.setattr(conv_module, "_one_gemm", lambda m, length, n: False)  # per-image GEMMs, cut into blocks
         y = F.conv2d(x, w, b, **case.kwargs())
         gy = np.random.default_rng(case.seed + 1).standard_normal(y.shape)
         y.backward(gy)
@@ -344,8 +345,11 @@ def test_chunked_conv_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_chunk_size_splits_the_batch_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unpatched: with two threads a batch of 6 is cut into chunks of at most 3, and the result is unchanged."""
+    """Unpatched but for the small-work rule: with two threads a batch of 6 is cut into chunks of at most 3,
+    and the result is unchanged. (This case is far below ``cpu.MIN_PARALLEL_BYTES``, under which it would
+    be one chunk on the calling thread.)"""
     monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+    monkeypatch.setattr(cpu, "MIN_PARALLEL_BYTES", 0)
     sizes, _ = _spy_run_chunks(monkeypatch)
     case = ConvCase(n=6, c=2, o=2, h=5, w=5, kernel=(3, 3), padding=(1, 1), seed=21)
     xa, wa, ba = case.arrays()
