@@ -100,8 +100,8 @@ def choose_algorithm(
 
     ============================ ============ =====================================================
     8 <= c <= 64 and p >= 256     rows         thin GEMMs on maps of 16x16 and more: im2col's 9x copy
-                                               costs about as much as its GEMM; rows copy 3x, in runs
-                                               a whole map long
+                                               costs most of what its GEMM costs; rows copy 3x, in
+                                               runs a whole map long
     c < 32 (and not above)        im2col       the stem (3 channels), thin layers on small maps
     p < 16 (maps under 4x4)       im2col       a 2x2 or 1x1 map fills one padded Winograd tile:
                                                Winograd multiplies more than im2col, and the kernel
