@@ -12,12 +12,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import ConvCase, seeds
 from test_ops_conv import naive_conv2d, naive_conv2d_grads
+from test_winograd import algo
 
 import minise
 import minise.functional as F
 from minise import backend, cpu
 from minise.functional import conv_rows
-from minise.functional.conv import choose_algorithm, conv_algorithm
+from minise.functional.conv import conv_algorithm
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,21 +221,17 @@ def test_float32_error_next_to_im2col(shape: tuple[int, int, int]) -> None:
 # --------------------------------------------------------------------------------------------------
 # which path runs
 # --------------------------------------------------------------------------------------------------
-def _algo(x_shape, w_shape, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1):  # type: ignore[no-untyped-def]
-    return choose_algorithm(np, x_shape, w_shape, stride, padding, dilation, groups)
-
-
 def test_forced_rows_apply_only_where_eligible(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MINISE_CONV_ALGORITHM", raising=False)
     with conv_algorithm("rows"):
-        assert _algo((2, 3, 5, 5), (4, 3, 3, 3)) == "rows"
-        assert _algo((2, 3, 5, 5), (4, 3, 2, 4), padding=(0, 3)) == "rows"
-        assert _algo((2, 3, 5, 5), (4, 3, 3, 3), stride=(2, 2)) == "im2col"  # stride
-        assert _algo((2, 4, 5, 5), (4, 2, 3, 3), groups=2) == "im2col"  # groups
-        assert _algo((2, 3, 5, 5), (4, 3, 1, 1), padding=(0, 0)) == "im2col"  # a 1x1 kernel is a plain GEMM
-        assert _algo((2, 3, 5, 5), (4, 3, 3, 3), padding=(3, 1)) == "im2col"  # p > d (K - 1): dx would crop
+        assert algo((2, 3, 5, 5), (4, 3, 3, 3)) == "rows"
+        assert algo((2, 3, 5, 5), (4, 3, 2, 4), padding=(0, 3)) == "rows"
+        assert algo((2, 3, 5, 5), (4, 3, 3, 3), stride=(2, 2)) == "im2col"  # stride
+        assert algo((2, 4, 5, 5), (4, 2, 3, 3), groups=2) == "im2col"  # groups
+        assert algo((2, 3, 5, 5), (4, 3, 1, 1), padding=(0, 0)) == "im2col"  # a 1x1 kernel is a plain GEMM
+        assert algo((2, 3, 5, 5), (4, 3, 3, 3), padding=(3, 1)) == "im2col"  # p > d (K - 1): dx would crop
     monkeypatch.setenv("MINISE_CONV_ALGORITHM", "rows")
-    assert _algo((2, 3, 5, 5), (4, 3, 3, 3)) == "rows"
+    assert algo((2, 3, 5, 5), (4, 3, 3, 3)) == "rows"
 
 
 def test_the_chosen_path_is_the_one_that_runs(monkeypatch: pytest.MonkeyPatch) -> None:

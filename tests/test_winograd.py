@@ -18,7 +18,7 @@ import minise
 import minise.functional as F
 from minise import backend, cpu
 from minise.functional import winograd
-from minise.functional.conv import choose_algorithm, conv_algorithm, set_conv_algorithm, winograd_tile
+from minise.functional.conv import choose_algorithm, conv_algorithm, set_conv_algorithm
 
 TILES = [2, 4]
 
@@ -260,16 +260,12 @@ def test_float32_error_next_to_im2col(shape: tuple[int, int, int]) -> None:
 # --------------------------------------------------------------------------------------------------
 # which path runs
 # --------------------------------------------------------------------------------------------------
-def _tile(x_shape, w_shape, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, xp=np):  # type: ignore[no-untyped-def]
-    return winograd_tile(xp, x_shape, w_shape, stride, padding, dilation, groups)
+def algo(x_shape, w_shape, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, xp=np):  # type: ignore[no-untyped-def]
+    return choose_algorithm(xp, x_shape, w_shape, stride, padding, dilation, groups)
 
 
 def test_auto_rule_follows_the_documented_table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MINISE_CONV_ALGORITHM", raising=False)
-
-    def algo(x_shape, w_shape, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, xp=np):  # type: ignore[no-untyped-def]
-        return choose_algorithm(xp, x_shape, w_shape, stride, padding, dilation, groups)
-
     assert algo((128, 3, 32, 32), (16, 3, 3, 3)) == "im2col"  # the stem: 3 channels
     assert algo((128, 16, 32, 32), (16, 16, 3, 3)) == "rows"  # thin GEMMs on a large map
     assert algo((128, 32, 32, 32), (32, 32, 3, 3)) == "rows"
@@ -287,22 +283,21 @@ def test_auto_rule_follows_the_documented_table(monkeypatch: pytest.MonkeyPatch)
     assert algo((128, 64, 8, 8), (64, 32, 3, 3), groups=2) == "im2col"  # groups
     assert algo((128, 64, 8, 8), (64, 64, 3, 3), dilation=(2, 2), padding=(2, 2)) == "im2col"  # dilation
     assert algo((128, 16, 32, 32), (16, 16, 3, 3), xp=types.ModuleType("gpu_xp")) == "im2col"  # auto on CuPy
-    assert _tile((128, 64, 8, 8), (64, 64, 3, 3)) == 2 and _tile((128, 16, 32, 32), (16, 16, 3, 3)) == 0
 
 
 def test_forcing_a_path_with_the_flag_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MINISE_CONV_ALGORITHM", raising=False)
     with conv_algorithm("winograd4"):
-        assert _tile((2, 3, 5, 5), (4, 3, 3, 3)) == 4
-        assert _tile((2, 3, 5, 5), (4, 3, 3, 3), stride=(2, 2)) == 0  # forcing never makes a case eligible
+        assert algo((2, 3, 5, 5), (4, 3, 3, 3)) == "winograd4"
+        assert algo((2, 3, 5, 5), (4, 3, 3, 3), stride=(2, 2)) == "im2col"  # forcing never makes a case eligible
         with conv_algorithm("im2col"):
-            assert _tile((128, 64, 8, 8), (64, 64, 3, 3)) == 0
-        assert _tile((2, 3, 5, 5), (4, 3, 3, 3)) == 4  # restored
+            assert algo((128, 64, 8, 8), (64, 64, 3, 3)) == "im2col"
+        assert algo((2, 3, 5, 5), (4, 3, 3, 3)) == "winograd4"  # restored
     monkeypatch.setenv("MINISE_CONV_ALGORITHM", "winograd2")
-    assert _tile((2, 3, 5, 5), (4, 3, 3, 3)) == 2
+    assert algo((2, 3, 5, 5), (4, 3, 3, 3)) == "winograd2"
     monkeypatch.setenv("MINISE_CONV_ALGORITHM", "fast")
     with pytest.raises(ValueError, match=r"conv2d: MINISE_CONV_ALGORITHM algorithm 'fast' is not one of"):
-        _tile((2, 3, 5, 5), (4, 3, 3, 3))
+        algo((2, 3, 5, 5), (4, 3, 3, 3))
     with pytest.raises(ValueError, match=r"set_conv_algorithm: algorithm 'winograd3' is not one of"):
         set_conv_algorithm("winograd3")
 

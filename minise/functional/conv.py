@@ -149,20 +149,6 @@ def choose_algorithm(
     return "im2col"
 
 
-def winograd_tile(
-    xp: Any,
-    x_shape: tuple[int, ...],
-    w_shape: tuple[int, ...],
-    stride: Pair,
-    padding: Pair,
-    dilation: Pair,
-    groups: int,
-) -> int:
-    """The Winograd output tile m (2 or 4) ``choose_algorithm`` picks for this convolution, or 0 for another path."""
-    name = choose_algorithm(xp, x_shape, w_shape, stride, padding, dilation, groups)
-    return int(name[-1]) if name.startswith("winograd") else 0
-
-
 def _one_gemm(m: int, length: int, n: int) -> bool:
     """Whether a weight matrix with ``m`` rows times ``n`` images' columns of ``length`` pixels each should
     be one GEMM over all the images rather than one GEMM per image.
