@@ -306,7 +306,7 @@ def test_the_chosen_path_is_the_one_that_runs(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("MINISE_CONV_ALGORITHM", raising=False)
     calls: list[int] = []
     real = winograd.conv3x3
-    monkeypatch.setattr(winograd, "conv3x3", lambda x, w, p, m=2, out=None: calls.append(m) or real(x, w, p, m, out))
+    monkeypatch.setattr(winograd, "conv3x3", lambda x, w, p, m=2, **kw: calls.append(m) or real(x, w, p, m, **kw))
     x = minise.Tensor(np.zeros((1, 64, 8, 8), np.float32), requires_grad=True)
     w = minise.Tensor(np.zeros((64, 64, 3, 3), np.float32), requires_grad=True)
     F.conv2d(x, w, padding=1).sum().backward()

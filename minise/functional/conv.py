@@ -232,9 +232,8 @@ class Conv2dOp(Function):
         oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
         transformed = None
         if self.tile:
-            y, transformed = winograd.conv3x3(x, w, self.padding, self.tile)
-            if not is_grad_enabled():  # no backward will read the transformed inputs
-                transformed = None
+            # the transformed inputs are kept only for a backward to read (not under no_grad)
+            y, transformed = winograd.conv3x3(x, w, self.padding, self.tile, keep_transformed=is_grad_enabled())
         elif self.algorithm == "rows":
             y = xp.empty((n, o, oh, ow), dtype=x.dtype)
             w_rows = conv_rows.kernel_rows(w)

@@ -266,10 +266,13 @@ def images_per_chunk(xp: Any, x_shape: tuple[int, ...], k: int, padding: tuple[i
     return cpu.chunk_size(xp, n, (m + 2) ** 2 * (c + k) * th * tw * itemsize)
 
 
-def conv3x3(x: Any, w: Any, padding: tuple[int, int], m: int = 2, out: Any = None) -> tuple[Any, list[Any]]:
+def conv3x3(
+    x: Any, w: Any, padding: tuple[int, int], m: int = 2, out: Any = None, keep_transformed: bool = False
+) -> tuple[Any, list[Any] | None]:
     """y = conv2d(x, w, stride 1, padding) for a 3x3 kernel by Winograd F(m x m, 3x3), in chunks of images.
-    Returns y and, for each chunk of images start:stop, (start, stop, V) with V its transformed input
-    (``conv3x3_chunk``)."""
+    Returns y and, with ``keep_transformed``, for each chunk of images start:stop, (start, stop, V) with V
+    its transformed input (``conv3x3_chunk``), for the weight gradient; else None, and each chunk's V is
+    freed as soon as the chunk is done."""
     xp = get_array_module(x)
     n, c, h, wd = x.shape
     k = w.shape[0]
@@ -279,10 +282,11 @@ def conv3x3(x: Any, w: Any, padding: tuple[int, int], m: int = 2, out: Any = Non
     size = images_per_chunk(xp, x.shape, k, padding, m, x.itemsize)
 
     def work(s: int, z: int) -> Any:
-        return s, z, conv3x3_chunk(x[s:z], ut, padding, m, y[s:z])
+        v = conv3x3_chunk(x[s:z], ut, padding, m, y[s:z])
+        return (s, z, v) if keep_transformed else None
 
     transformed = cpu.run_chunks(xp, n, size, work)
-    return y, transformed
+    return y, transformed if keep_transformed else None
 
 
 def weight_grad_chunk(x: Any, gy: Any, padding: tuple[int, int], m: int, v: Any = None) -> Any:
