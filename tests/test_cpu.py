@@ -101,48 +101,49 @@ def test_run_chunks_on_a_device_module_is_one_serial_pass(monkeypatch: pytest.Mo
     assert {t for _, _, t in out} == {threading.get_ident()}  # run in this thread
 
 
-def test_run_chunks_holds_blas_to_one_thread_and_restores_it(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
+@pytest.fixture
+def blas_at_two_threads():  # type: ignore[no-untyped-def]
+    """This process's OpenBLAS (setter, getter), set to 2 threads for the test and restored afterwards."""
     blas = cpu._find_openblas()
     if blas is None:
         pytest.skip("OpenBLAS not found in this process: run_chunks runs serially and leaves BLAS alone")
     setter, getter = blas
     original = getter()
-    try:
-        setter(2)
-        before = getter()
-        monkeypatch.setenv("MINISE_NUM_THREADS", "3")
-        seen: list[int] = []
-        cpu.run_chunks(np, 9, 2, lambda a, b: seen.append(getter()))
-        assert seen and set(seen) == {1}  # BLAS held to one thread while the chunks ran
-        assert getter() == before
-        with pytest.raises(ZeroDivisionError):  # restored even when a chunk fails
-            cpu.run_chunks(np, 9, 2, lambda a, b: 1 / (a - 4))
-        assert getter() == before
-    finally:
-        setter(original)
+    setter(2)
+    yield setter, getter
+    setter(original)
 
 
-def test_small_work_in_one_chunk_holds_blas_to_one_thread(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
+def test_run_chunks_holds_blas_to_one_thread_and_restores_it(
+    monkeypatch: pytest.MonkeyPatch, own_pool: None, blas_at_two_threads
+) -> None:  # type: ignore[no-untyped-def]
+    _, getter = blas_at_two_threads
+    before = getter()
+    monkeypatch.setenv("MINISE_NUM_THREADS", "3")
+    seen: list[int] = []
+    cpu.run_chunks(np, 9, 2, lambda a, b: seen.append(getter()))
+    assert seen and set(seen) == {1}  # BLAS held to one thread while the chunks ran
+    assert getter() == before
+    with pytest.raises(ZeroDivisionError):  # restored even when a chunk fails
+        cpu.run_chunks(np, 9, 2, lambda a, b: 1 / (a - 4))
+    assert getter() == before
+
+
+def test_small_work_in_one_chunk_holds_blas_to_one_thread(
+    monkeypatch: pytest.MonkeyPatch, own_pool: None, blas_at_two_threads
+) -> None:  # type: ignore[no-untyped-def]
     """One chunk of a batch (small work, ``chunk_size``) runs on the calling thread with BLAS held to one
     thread, as the chunks are; one chunk of a single image leaves BLAS's threads alone (a large product
     may need them); BLAS is restored either way."""
-    blas = cpu._find_openblas()
-    if blas is None:
-        pytest.skip("OpenBLAS not found in this process: run_chunks runs serially and leaves BLAS alone")
-    setter, getter = blas
-    original = getter()
-    try:
-        setter(2)
-        monkeypatch.setenv("MINISE_NUM_THREADS", "2")
-        seen: list[tuple[int, int]] = []
-        cpu.run_chunks(np, 5, 5, lambda a, b: seen.append((threading.get_ident(), getter())))
-        assert seen == [(threading.get_ident(), 1)]
-        assert getter() == 2
-        seen.clear()
-        cpu.run_chunks(np, 1, 1, lambda a, b: seen.append((threading.get_ident(), getter())))
-        assert seen == [(threading.get_ident(), 2)]
-    finally:
-        setter(original)
+    _, getter = blas_at_two_threads
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+    seen: list[tuple[int, int]] = []
+    cpu.run_chunks(np, 5, 5, lambda a, b: seen.append((threading.get_ident(), getter())))
+    assert seen == [(threading.get_ident(), 1)]
+    assert getter() == 2
+    seen.clear()
+    cpu.run_chunks(np, 1, 1, lambda a, b: seen.append((threading.get_ident(), getter())))
+    assert seen == [(threading.get_ident(), 2)]
 
 
 def test_chunk_size_covers_the_batch_within_the_cache_budget(monkeypatch: pytest.MonkeyPatch) -> None:
