@@ -92,10 +92,11 @@ def conv_chunk(x: Any, w_rows: Any, kernel_h: int, padding: Pair, dilation: Pair
     """out[...] = conv2d(x, W, stride 1, padding, dilation) for one chunk of images, with
     w_rows = kernel_rows(W) given: x (n, C, H, W), out (n, O, OH, OW)."""
     xp = get_array_module(x)
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     kh_, o, ckw = w_rows.shape
-    hp, wp, oh, ow = padded_size(h, w, (kernel_h, ckw // x.shape[1]), padding, dilation)
-    rows = shifted_rows(x, ckw // x.shape[1], padding, dilation[1])  # (n, C*KW, Hp*Wp)
+    kw = ckw // c
+    hp, wp, oh, ow = padded_size(h, w, (kernel_h, kw), padding, dilation)
+    rows = shifted_rows(x, kw, padding, dilation[1])  # (n, C*KW, Hp*Wp)
     length = oh * wp  # output columns on the padded width
     y = xp.matmul(w_rows[0], rows[:, :, :length])  # (n, O, OH*Wp)
     for kh in range(1, kh_):
