@@ -241,7 +241,7 @@ class Conv2dOp(Function):
             size = cpu.chunk_size(xp, n, c * kw * hp * wp * x.itemsize)
 
             def rows_work(a: int, z: int) -> None:
-                conv_rows.conv_chunk(x[a:z], w_rows, kh, self.padding, self.dilation, y[a:z])
+                conv_rows.conv_chunk(x[a:z], w_rows, self.padding, self.dilation, y[a:z])
 
             cpu.run_chunks(xp, n, size, rows_work)
         else:
@@ -340,7 +340,7 @@ class Conv2dOp(Function):
             if need_w:
                 part = conv_rows.weight_grad_chunk(x[a:z], gy[a:z], (kh, kw), self.padding, self.dilation)
             if need_x:
-                conv_rows.conv_chunk(gy[a:z], wf_rows, kh, q, self.dilation, dx[a:z])
+                conv_rows.conv_chunk(gy[a:z], wf_rows, q, self.dilation, dx[a:z])
             return part
 
         parts = cpu.run_chunks(xp, n, size, work)

@@ -88,14 +88,14 @@ def kernel_rows(w: Any) -> Any:
     return w.transpose(2, 0, 1, 3).reshape(kh, o, c * kw).copy()
 
 
-def conv_chunk(x: Any, w_rows: Any, kernel_h: int, padding: Pair, dilation: Pair, out: Any) -> None:
+def conv_chunk(x: Any, w_rows: Any, padding: Pair, dilation: Pair, out: Any) -> None:
     """out[...] = conv2d(x, W, stride 1, padding, dilation) for one chunk of images, with
     w_rows = kernel_rows(W) given: x (n, C, H, W), out (n, O, OH, OW)."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    kh_, o, ckw = w_rows.shape
+    kh_, o, ckw = w_rows.shape  # (KH, O, C*KW)
     kw = ckw // c
-    hp, wp, oh, ow = padded_size(h, w, (kernel_h, kw), padding, dilation)
+    hp, wp, oh, ow = padded_size(h, w, (kh_, kw), padding, dilation)
     rows = shifted_rows(x, kw, padding, dilation[1])  # (n, C*KW, Hp*Wp)
     length = oh * wp  # output columns on the padded width
     y = xp.matmul(w_rows[0], rows[:, :, :length])  # (n, O, OH*Wp)
