@@ -193,10 +193,35 @@ def format_ab(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _torch_folded(torch: Any, net: Any) -> Any:
+    """A copy of the bench's PyTorch model (``bench._torch_cifar_resnet``, in eval mode) with every BatchNorm2d
+    folded into the convolution before it by ``torch.nn.utils.fusion.fuse_conv_bn_eval`` and replaced by
+    Identity: what a PyTorch user does for faster inference, the counterpart of minise's ``fold_batch_norm``."""
+    import copy  # noqa: PLC0415
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval  # noqa: PLC0415
+
+    nn = torch.nn
+    folded = copy.deepcopy(net).eval()
+    for module in list(folded.modules()):
+        children = dict(module.named_children())
+        names = list(children)
+        pairs = (
+            list(zip(names, names[1:])) if isinstance(module, nn.Sequential) else [("conv1", "bn1"), ("conv2", "bn2")]
+        )
+        for conv_name, bn_name in pairs:
+            conv, bn = children.get(conv_name), children.get(bn_name)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+    return folded
+
+
 def eval_rate(model: str, batch: int, steps: int, rounds: int = 3) -> dict[str, Any]:
     """Evaluation images/s (forward only, no gradients) of minise's model, of its batch-norm-folded copy
     (:func:`~minise.functional.fused.fold_batch_norm`) and of the same model in PyTorch (``model.eval()``,
-    ``torch.no_grad()``), in this process, taking turns each round; medians."""
+    ``torch.no_grad()``) and its folded copy (:func:`_torch_folded`), in this process, taking turns each
+    round; medians."""
     from minise import models  # noqa: PLC0415
     from minise.bench import _torch, _torch_cifar_resnet  # noqa: PLC0415
     from minise.functional.fused import fold_batch_norm  # noqa: PLC0415
@@ -218,6 +243,13 @@ def eval_rate(model: str, batch: int, steps: int, rounds: int = 3) -> dict[str, 
                 return tnet(xt)
 
         runs["torch"] = torch_run
+        tfolded = _torch_folded(torch, tnet)
+
+        def torch_folded_run() -> Any:
+            with torch.no_grad():
+                return tfolded(xt)
+
+        runs["torch, BN folded"] = torch_folded_run
     rates: dict[str, list[float]] = {name: [] for name in runs}
     with minise.no_grad():
         for _ in range(max(1, rounds)):
@@ -243,8 +275,11 @@ def format_eval(r: dict[str, Any]) -> str:
         f"{r['threads']} threads; median of {len(next(iter(r['rates'].values())))} alternating rounds",
     ]
     torch_rate = r["median"].get("torch")
+    torch_folded = r["median"].get("torch, BN folded")
     for name, rate in r["median"].items():
         rounds = ", ".join(f"{v:.0f}" for v in r["rates"][name])
         vs = f"{rate / torch_rate:6.2f}x torch" if torch_rate else ""
+        if torch_folded and name == "minise, BN folded":
+            vs += f", {rate / torch_folded:.2f}x torch folded"
         lines.append(f"{name:<20}{rate:>10.1f}  {vs}  by round: {rounds}")
     return "\n".join(lines)

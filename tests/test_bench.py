@@ -116,6 +116,65 @@ def test_bench_train_runs_both_frameworks_on_se_resnet18_at_64_px(tmp_path: Path
     assert all(run["images_per_s"] > 0 for run in r["runs"])
 
 
+def _torch_twin_with_statistics(torch, name: str):  # type: ignore[no-untyped-def]
+    """The bench's PyTorch twin in eval mode, its batch norms given statistics and affines as after training."""
+    net = bench._torch_cifar_resnet(torch, name)
+    g = torch.Generator().manual_seed(0)
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        c = bn.num_features
+        bn.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+        bn.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
+        bn.weight.data.copy_(0.5 + torch.rand(c, generator=g))
+        bn.bias.data.copy_(0.1 * torch.randn(c, generator=g))
+    return net.eval()
+
+
+@pytest.mark.torch
+def test_torch_folded_twin_gives_the_same_logits_without_batch_norm() -> None:
+    """``bench train --eval`` compares minise's folded model with PyTorch's: the folded twin has no batch norm
+    left and the logits of the unfolded one (float64, 1e-10)."""
+    torch = pytest.importorskip("torch")
+    from minise.bench_profile import _torch_folded
+
+    net = _torch_twin_with_statistics(torch, "se_resnet20").double()
+    folded = _torch_folded(torch, net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 21  # the original keeps its 21
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = net(x), folded(x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.torch
+def test_a_torch_fold_that_drops_a_batch_norm_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted mistake (one batch norm replaced by Identity without folding it) fails the check above."""
+    pytest.importorskip("torch")
+    import torch.nn.utils.fusion as fusion
+
+    real = fusion.fuse_conv_bn_eval
+    calls = []
+
+    def sloppy(conv, bn):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return conv if len(calls) == 3 else real(conv, bn)
+
+    monkeypatch.setattr(fusion, "fuse_conv_bn_eval", sloppy)
+    with pytest.raises(AssertionError):
+        test_torch_folded_twin_gives_the_same_logits_without_batch_norm()
+
+
+@pytest.mark.torch
+def test_bench_train_eval_runs_minise_and_torch_folded_and_not(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out_json = tmp_path / "eval.json"
+    args = ["train", "--eval", "--batch-size", "2", "--steps", "1", "--rounds", "1", "--json", str(out_json)]
+    assert bench.main(args) == 0
+    r = json.loads(out_json.read_text())
+    assert list(r["median"]) == ["minise", "minise, BN folded", "torch", "torch, BN folded"]
+    assert all(rate > 0 for rate in r["median"].values())
+
+
 # ------------------------------------------------------------------------ bench scaling
 def _is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

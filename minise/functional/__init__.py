@@ -5,7 +5,7 @@ Each op is a :class:`~minise.autograd.Function` subclass (``Conv2dOp``, ``BatchN
 docstring; the lower-case functions here check their input and apply the op.
 """
 
-from minise.functional.conv import conv2d
+from minise.functional.conv import conv2d, conv2d_relu
 from minise.functional.dropout import dropout
 from minise.functional.elementwise import abs, exp, log, relu, sigmoid, tanh
 from minise.functional.linear import linear
@@ -21,6 +21,7 @@ __all__ = [
     "avg_pool2d",
     "batch_norm",
     "conv2d",
+    "conv2d_relu",
     "cross_entropy",
     "dropout",
     "exp",

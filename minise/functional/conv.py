@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from minise import cpu
+from minise import backend, cpu
 from minise.autograd import Function, is_grad_enabled
 from minise.backend import get_array_module
 from minise.functional import conv_rows, winograd
@@ -192,6 +192,11 @@ def _conv_chunk(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, gro
         _gemm_into(w2[g], cols[:, g * k : (g + 1) * k], out3[:, g * og : (g + 1) * og])
 
 
+def _relu_mask(gy: Any, y: Any, out: Any = None) -> Any:
+    """gy [y > 0]: the gradient through a fused ReLU (y > 0 exactly where its input was > 0)."""
+    return get_array_module(gy).multiply(gy, y > 0, out=out)
+
+
 def _flipped(w: Any, groups: int) -> Any:
     """The kernel of the transposed convolution: (O, Cg, KH, KW) -> (C, O/G, KH, KW), flipped in space.
 
@@ -218,11 +223,14 @@ class Conv2dOp(Function):
 
     name = "conv2d"
 
-    def __init__(self, stride: Pair, padding: Pair, dilation: Pair, groups: int, algorithm: str = "im2col") -> None:
+    def __init__(
+        self, stride: Pair, padding: Pair, dilation: Pair, groups: int, algorithm: str = "im2col", relu: bool = False
+    ) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.algorithm = algorithm  # "im2col", "rows", "winograd2" or "winograd4" (choose_algorithm)
         self.tile = int(algorithm[-1]) if algorithm.startswith("winograd") else 0  # Winograd's F(tile x tile, 3x3)
+        self.relu = relu  # y = max(conv + b, 0) in one op (conv2d_relu, for batch-norm-folded models)
 
     def forward(self, x: Any, w: Any, b: Any) -> Any:
         xp = get_array_module(x)
@@ -230,39 +238,63 @@ class Conv2dOp(Function):
         o, _, kh, kw = w.shape
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
+        y = xp.empty((n, o, oh, ow), dtype=x.dtype)
+        bias = None if b is None else b.reshape(o, 1, 1)
+        relu = self.relu
+
+        def epilogue(a: int, z: int) -> None:
+            """y[a:z] = max(y[a:z] + b, 0) (the max only for a fused ReLU) on the chunk the GEMMs just wrote,
+            while it is in cache: a whole-batch pass after the chunks would read y from memory again."""
+            if bias is not None:
+                y[a:z] += bias
+            if relu:
+                xp.maximum(y[a:z], 0, out=y[a:z])
+
+        finish = epilogue if bias is not None or relu else None
         transformed = None
         if self.tile:
             # the transformed inputs are kept only for a backward to read (not under no_grad)
-            y, transformed = winograd.conv3x3(x, w, self.padding, self.tile, keep_transformed=is_grad_enabled())
+            _, transformed = winograd.conv3x3(
+                x, w, self.padding, self.tile, out=y, keep_transformed=is_grad_enabled(), epilogue=finish
+            )
         elif self.algorithm == "rows":
-            y = xp.empty((n, o, oh, ow), dtype=x.dtype)
             w_rows = conv_rows.kernel_rows(w)
             hp, wp = h + 2 * ph, wd + 2 * pw
             size = cpu.chunk_size(xp, n, c * kw * hp * wp * x.itemsize)
 
             def rows_work(a: int, z: int) -> None:
                 conv_rows.conv_chunk(x[a:z], w_rows, self.padding, self.dilation, y[a:z])
+                if finish is not None:
+                    finish(a, z)
 
             cpu.run_chunks(xp, n, size, rows_work)
         else:
-            y = xp.empty((n, o, oh, ow), dtype=x.dtype)
             size = cpu.chunk_size(xp, n, c * kh * kw * oh * ow * x.itemsize)
 
             def work(a: int, z: int) -> None:
                 _conv_chunk(x[a:z], w, self.stride, self.padding, self.dilation, self.groups, y[a:z])
+                if finish is not None:
+                    finish(a, z)
 
             cpu.run_chunks(xp, n, size, work)
-        if b is not None:
-            y += b.reshape(1, o, 1, 1)
-        self.save(x, w, transformed)  # transformed: Winograd's V per chunk of x, for the weight gradient
+        # transformed: Winograd's V per chunk of x, for the weight gradient; y: the ReLU's mask
+        self.save(x, w, transformed, y if relu else None)
         return y
 
+    def _unmasked(self, gy: Any) -> Any:
+        """The gradient at the convolution's output: gy [y > 0] after a fused ReLU, else gy itself."""
+        if not self.relu:
+            return gy
+        y = self.saved[3]  # type: ignore[index]
+        return backend.elementwise(_relu_mask, gy, y, like=gy)
+
     def backward(self, gy: Any) -> tuple[Any, Any, Any]:
+        gy = self._unmasked(gy)
         if self.tile:
             return self._winograd_backward(gy)
         if self.algorithm == "rows":
             return self._rows_backward(gy)
-        x, w, _ = self.saved  # type: ignore[misc]
+        x, w = self.saved[:2]  # type: ignore[index]
         xp = get_array_module(x)
         n, c, h, wd = x.shape
         o, cg, kh, kw = w.shape
@@ -322,7 +354,7 @@ class Conv2dOp(Function):
     def _rows_backward(self, gy: Any) -> tuple[Any, Any, Any]:
         """dW from the kernel-row GEMMs of x and gy (``conv_rows.weight_grad_chunk``); dx = the kernel-row
         convolution of gy, padded by d (K - 1) - p, with the flipped, channel-swapped kernel."""
-        x, w, _ = self.saved  # type: ignore[misc]
+        x, w = self.saved[:2]  # type: ignore[index]
         xp = get_array_module(x)
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
@@ -357,7 +389,7 @@ class Conv2dOp(Function):
         """dx = Winograd conv of gy padded by 2 - p with the flipped, channel-swapped kernel;
         dW = G^T (sum over tiles of V^T dM) G (``winograd.weight_grad_chunk``), with each chunk's V kept
         from the forward (the same chunks: ``winograd.images_per_chunk``)."""
-        x, w, transformed = self.saved  # type: ignore[misc]
+        x, w, transformed = self.saved[:3]  # type: ignore[index]
         xp = get_array_module(x)
         n = x.shape[0]
         o = w.shape[0]
@@ -391,7 +423,37 @@ def conv2d(
     groups: int = 1,
 ) -> Tensor:
     """2-D convolution with PyTorch's signature and layouts: input (N, C, H, W), weight (O, C/groups, KH, KW)."""
-    op = "conv2d"
+    return _conv2d("conv2d", input, weight, bias, stride, padding, dilation, groups, relu=False)
+
+
+def conv2d_relu(
+    input: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: int | Pair = 1,
+    padding: int | Pair = 0,
+    dilation: int | Pair = 1,
+    groups: int = 1,
+) -> Tensor:
+    """``relu(conv2d(input, weight, bias, ...))`` as one op: the bias and the ReLU are applied to each chunk of
+    the output right after its GEMMs wrote it, while it is in cache, instead of in two more passes over the
+    whole output. What a convolution followed by batch norm and ReLU becomes once the batch norm is folded
+    into it (``fused.fold_batch_norm``). Backward: g = gy [y > 0], then the convolution's gradients of g."""
+    return _conv2d("conv2d_relu", input, weight, bias, stride, padding, dilation, groups, relu=True)
+
+
+def _conv2d(
+    op: str,
+    input: Any,
+    weight: Any,
+    bias: Any,
+    stride: int | Pair,
+    padding: int | Pair,
+    dilation: int | Pair,
+    groups: int,
+    relu: bool,
+) -> Tensor:
+    """conv2d (and conv2d_relu): check the arguments, pick the algorithm, apply the op."""
     x, w = as_tensor(input), as_tensor(weight)
     b = None if bias is None else as_tensor(bias)
     for name, t in (("input", x), ("weight", w), ("bias", b)):
@@ -433,4 +495,4 @@ def conv2d(
         )
     check_same_dtype(op, input=x.data, weight=w.data, bias=None if b is None else b.data)
     algorithm = choose_algorithm(get_array_module(x.data), x.shape, w.shape, s, p, d, groups)
-    return Conv2dOp(s, p, d, groups, algorithm).apply(x, w, b)
+    return Conv2dOp(s, p, d, groups, algorithm, relu).apply(x, w, b)

@@ -9,7 +9,9 @@ fused ops equal to the composition and to finite differences.
 
 * :class:`BatchNormReLUOp`: ``relu(batch_norm(x))`` (lesson 07);
 * :class:`AddReLUOp`: ``relu(a + b)``, the end of every residual block;
-* :func:`fold_batch_norm`: for evaluation, each BN folded into the convolution before it (no BN pass at all).
+* :func:`fold_batch_norm`: for evaluation, each BN folded into the convolution before it (no BN pass at all),
+  and :func:`conv_bn_relu`, which then runs convolution, bias and ReLU as one op
+  (:func:`~minise.functional.conv.conv2d_relu`).
 
 The elementwise bodies (``_affine_relu``, ``_masked_affine2``, ...) go through ``backend.elementwise``, as
 batch norm's own: on NumPy in chunks of a few images on all cores, on CuPy as one ``cupy.fuse`` kernel each.
@@ -25,6 +27,7 @@ from minise import backend, cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
+from minise.functional.conv import conv2d_relu
 from minise.functional.elementwise import relu
 from minise.functional.normalization import BatchNormOp, _affine2, _sum_chunks, batch_norm
 from minise.tensor import Tensor, as_tensor
@@ -197,6 +200,18 @@ def bn_relu(bn: Any, relu_: Any, x: Any) -> Tensor:
     if _plain(bn, BatchNorm2d) and _plain(relu_, ReLU):
         return batch_norm_relu(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.training, bn.momentum, bn.eps)
     return relu_(bn(x))  # type: ignore[no-any-return]
+
+
+def conv_bn_relu(conv: Any, bn: Any, relu_: Any, x: Any) -> Tensor:
+    """``relu_(bn(conv(x)))`` for a Conv2d, a BatchNorm2d and a ReLU module. In a model whose batch norm was
+    folded into the convolution (:func:`fold_batch_norm` leaves an Identity in its place), one
+    :func:`~minise.functional.conv.conv2d_relu` op: bias and ReLU on each chunk of the output while it is
+    in cache. Otherwise the convolution, then :func:`bn_relu`. All three modules must be plain (:func:`_plain`)."""
+    from minise.nn.layers import Conv2d, Identity, ReLU  # noqa: PLC0415
+
+    if _plain(conv, Conv2d) and _plain(bn, Identity) and _plain(relu_, ReLU):
+        return conv2d_relu(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return bn_relu(bn, relu_, conv(x))
 
 
 def residual_relu(relu_: Any, out: Any, identity: Any) -> Tensor:

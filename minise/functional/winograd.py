@@ -47,6 +47,7 @@ rows of the small transform matrices only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from minise import backend, cpu
@@ -267,12 +268,19 @@ def images_per_chunk(xp: Any, x_shape: tuple[int, ...], k: int, padding: tuple[i
 
 
 def conv3x3(
-    x: Any, w: Any, padding: tuple[int, int], m: int = 2, out: Any = None, keep_transformed: bool = False
+    x: Any,
+    w: Any,
+    padding: tuple[int, int],
+    m: int = 2,
+    out: Any = None,
+    keep_transformed: bool = False,
+    epilogue: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, list[Any] | None]:
     """y = conv2d(x, w, stride 1, padding) for a 3x3 kernel by Winograd F(m x m, 3x3), in chunks of images.
     Returns y and, with ``keep_transformed``, for each chunk of images start:stop, (start, stop, V) with V
     its transformed input (``conv3x3_chunk``), for the weight gradient; else None, and each chunk's V is
-    freed as soon as the chunk is done."""
+    freed as soon as the chunk is done. ``epilogue(start, stop)``, if given, runs on each chunk of y right
+    after it is written (the convolution's bias and fused ReLU, while the chunk is in cache)."""
     xp = get_array_module(x)
     n, c, h, wd = x.shape
     k = w.shape[0]
@@ -283,6 +291,8 @@ def conv3x3(
 
     def work(s: int, z: int) -> Any:
         v = conv3x3_chunk(x[s:z], ut, padding, m, y[s:z])
+        if epilogue is not None:
+            epilogue(s, z)
         return (s, z, v) if keep_transformed else None
 
     transformed = cpu.run_chunks(xp, n, size, work)

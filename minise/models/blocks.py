@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from minise.functional.fused import bn_relu, residual_relu
+from minise.functional.fused import conv_bn_relu, residual_relu
 from minise.nn import BatchNorm2d, Conv2d, Module, ReLU, SEBlock, Sequential
 from minise.nn.se import GATES, SQUEEZES
 from minise.tensor import Tensor
@@ -174,7 +174,7 @@ class BasicBlock(ResidualBlock):
         self.bn2 = BatchNorm2d(planes, dtype=dtype)
 
     def residual(self, x: Tensor) -> Tensor:
-        out = self.se_3x3(bn_relu(self.bn1, self.relu, self.conv1(x)))  # relu(bn1(conv1(x))), fused
+        out = self.se_3x3(conv_bn_relu(self.conv1, self.bn1, self.relu, x))  # relu(bn1(conv1(x))), fused
         return self.bn2(self.conv2(out))  # type: ignore[no-any-return]
 
     @property
@@ -216,8 +216,8 @@ class Bottleneck(ResidualBlock):
         self.bn3 = BatchNorm2d(planes * self.expansion, dtype=dtype)
 
     def residual(self, x: Tensor) -> Tensor:
-        out = bn_relu(self.bn1, self.relu, self.conv1(x))  # relu(bn1(conv1(x))), fused
-        out = self.se_3x3(bn_relu(self.bn2, self.relu, self.conv2(out)))
+        out = conv_bn_relu(self.conv1, self.bn1, self.relu, x)  # relu(bn1(conv1(x))), fused
+        out = self.se_3x3(conv_bn_relu(self.conv2, self.bn2, self.relu, out))
         return self.bn3(self.conv3(out))  # type: ignore[no-any-return]
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from minise.functional.fused import bn_relu
+from minise.functional.fused import conv_bn_relu
 from minise.models.blocks import (
     BasicBlock,
     Bottleneck,
@@ -95,7 +95,7 @@ class CifarResNet(Module):
         return [self.layer1, self.layer2, self.layer3]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = bn_relu(self.bn1, self.relu, self.conv1(x))  # (N, 16, 32, 32); relu(bn1(...)) fused
+        x = conv_bn_relu(self.conv1, self.bn1, self.relu, x)  # (N, 16, 32, 32); relu(bn1(conv1(x))) fused
         x = self.layer3(self.layer2(self.layer1(x)))  # (N, 64 or 256, 8, 8)
         return self.fc(self.avgpool(x))  # type: ignore[no-any-return]  # (N, num_classes)
 

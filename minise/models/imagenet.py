@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from minise.functional.fused import bn_relu
+from minise.functional.fused import conv_bn_relu
 from minise.models.blocks import (
     BasicBlock,
     Bottleneck,
@@ -111,7 +111,7 @@ class ResNet(Module):
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(bn_relu(self.bn1, self.relu, self.conv1(x)))  # (N, 64, H/4, W/4); relu(bn1(...)) fused
+        x = self.maxpool(conv_bn_relu(self.conv1, self.bn1, self.relu, x))  # (N, 64, H/4, W/4), fused
         for stage in self.stages:
             x = stage(x)  # (N, 512 * expansion, H/32, W/32) after the last
         return self.fc(self.avgpool(x))  # type: ignore[no-any-return]  # (N, num_classes)
