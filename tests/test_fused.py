@@ -183,7 +183,7 @@ def test_models_run_the_fused_ops_unless_watched(monkeypatch: pytest.MonkeyPatch
     for op in (fused.BatchNormReLUOp, fused.AddReLUOp):
         real = op.forward
         monkeypatch.setattr(op, "forward", lambda self, *a, _real=real: seen.append(self.name) or _real(self, *a))
-    model = create("se_resnet20")
+    model = create("resnet20")  # (SE models end their blocks with squeeze_excite_add_relu: test_se_add_relu.py)
     model(minise.Tensor(np.zeros((2, 3, 8, 8), np.float32)))
     assert seen.count("batch_norm_relu") == 1 + 9  # the stem and the first BN of each of the 9 blocks
     assert seen.count("add_relu") == 9

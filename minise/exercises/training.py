@@ -4,7 +4,9 @@ The hook is :func:`swap_op`. minise's layers call their op through the module ``
 at every call (``nn.Conv2d.forward`` runs ``F.conv2d(...)``, ``nn.BatchNorm2d`` ``F.batch_norm``,
 ``nn.SEBlock`` ``F.squeeze_excite``), so while ``with swap_op("conv2d", yours):`` runs, every
 convolution of the network is yours; on leaving the block the original is back. Nothing in the
-normal path changes: no registry lookup, no flag, no extra call.
+normal path changes: no registry lookup, no flag, no extra call. Both runs use the unfused layers
+(``MINISE_FUSED=0``, :func:`unfused`): a fused op such as batch norm + ReLU or SE + add + ReLU
+(``minise.functional.fused``) would compute that op with minise's own code, not yours.
 
 "Yours" is a function with the signature of the op it replaces, returning a Tensor. The functions
 below build one from your exercise: a :class:`~minise.autograd.Function` subclass whose forward (or
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -52,6 +55,20 @@ def swap_op(name: str, replacement: Callable[..., Tensor]) -> Iterator[None]:
         yield
     finally:
         setattr(F, name, original)
+
+
+@contextlib.contextmanager
+def unfused() -> Iterator[None]:
+    """Within the block, the models call their ops one by one (``MINISE_FUSED=0``); the setting is restored."""
+    before = os.environ.get("MINISE_FUSED")
+    os.environ["MINISE_FUSED"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MINISE_FUSED"]
+        else:
+            os.environ["MINISE_FUSED"] = before
 
 
 def _as(dtype: Any, *arrays: Any) -> tuple[Any, ...]:
@@ -252,10 +269,11 @@ def compare_training(op_name: str, replacement: Callable[..., Tensor], steps: in
         f"seed {SEED}) for {steps} steps, twice: with minise's {op_name} and with yours"
     )
     start = time.time()
-    builtin = train_losses(steps)
+    with unfused():
+        builtin = train_losses(steps)
     say(f"  minise's {op_name}: {time.time() - start:.0f} s")
     start = time.time()
-    with swap_op(op_name, replacement):
+    with unfused(), swap_op(op_name, replacement):
         yours = train_losses(steps)
     say(f"  yours: {time.time() - start:.0f} s")
     say(f"  {'step':>6}  {'loss, minise':>12}  {'loss, yours':>12}")

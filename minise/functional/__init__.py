@@ -13,7 +13,7 @@ from minise.functional.loss import cross_entropy, log_softmax, softmax
 from minise.functional.normalization import batch_norm
 from minise.functional.pooling import adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d
 from minise.functional.shape import flatten
-from minise.functional.squeeze_excite import squeeze_excite
+from minise.functional.squeeze_excite import squeeze_excite, squeeze_excite_add_relu
 
 __all__ = [
     "abs",
@@ -35,5 +35,6 @@ __all__ = [
     "sigmoid",
     "softmax",
     "squeeze_excite",
+    "squeeze_excite_add_relu",
     "tanh",
 ]

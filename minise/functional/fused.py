@@ -9,6 +9,8 @@ fused ops equal to the composition and to finite differences.
 
 * :class:`BatchNormReLUOp`: ``relu(batch_norm(x))`` (lesson 07);
 * :class:`AddReLUOp`: ``relu(a + b)``, the end of every residual block;
+* :func:`se_residual_relu`: ``relu(SE(out) + identity)``, the end of an SE residual block, as one op
+  (:class:`~minise.functional.squeeze_excite.SqueezeExciteAddReLUOp`);
 * :func:`fold_batch_norm`: for evaluation, each BN folded into the convolution before it (no BN pass at all),
   and :func:`conv_bn_relu`, which then runs convolution, bias and ReLU as one op
   (:func:`~minise.functional.conv.conv2d_relu`).
@@ -30,6 +32,7 @@ from minise.functional._checks import check_float, check_same_dtype
 from minise.functional.conv import conv2d_relu
 from minise.functional.elementwise import relu
 from minise.functional.normalization import BatchNormOp, _affine2, _sum_chunks, batch_norm
+from minise.functional.squeeze_excite import squeeze_excite_add_relu
 from minise.tensor import Tensor, as_tensor
 
 
@@ -222,6 +225,25 @@ def residual_relu(relu_: Any, out: Any, identity: Any) -> Tensor:
     if _plain(relu_, ReLU):
         return add_relu(out, identity)
     return relu_(out + identity)  # type: ignore[no-any-return]
+
+
+def se_residual_relu(se: Any, relu_: Any, out: Any, identity: Any) -> Tensor:
+    """``relu_(se(out) + identity)``, the end of an SE residual block, as one
+    :class:`~minise.functional.squeeze_excite.SqueezeExciteAddReLUOp` when ``se`` is a plain SEBlock with the
+    paper's average squeeze and sigmoid gate and ``relu_`` a plain ReLU (:func:`_plain`); otherwise the SE
+    block, then :func:`residual_relu`."""
+    from minise.nn.layers import ReLU  # noqa: PLC0415
+    from minise.nn.se import SEBlock  # noqa: PLC0415
+
+    if (
+        _plain(se, SEBlock)
+        and se.squeeze == "avg"
+        and se.gate == "sigmoid"
+        and _plain(relu_, ReLU)
+        and as_tensor(out).shape == as_tensor(identity).shape
+    ):
+        return squeeze_excite_add_relu(out, se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias, identity)
+    return residual_relu(relu_, se(out), identity)
 
 
 def add_relu(a: Any, b: Any) -> Tensor:

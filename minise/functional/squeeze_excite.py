@@ -39,6 +39,11 @@ class SqueezeExciteOp(Function):
     name = "squeeze_excite"
 
     def forward(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> Any:
+        e = self.excite(x, w1, b1, w2, b2)
+        return backend.elementwise(_scale, x, e[:, :, None, None], like=x)  # scale
+
+    def excite(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> Any:
+        """The excitation e (N, C): squeeze, the two FC layers, the sigmoid; saves what the backward reads."""
         n, c, hh, ww = x.shape
         # squeeze: einsum's summing loop runs 3-4x faster than x.mean(axis=(2, 3)) here (measured, 0.35 -> 0.11 ms
         # on (128, 16, 32, 32)); the mean is the same up to float32 rounding
@@ -52,13 +57,17 @@ class SqueezeExciteOp(Function):
             a2 += b2
         e = stable_sigmoid(a2)  # (N, C)   excitation
         self.save(x, s, h, e, w1, w2)
-        return backend.elementwise(_scale, x, e[:, :, None, None], like=x)  # scale
+        return e
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
         x, s, h, e, w1, w2 = self.saved  # type: ignore[misc]
+        return self.gradients(gy, x, s, h, e, w1, w2)
+
+    def gradients(self, gy: Any, x: Any, s: Any, h: Any, e: Any, w1: Any, w2: Any) -> tuple[Any, ...]:
+        """dx, dW1, db1, dW2, db2 for the output gradient gy (the formulas above)."""
         xp = get_array_module(x)
         n, c, hh, ww = x.shape
-        need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad
+        need_x, need_w1, need_b1, need_w2, need_b2 = self.needs_input_grad[:5]
         g_e = xp.einsum("ncl,ncl->nc", gy.reshape(n, c, -1), x.reshape(n, c, -1))  # (N, C) = sum_hw G*x
         g_a2 = g_e * e * (1 - e)  # (N, C)
         dw2 = g_a2.T @ h if need_w2 else None  # (C, R)
@@ -74,10 +83,46 @@ class SqueezeExciteOp(Function):
         return dx, dw1, db1, dw2, db2
 
 
+class SqueezeExciteAddReLUOp(SqueezeExciteOp):
+    """y = relu(x * e + r): the end of an SE residual block, relu(SE(F(x)) + shortcut), as one op.
+
+    e is the excitation of :class:`SqueezeExciteOp` (the same squeeze, FC layers and sigmoid), r the shortcut
+    (N, C, H, W). One pass writes y; the unfused ops write x * e, then read it again with r for the ReLU.
+    Backward, with G = dL/dy:
+        g  = G * [y > 0]                    the ReLU's gradient, which both branches receive
+        dr = g
+        dx, dW1, db1, dW2, db2 = the SE block's gradients of g (:meth:`SqueezeExciteOp.gradients`)
+    """
+
+    name = "squeeze_excite_add_relu"
+
+    def forward(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any, r: Any) -> Any:  # type: ignore[override]
+        e = self.excite(x, w1, b1, w2, b2)
+        y = backend.elementwise(_scale_add_relu, x, e[:, :, None, None], r, like=x)
+        self.save(*self.saved, y)  # type: ignore[misc]
+        return y
+
+    def backward(self, gy: Any) -> tuple[Any, ...]:
+        x, s, h, e, w1, w2, y = self.saved  # type: ignore[misc]
+        g = backend.elementwise(_relu_grad, gy, y, like=gy)  # gy [y > 0]
+        return (*self.gradients(g, x, s, h, e, w1, w2), g if self.needs_input_grad[5] else None)
+
+
 # The elementwise bodies (backend.elementwise): ufuncs and operators only, so that CuPy fuses each into one kernel.
 def _scale(x: Any, e: Any, out: Any = None) -> Any:
     """x * e: the SE scale."""
     return get_array_module(x).multiply(x, e, out=out)
+
+
+def _scale_add_relu(x: Any, e: Any, r: Any, out: Any = None) -> Any:
+    """max(x * e + r, 0): the SE scale, the residual add and the ReLU in one pass."""
+    xp = get_array_module(x)
+    return xp.maximum(x * e + r, 0, out=out)
+
+
+def _relu_grad(gy: Any, y: Any, out: Any = None) -> Any:
+    """gy [y > 0] (y > 0 exactly where the ReLU's input was > 0)."""
+    return get_array_module(gy).multiply(gy, y > 0, out=out)
 
 
 def _scale_add(g: Any, e: Any, t: Any, out: Any = None) -> Any:
@@ -91,7 +136,28 @@ def squeeze_excite(input: Any, w1: Any, b1: Any = None, w2: Any = None, b2: Any 
     input (N, C, H, W); w1 (R, C); b1 (R,) or None; w2 (C, R); b2 (C,) or None. Weights are laid out
     (out_features, in_features) as in ``linear``.
     """
-    op = "squeeze_excite"
+    return SqueezeExciteOp().apply(*_checked("squeeze_excite", input, w1, b1, w2, b2))
+
+
+def squeeze_excite_add_relu(input: Any, w1: Any, b1: Any, w2: Any, b2: Any, residual: Any) -> Tensor:
+    """``relu(squeeze_excite(input, w1, b1, w2, b2) + residual)`` as one op (:class:`SqueezeExciteAddReLUOp`):
+    the end of an SE residual block. ``residual`` has the shape and dtype of ``input``."""
+    op = "squeeze_excite_add_relu"
+    args = _checked(op, input, w1, b1, w2, b2)
+    r = as_tensor(residual)
+    check_float(op, "residual", r.data)
+    if r.shape != args[0].shape:
+        raise ValueError(
+            f"{op}: residual has shape {r.shape} but input has {args[0].shape} - the shortcut must match the "
+            "branch it is added to (a projection shortcut changes its width and stride)"
+        )
+    check_same_dtype(op, input=args[0].data, residual=r.data)
+    return SqueezeExciteAddReLUOp().apply(*args, r)
+
+
+def _checked(op: str, input: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> tuple[Any, ...]:
+    """The SE block's arguments as tensors (x, w1, b1, w2, b2), biases None or tensors, after checking shapes
+    and dtypes; errors name ``op``."""
     x, w1_ = as_tensor(input), as_tensor(w1)
     if w2 is None:
         raise TypeError(f"{op}: w2 is required - call squeeze_excite(x, w1, b1, w2, b2) (biases may be None)")
@@ -123,4 +189,4 @@ def squeeze_excite(input: Any, w1: Any, b1: Any = None, w2: Any = None, b2: Any 
         w2=w2_.data,
         b2=None if b2_ is None else b2_.data,
     )
-    return SqueezeExciteOp().apply(x, w1_, b1_, w2_, b2_)
+    return x, w1_, b1_, w2_, b2_

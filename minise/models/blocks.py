@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from minise.functional.fused import conv_bn_relu, residual_relu
+from minise.functional.fused import conv_bn_relu, residual_relu, se_residual_relu
 from minise.nn import BatchNorm2d, Conv2d, Module, ReLU, SEBlock, Sequential
 from minise.nn.se import GATES, SQUEEZES
 from minise.tensor import Tensor
@@ -145,12 +145,13 @@ class ResidualBlock(Module):
         se, where = self.se, self.placement
         out = se(x) if se is not None and where == "pre" else x
         out = self.residual(out)
-        if se is not None and where == "standard":
-            out = se(out)
         identity = x if self.downsample is None else self.downsample(x)
         if se is not None and where == "identity":
             identity = se(identity)
-        out = residual_relu(self.relu, out, identity)  # self.relu(out + identity), fused
+        if se is not None and where == "standard":
+            out = se_residual_relu(se, self.relu, out, identity)  # self.relu(se(out) + identity), fused
+        else:
+            out = residual_relu(self.relu, out, identity)  # self.relu(out + identity), fused
         if se is not None and where == "post":
             out = se(out)
         return out
