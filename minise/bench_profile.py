@@ -112,12 +112,12 @@ def format_profile(r: dict[str, Any]) -> str:
     lines = [
         f"minise training step of {r['model']}, batch {r['batch']}, {r['image_size']}x{r['image_size']}, "
         f"{r['threads']} threads: {step:.1f} ms per step (ops timed by wall clock, mean of {r['steps']} steps)",
-        f"{'op':<22}{'pass':<10}{'ms/step':>9}{'share':>8}",
+        f"{'op':<26}{'pass':<10}{'ms/step':>9}{'share':>8}",
     ]
     for row in r["rows"]:
-        lines.append(f"{row['op']:<22}{row['pass']:<10}{row['ms_per_step']:>9.1f}{row['ms_per_step'] / step:>8.1%}")
+        lines.append(f"{row['op']:<26}{row['pass']:<10}{row['ms_per_step']:>9.1f}{row['ms_per_step'] / step:>8.1%}")
     inside = sum(row["ms_per_step"] for row in r["rows"])
-    lines.append(f"{'outside the ops':<32}{step - inside:>9.1f}{(step - inside) / step:>8.1%}")
+    lines.append(f"{'outside the ops':<36}{step - inside:>9.1f}{(step - inside) / step:>8.1%}")
     by_op: dict[str, float] = defaultdict(float)
     for row in r["rows"]:
         by_op[row["op"]] += row["ms_per_step"]

@@ -112,11 +112,18 @@ def _grads_of(case: ConvCase, gy: np.ndarray):  # type: ignore[no-untyped-def]
 @example(case=FULL_PADDING)
 @example(case=DILATED)
 @example(case=TALL_DILATED)
-def test_rows_match_naive_loop_and_im2col(xp, case: ConvCase) -> None:
+@pytest.mark.parametrize("gy_copy", [False, True], ids=["gy-view", "gy-transposed-copy"])
+def test_rows_match_naive_loop_and_im2col(xp, case: ConvCase, gy_copy: bool) -> None:
+    """Both ways dW's GEMMs read gy' (a transposed view, or from TRANSPOSED_GY_FROM channels a copy)."""
     assert conv_rows.eligible((case.o, case.c, *case.kernel), (1, 1), case.padding, case.dilation, 1)
     xa, wa, ba = case.arrays()
     gy = np.random.default_rng(case.seed + 1).standard_normal((case.n, case.o, *case.out_hw))
-    y, dx, dw, db = _run(xp, case, "rows", gy)
+    before = conv_rows.TRANSPOSED_GY_FROM
+    conv_rows.TRANSPOSED_GY_FROM = 1 if gy_copy else 10**9
+    try:
+        y, dx, dw, db = _run(xp, case, "rows", gy)
+    finally:
+        conv_rows.TRANSPOSED_GY_FROM = before
     assert y.shape == (case.n, case.o, *case.out_hw)
     np.testing.assert_allclose(
         y, naive_conv2d(xa, wa, ba, padding=case.padding, dilation=case.dilation), rtol=1e-10, atol=1e-10
@@ -277,17 +284,30 @@ def test_a_wrong_weight_gradient_is_caught_by_gradcheck(monkeypatch: pytest.Monk
     assert [r.index for r in report.inputs if not r.ok] == [1]
 
 
-def test_junk_columns_left_in_the_weight_gradient_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("gy_copy", [False, True], ids=["gy-view", "gy-transposed-copy"])
+def test_junk_columns_left_in_the_weight_gradient_are_caught(monkeypatch: pytest.MonkeyPatch, gy_copy: bool) -> None:
     """gy' on the padded width must hold zeros past OW; ones there (outputs that do not exist) add the
-    wrap-around columns into dW, and gradcheck on the weight fails, and only there."""
-    real = conv_rows.on_padded_width
+    wrap-around columns into dW, and gradcheck on the weight fails, and only there (both layouts of gy')."""
+    if gy_copy:
+        monkeypatch.setattr(conv_rows, "TRANSPOSED_GY_FROM", 1)
+        real_t = conv_rows.on_padded_width_transposed
 
-    def junk_left(gy, wp):  # type: ignore[no-untyped-def]
-        wide = real(gy, wp)
-        wide[..., gy.shape[3] :] = 1.0
-        return wide
+        def junk_left_t(gy, wp):  # type: ignore[no-untyped-def]
+            wide = real_t(gy, wp)  # (n, OH*Wp, O)
+            n, o, oh, ow = gy.shape
+            wide.reshape(n, oh, wp, o)[:, :, ow:] = 1.0
+            return wide
 
-    monkeypatch.setattr(conv_rows, "on_padded_width", junk_left)
+        monkeypatch.setattr(conv_rows, "on_padded_width_transposed", junk_left_t)
+    else:
+        real = conv_rows.on_padded_width
+
+        def junk_left(gy, wp):  # type: ignore[no-untyped-def]
+            wide = real(gy, wp)
+            wide[..., gy.shape[3] :] = 1.0
+            return wide
+
+        monkeypatch.setattr(conv_rows, "on_padded_width", junk_left)
     x, w, _ = _tensors(np, *BATCH_1.arrays())
     with conv_algorithm("rows"):
         report = minise.gradcheck(lambda x, w: F.conv2d(x, w, padding=1), x, w, raise_on_failure=False)
