@@ -144,15 +144,19 @@ def test_folded_models_run_conv2d_relu_unless_watched(monkeypatch: pytest.Monkey
         bn.running_var[...] = rng.uniform(0.5, 2.0, bn.num_features)
     x = minise.Tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
     model.eval()
-    with minise.no_grad():
+    with minise.no_grad(), fused.unfused():
         want = model(x).numpy()
-    assert relus.count(True) == 0 and len(relus) == 21  # unfolded: plain convolutions, batch norm separate
+    assert relus.count(True) == 0 and len(relus) == 21  # unfused: plain convolutions, batch norm separate
     relus.clear()
     folded = fold_batch_norm(model)
     with minise.no_grad():
         got = folded(x).numpy()
     assert relus.count(True) == 1 + 9 and len(relus) == 21  # the stem and every block's first convolution
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    relus.clear()
+    with minise.no_grad():
+        np.testing.assert_array_equal(model(x).numpy(), got)  # unfolded, in eval: folded for the call, the same
+    assert relus.count(True) == 1 + 9 and len(relus) == 21
     relus.clear()
     seen: list[str] = []
     folded.layer1[0].conv1.register_forward_hook(lambda m, args, out: seen.append("conv1"))

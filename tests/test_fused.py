@@ -217,7 +217,8 @@ def test_folded_model_gives_the_same_logits(name: str, dtype, tol: float) -> Non
     assert sum(isinstance(m, BatchNorm2d) for m in model.modules()) == 21  # stem, 2 per block, 2 projections
     assert model.training  # the original is untouched, still training, still with its BN layers
     with minise.no_grad():
-        want = model.eval()(x).numpy()
+        with fused.unfused():  # the reference: every batch norm as its own op (fused, eval folds on the fly)
+            want = model.eval()(x).numpy()
         got = folded(x).numpy()
     assert got.dtype == dtype
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
@@ -246,3 +247,101 @@ def test_a_missing_relu_mask_in_the_backward_is_caught(monkeypatch: pytest.Monke
 
     report = minise.gradcheck(fn, t["x"], t["weight"], t["bias"], raise_on_failure=False)
     assert [r.ok for r in report.inputs] == [False, False, False]
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation under no_grad: batch norm folded into the convolution for each call
+# --------------------------------------------------------------------------------------------------
+def _trained_like(name: str, dtype=np.float32):  # type: ignore[no-untyped-def]
+    model = create(name, dtype=dtype)
+    rng = np.random.default_rng(1)
+    for bn in (m for m in model.modules() if isinstance(m, BatchNorm2d)):
+        bn.running_mean[...] = rng.standard_normal(bn.num_features) * 0.1
+        bn.running_var[...] = rng.uniform(0.5, 2.0, bn.num_features)
+        bn.weight.data[...] = rng.uniform(0.5, 1.5, bn.num_features)
+        bn.bias.data[...] = rng.standard_normal(bn.num_features) * 0.1
+    return model
+
+
+def _count_ops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the ops run from now on (batch norm, batch norm + ReLU, convolutions with their fused ReLU)."""
+    from minise.functional import conv as conv_module
+    from minise.functional.normalization import BatchNormOp
+
+    seen: list[str] = []
+    for op in (BatchNormOp, fused.BatchNormReLUOp, conv_module.Conv2dOp):
+        real = op.forward
+
+        def counted(self, *a, _real=real):  # type: ignore[no-untyped-def]
+            seen.append("conv2d_relu" if getattr(self, "relu", False) else self.name)
+            return _real(self, *a)
+
+        monkeypatch.setattr(op, "forward", counted)
+    return seen
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(np.float32, 1e-5), (np.float64, 1e-10)])
+@pytest.mark.parametrize("name", ["se_resnet20", "resnet50"])
+def test_evaluation_without_gradients_folds_every_batch_norm_on_the_fly(
+    monkeypatch: pytest.MonkeyPatch, name: str, dtype, tol: float
+) -> None:  # type: ignore[no-untyped-def]
+    """model.eval() under no_grad runs no batch-norm op: each conv + BN (+ ReLU) is one convolution with the
+    BN folded into its weights for the call; the logits are those of the unfused model, the model unchanged."""
+    model = _trained_like(name, dtype).eval()
+    size = 16 if name == "se_resnet20" else 32
+    x = minise.Tensor(np.random.default_rng(2).standard_normal((2, 3, size, size)).astype(dtype))
+    before = [p.data.copy() for p in model.parameters()]
+    seen = _count_ops(monkeypatch)
+    with minise.no_grad():
+        with fused.unfused():
+            want = model(x).numpy()
+        bns = seen.count("batch_norm") + seen.count("batch_norm_relu")
+        seen.clear()
+        got = model(x).numpy()
+    convs = sum(isinstance(m, minise.nn.Conv2d) for m in model.modules())
+    assert bns == sum(isinstance(m, BatchNorm2d) for m in model.modules()) > 0
+    assert "batch_norm" not in seen and "batch_norm_relu" not in seen
+    assert len(seen) == convs and seen.count("conv2d_relu") > 0
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    for p, b in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(p.data, b)  # folding for a call never touches the model
+
+
+def test_no_folding_in_training_with_gradients_or_when_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where folding would be wrong or hide something, the batch norms run as themselves: in training (batch
+    statistics), in evaluation with gradients on (the BN parameters need their gradients), and where a hook
+    watches the batch norm."""
+    model = _trained_like("resnet20")
+    x = minise.Tensor(np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32))
+    seen = _count_ops(monkeypatch)
+    with minise.no_grad():
+        model.train()(x)
+    assert seen.count("batch_norm") + seen.count("batch_norm_relu") == 21
+    seen.clear()
+    model.eval()
+    y = model(x)  # gradients on
+    y.sum().backward()
+    assert seen.count("batch_norm") + seen.count("batch_norm_relu") == 21
+    assert model.bn1.weight.grad is not None
+    seen.clear()
+    model.layer1[0].bn2.register_forward_hook(lambda m, args, out: seen.append("hook"))
+    with minise.no_grad():
+        model(x)
+    assert seen.count("hook") == 1 and seen.count("batch_norm") == 1  # only the watched one runs as itself
+
+
+def test_a_fold_that_forgets_the_mean_is_caught_in_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted mistake in the on-the-fly folding (the running mean taken as 0) makes evaluation differ from
+    the unfused model: the check above bites."""
+    real = fused.folded_conv_parameters
+
+    class NoMean:
+        def __init__(self, bn):  # type: ignore[no-untyped-def]
+            self.weight, self.bias, self.running_var, self.eps = bn.weight, bn.bias, bn.running_var, bn.eps
+            self.running_mean = bn.running_mean * 0
+
+    monkeypatch.setattr(fused, "folded_conv_parameters", lambda w, c, bn: real(w, c, NoMean(bn)))
+    with pytest.raises(AssertionError):
+        test_evaluation_without_gradients_folds_every_batch_norm_on_the_fly(
+            monkeypatch, "se_resnet20", np.float64, 1e-10
+        )

@@ -5,7 +5,7 @@ at every call (``nn.Conv2d.forward`` runs ``F.conv2d(...)``, ``nn.BatchNorm2d`` 
 ``nn.SEBlock`` ``F.squeeze_excite``), so while ``with swap_op("conv2d", yours):`` runs, every
 convolution of the network is yours; on leaving the block the original is back. Nothing in the
 normal path changes: no registry lookup, no flag, no extra call. Both runs use the unfused layers
-(``MINISE_FUSED=0``, :func:`unfused`): a fused op such as batch norm + ReLU or SE + add + ReLU
+(``MINISE_FUSED=0``, :func:`~minise.functional.fused.unfused`): a fused op such as batch norm + ReLU or SE + add + ReLU
 (``minise.functional.fused``) would compute that op with minise's own code, not yours.
 
 "Yours" is a function with the signature of the op it replaces, returning a Tensor. The functions
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +38,7 @@ import minise.functional as F
 from minise import models, optim
 from minise.autograd import Function
 from minise.data.shapes import make_shapes
+from minise.functional.fused import unfused
 from minise.functional.normalization import BatchNormOp
 from minise.functional.squeeze_excite import SqueezeExciteOp
 from minise.tensor import Tensor
@@ -55,20 +55,6 @@ def swap_op(name: str, replacement: Callable[..., Tensor]) -> Iterator[None]:
         yield
     finally:
         setattr(F, name, original)
-
-
-@contextlib.contextmanager
-def unfused() -> Iterator[None]:
-    """Within the block, the models call their ops one by one (``MINISE_FUSED=0``); the setting is restored."""
-    before = os.environ.get("MINISE_FUSED")
-    os.environ["MINISE_FUSED"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["MINISE_FUSED"]
-        else:
-            os.environ["MINISE_FUSED"] = before
 
 
 def _as(dtype: Any, *arrays: Any) -> tuple[Any, ...]:

@@ -13,7 +13,14 @@ fused ops equal to the composition and to finite differences.
   (:class:`~minise.functional.squeeze_excite.SqueezeExciteAddReLUOp`);
 * :func:`fold_batch_norm`: for evaluation, each BN folded into the convolution before it (no BN pass at all),
   and :func:`conv_bn_relu`, which then runs convolution, bias and ReLU as one op
-  (:func:`~minise.functional.conv.conv2d_relu`).
+  (:func:`~minise.functional.conv.conv2d_relu`);
+* evaluation without folding: :func:`conv_bn_relu`, :func:`conv_bn` and :func:`shortcut` fold each batch norm
+  into its convolution for the call when the model is in eval mode under ``no_grad`` (the running statistics
+  are constants then), so ``model.eval()`` runs as fast as a folded copy and the model is not changed.
+
+The models call these helpers; each falls back to the plain module calls where a fused op could hide
+something (hooks, ``models.summarize``) or would be wrong (training, gradients wanted), and everywhere with
+``MINISE_FUSED=0`` (:func:`unfused`), which A/B measurements and ``check NN --train`` use.
 
 The elementwise bodies (``_affine_relu``, ``_masked_affine2``, ...) go through ``backend.elementwise``, as
 batch norm's own: on NumPy in chunks of a few images on all cores, on CuPy as one ``cupy.fuse`` kernel each.
@@ -21,15 +28,17 @@ batch norm's own: on NumPy in chunks of a few images on all cores, on CuPy as on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from minise import backend, cpu
-from minise.autograd import Function
+from minise.autograd import Function, is_grad_enabled
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
-from minise.functional.conv import conv2d_relu
+from minise.functional.conv import conv2d, conv2d_relu
 from minise.functional.elementwise import relu
 from minise.functional.normalization import BatchNormOp, _affine2, _sum_chunks, batch_norm
 from minise.functional.squeeze_excite import squeeze_excite_add_relu
@@ -183,6 +192,20 @@ def fusion_enabled() -> bool:
     return os.environ.get("MINISE_FUSED", "1") != "0"
 
 
+@contextlib.contextmanager
+def unfused() -> Iterator[None]:
+    """Within the block, the models call their ops one by one (``MINISE_FUSED=0``); the setting is restored."""
+    before = os.environ.get("MINISE_FUSED")
+    os.environ["MINISE_FUSED"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MINISE_FUSED"]
+        else:
+            os.environ["MINISE_FUSED"] = before
+
+
 def _plain(module: Any, cls: Any) -> bool:
     """Whether ``module`` is exactly a ``cls`` whose call nobody watches (no hooks, no instance ``forward``
     as ``models.summarize`` installs), so that replacing the call by a fused op changes nothing visible."""
@@ -206,15 +229,80 @@ def bn_relu(bn: Any, relu_: Any, x: Any) -> Tensor:
 
 
 def conv_bn_relu(conv: Any, bn: Any, relu_: Any, x: Any) -> Tensor:
-    """``relu_(bn(conv(x)))`` for a Conv2d, a BatchNorm2d and a ReLU module. In a model whose batch norm was
-    folded into the convolution (:func:`fold_batch_norm` leaves an Identity in its place), one
-    :func:`~minise.functional.conv.conv2d_relu` op: bias and ReLU on each chunk of the output while it is
-    in cache. Otherwise the convolution, then :func:`bn_relu`. All three modules must be plain (:func:`_plain`)."""
-    from minise.nn.layers import Conv2d, Identity, ReLU  # noqa: PLC0415
+    """``relu_(bn(conv(x)))`` for a Conv2d, a BatchNorm2d and a ReLU module, as one
+    :func:`~minise.functional.conv.conv2d_relu` op (bias and ReLU on each chunk of the output while it is in
+    cache) where the batch norm is a fixed affine map:
 
-    if _plain(conv, Conv2d) and _plain(bn, Identity) and _plain(relu_, ReLU):
-        return conv2d_relu(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    * in a model whose batch norm was folded into the convolution (:func:`fold_batch_norm` leaves an
+      Identity in its place);
+    * in evaluation mode under ``no_grad``: the batch norm is folded into the convolution's weights for
+      this call (:func:`folded_conv_parameters`), the model itself unchanged.
+
+    Otherwise (training, gradients wanted, hooks or a summary watching, ``MINISE_FUSED=0``) the convolution,
+    then :func:`bn_relu`. All three modules must be plain (:func:`_plain`)."""
+    from minise.nn.layers import ReLU  # noqa: PLC0415
+
+    if _plain(relu_, ReLU):
+        params = _conv_with_bn_folded(conv, bn)
+        if params is not None:
+            return conv2d_relu(x, *params, conv.stride, conv.padding, conv.dilation, conv.groups)
     return bn_relu(bn, relu_, conv(x))
+
+
+def conv_bn(conv: Any, bn: Any, x: Any) -> Tensor:
+    """``bn(conv(x))`` for a Conv2d and a BatchNorm2d module: one convolution with the batch norm folded into
+    its weights in evaluation mode under ``no_grad`` (as :func:`conv_bn_relu`, without the ReLU), else the
+    two calls. After :func:`fold_batch_norm` (bn an Identity) it is the folded convolution itself."""
+    params = _conv_with_bn_folded(conv, bn)
+    if params is not None:
+        return conv2d(x, *params, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return bn(conv(x))  # type: ignore[no-any-return]
+
+
+def shortcut(downsample: Any, x: Any) -> Tensor:
+    """``downsample(x)`` for a residual block's projection shortcut, ``Sequential(Conv2d, BatchNorm2d)``: through
+    :func:`conv_bn` (one op in evaluation under ``no_grad``) when the Sequential is plain and holds just those
+    two; otherwise the Sequential's own call."""
+    from minise.nn.module import Sequential  # noqa: PLC0415
+
+    if _plain(downsample, Sequential) and len(downsample) == 2:
+        return conv_bn(downsample[0], downsample[1], x)
+    return downsample(x)  # type: ignore[no-any-return]
+
+
+def _conv_with_bn_folded(conv: Any, bn: Any) -> tuple[Any, Any] | None:
+    """(weight, bias) of one convolution computing ``bn(conv(x))``, or None where that cannot replace the two
+    calls: conv and bn must be plain (:func:`_plain`), and bn either an Identity (already folded) or a
+    BatchNorm2d in evaluation mode with gradients off (its running statistics are then constants; in training
+    the batch statistics are not known before the convolution has run, and with gradients on the batch norm's
+    own parameters would need gradients through the folding)."""
+    from minise.nn.layers import BatchNorm2d, Conv2d, Identity  # noqa: PLC0415
+
+    if not _plain(conv, Conv2d):
+        return None
+    if _plain(bn, Identity):
+        return conv.weight, conv.bias
+    if _plain(bn, BatchNorm2d) and not bn.training and not is_grad_enabled() and bn.running_mean is not None:
+        w, b = folded_conv_parameters(conv.weight.data, None if conv.bias is None else conv.bias.data, bn)
+        return w, b
+    return None
+
+
+def folded_conv_parameters(w: Any, c: Any, bn: Any) -> tuple[Any, Any]:
+    """W' and c' with conv(x, W') + c' = bn(conv(x, W) + c) for an evaluation-mode BatchNorm2d ``bn``:
+
+        bn(y) = a (y - mu) + beta,   a = gamma / sqrt(running_var + eps)
+        W'[o] = a[o] W[o],   c' = a (c - mu) + beta      (c = 0 without a bias)
+
+    computed in float64 and returned in W's dtype."""
+    xp = get_array_module(w)
+    dtype = w.dtype
+    a = (bn.weight.data if bn.weight is not None else 1.0) / xp.sqrt(bn.running_var.astype(xp.float64) + bn.eps)
+    beta = bn.bias.data if bn.bias is not None else 0.0
+    c0 = c if c is not None else 0.0
+    w2 = w.astype(xp.float64) * a.reshape(-1, 1, 1, 1)
+    bias = a * (c0 - bn.running_mean.astype(xp.float64)) + beta
+    return w2.astype(dtype), xp.asarray(bias, dtype=dtype)
 
 
 def residual_relu(relu_: Any, out: Any, identity: Any) -> Tensor:
@@ -227,23 +315,22 @@ def residual_relu(relu_: Any, out: Any, identity: Any) -> Tensor:
     return relu_(out + identity)  # type: ignore[no-any-return]
 
 
-def se_residual_relu(se: Any, relu_: Any, out: Any, identity: Any) -> Tensor:
-    """``relu_(se(out) + identity)``, the end of an SE residual block, as one
-    :class:`~minise.functional.squeeze_excite.SqueezeExciteAddReLUOp` when ``se`` is a plain SEBlock with the
-    paper's average squeeze and sigmoid gate and ``relu_`` a plain ReLU (:func:`_plain`); otherwise the SE
-    block, then :func:`residual_relu`."""
+def se_residual_fusable(se: Any, relu_: Any) -> bool:
+    """Whether ``relu_(se(out) + identity)`` may run as one :func:`se_residual_relu`: ``se`` a plain SEBlock with
+    the paper's average squeeze and sigmoid gate and ``relu_`` a plain ReLU (:func:`_plain`). A block checks
+    this first, so that where it is false (hooks, a summary, an ablation) the SE block is called as itself,
+    in its usual place before the shortcut."""
     from minise.nn.layers import ReLU  # noqa: PLC0415
     from minise.nn.se import SEBlock  # noqa: PLC0415
 
-    if (
-        _plain(se, SEBlock)
-        and se.squeeze == "avg"
-        and se.gate == "sigmoid"
-        and _plain(relu_, ReLU)
-        and as_tensor(out).shape == as_tensor(identity).shape
-    ):
-        return squeeze_excite_add_relu(out, se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias, identity)
-    return residual_relu(relu_, se(out), identity)
+    return _plain(se, SEBlock) and se.squeeze == "avg" and se.gate == "sigmoid" and _plain(relu_, ReLU)
+
+
+def se_residual_relu(se: Any, out: Any, identity: Any) -> Tensor:
+    """``relu(se(out) + identity)``, the end of an SE residual block, as one
+    :class:`~minise.functional.squeeze_excite.SqueezeExciteAddReLUOp` with the SE block's weights (for an
+    ``se`` that :func:`se_residual_fusable` accepts)."""
+    return squeeze_excite_add_relu(out, se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias, identity)
 
 
 def add_relu(a: Any, b: Any) -> Tensor:
@@ -269,15 +356,9 @@ def fold_conv_bn(conv: Any, bn: Any) -> None:
     """
     from minise.nn.module import Parameter  # noqa: PLC0415  (nn imports functional)
 
-    xp = get_array_module(conv.weight.data)
-    dtype = conv.weight.data.dtype
-    a = (bn.weight.data if bn.weight is not None else 1.0) / xp.sqrt(bn.running_var.astype(xp.float64) + bn.eps)
-    beta = bn.bias.data if bn.bias is not None else 0.0
-    c0 = conv.bias.data if conv.bias is not None else 0.0
-    w = conv.weight.data.astype(xp.float64) * a.reshape(-1, 1, 1, 1)
-    bias = a * (c0 - bn.running_mean.astype(xp.float64)) + beta
-    conv.weight = Parameter(w.astype(dtype))
-    conv.bias = Parameter(xp.asarray(bias, dtype=dtype))
+    w, bias = folded_conv_parameters(conv.weight.data, None if conv.bias is None else conv.bias.data, bn)
+    conv.weight = Parameter(w)
+    conv.bias = Parameter(bias)
 
 
 def fold_batch_norm(model: Any) -> Any:

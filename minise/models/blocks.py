@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from minise.functional.fused import conv_bn_relu, residual_relu, se_residual_relu
+from minise.functional.fused import (
+    conv_bn,
+    conv_bn_relu,
+    residual_relu,
+    se_residual_fusable,
+    se_residual_relu,
+    shortcut,
+)
 from minise.nn import BatchNorm2d, Conv2d, Module, ReLU, SEBlock, Sequential
 from minise.nn.se import GATES, SQUEEZES
 from minise.tensor import Tensor
@@ -145,11 +152,14 @@ class ResidualBlock(Module):
         se, where = self.se, self.placement
         out = se(x) if se is not None and where == "pre" else x
         out = self.residual(out)
-        identity = x if self.downsample is None else self.downsample(x)
+        se_fused = se is not None and where == "standard" and se_residual_fusable(se, self.relu)
+        if se is not None and where == "standard" and not se_fused:
+            out = se(out)
+        identity = x if self.downsample is None else shortcut(self.downsample, x)
         if se is not None and where == "identity":
             identity = se(identity)
-        if se is not None and where == "standard":
-            out = se_residual_relu(se, self.relu, out, identity)  # self.relu(se(out) + identity), fused
+        if se_fused:
+            out = se_residual_relu(se, out, identity)  # self.relu(se(out) + identity) as one op
         else:
             out = residual_relu(self.relu, out, identity)  # self.relu(out + identity), fused
         if se is not None and where == "post":
@@ -176,7 +186,7 @@ class BasicBlock(ResidualBlock):
 
     def residual(self, x: Tensor) -> Tensor:
         out = self.se_3x3(conv_bn_relu(self.conv1, self.bn1, self.relu, x))  # relu(bn1(conv1(x))), fused
-        return self.bn2(self.conv2(out))  # type: ignore[no-any-return]
+        return conv_bn(self.conv2, self.bn2, out)  # bn2(conv2(out)), one op in evaluation
 
     @property
     def last_bn(self) -> BatchNorm2d:
@@ -219,7 +229,7 @@ class Bottleneck(ResidualBlock):
     def residual(self, x: Tensor) -> Tensor:
         out = conv_bn_relu(self.conv1, self.bn1, self.relu, x)  # relu(bn1(conv1(x))), fused
         out = self.se_3x3(conv_bn_relu(self.conv2, self.bn2, self.relu, out))
-        return self.bn3(self.conv3(out))  # type: ignore[no-any-return]
+        return conv_bn(self.conv3, self.bn3, out)  # bn3(conv3(out)), one op in evaluation
 
     @property
     def last_bn(self) -> BatchNorm2d:
