@@ -194,9 +194,11 @@ def format_ab(r: dict[str, Any]) -> str:
 
 
 def _torch_folded(torch: Any, net: Any) -> Any:
-    """A copy of the bench's PyTorch model (``bench._torch_cifar_resnet``, in eval mode) with every BatchNorm2d
-    folded into the convolution before it by ``torch.nn.utils.fusion.fuse_conv_bn_eval`` and replaced by
-    Identity: what a PyTorch user does for faster inference, the counterpart of minise's ``fold_batch_norm``."""
+    """A copy of the bench's PyTorch CIFAR model (``bench._torch_cifar_resnet``: basic blocks, in eval mode) with
+    every BatchNorm2d that follows a Conv2d (children ``conv1``/``bn1`` and ``conv2``/``bn2`` of a block, or
+    consecutive children of a Sequential: the stem and the projection shortcuts) folded into it by
+    ``torch.nn.utils.fusion.fuse_conv_bn_eval`` and replaced by Identity: what a PyTorch user does for faster
+    inference, the counterpart of minise's ``fold_batch_norm``."""
     import copy  # noqa: PLC0415
 
     from torch.nn.utils.fusion import fuse_conv_bn_eval  # noqa: PLC0415
@@ -218,13 +220,14 @@ def _torch_folded(torch: Any, net: Any) -> Any:
 
 
 def eval_rate(model: str, batch: int, steps: int, rounds: int = 3) -> dict[str, Any]:
-    """Evaluation images/s (forward only, no gradients) of minise's model, of its batch-norm-folded copy
-    (:func:`~minise.functional.fused.fold_batch_norm`) and of the same model in PyTorch (``model.eval()``,
-    ``torch.no_grad()``) and its folded copy (:func:`_torch_folded`), in this process, taking turns each
-    round; medians."""
+    """Evaluation images/s (forward only, no gradients), in this process, taking turns each round; medians:
+    minise's model with every op on its own (``MINISE_FUSED=0``: batch norm as its own op), as it runs by
+    default (``model.eval()`` under ``no_grad`` folds each batch norm into its convolution for the call),
+    its batch-norm-folded copy (:func:`~minise.functional.fused.fold_batch_norm`), and the same model in
+    PyTorch (``model.eval()``, ``torch.no_grad()``) and its folded copy (:func:`_torch_folded`)."""
     from minise import models  # noqa: PLC0415
     from minise.bench import _torch, _torch_cifar_resnet  # noqa: PLC0415
-    from minise.functional.fused import fold_batch_norm  # noqa: PLC0415
+    from minise.functional.fused import fold_batch_norm, unfused  # noqa: PLC0415
 
     cpu.retain_freed_memory()
     x_h = np.random.default_rng(0).standard_normal((batch, 3, 32, 32), dtype=np.float32)
@@ -232,7 +235,16 @@ def eval_rate(model: str, batch: int, steps: int, rounds: int = 3) -> dict[str, 
     minise.manual_seed(0)
     net = models.create(model, num_classes=10).eval()
     folded = fold_batch_norm(net)
-    runs: dict[str, Callable[[], Any]] = {"minise": lambda: net(x), "minise, BN folded": lambda: folded(x)}
+
+    def unfused_run() -> Any:
+        with unfused():
+            return net(x)
+
+    runs: dict[str, Callable[[], Any]] = {
+        "minise, unfused": unfused_run,
+        "minise": lambda: net(x),
+        "minise, BN folded": lambda: folded(x),
+    }
     torch = _torch()
     if torch is not None:
         tnet = _torch_cifar_resnet(torch, model).eval()

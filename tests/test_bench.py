@@ -171,7 +171,7 @@ def test_bench_train_eval_runs_minise_and_torch_folded_and_not(tmp_path: Path) -
     args = ["train", "--eval", "--batch-size", "2", "--steps", "1", "--rounds", "1", "--json", str(out_json)]
     assert bench.main(args) == 0
     r = json.loads(out_json.read_text())
-    assert list(r["median"]) == ["minise", "minise, BN folded", "torch", "torch, BN folded"]
+    assert list(r["median"]) == ["minise, unfused", "minise", "minise, BN folded", "torch", "torch, BN folded"]
     assert all(rate > 0 for rate in r["median"].values())
 
 

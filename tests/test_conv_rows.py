@@ -300,6 +300,7 @@ def test_junk_columns_left_in_the_weight_gradient_are_caught(monkeypatch: pytest
 
         monkeypatch.setattr(conv_rows, "on_padded_width_transposed", junk_left_t)
     else:
+        monkeypatch.setattr(conv_rows, "TRANSPOSED_GY_FROM", 10**9)
         real = conv_rows.on_padded_width
 
         def junk_left(gy, wp):  # type: ignore[no-untyped-def]

@@ -263,6 +263,13 @@ def _trained_like(name: str, dtype=np.float32):  # type: ignore[no-untyped-def]
     return model
 
 
+@pytest.fixture
+def always_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fold wherever folding is allowed, whatever the batch: these tests use small inputs, where the rule of
+    ``_folding_pays`` (tested on its own below) would leave the deep layers' batch norms alone."""
+    monkeypatch.setattr(fused, "_folding_pays", lambda *args: True)
+
+
 def _count_ops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the ops run from now on (batch norm, batch norm + ReLU, convolutions with their fused ReLU)."""
     from minise.functional import conv as conv_module
@@ -283,7 +290,7 @@ def _count_ops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.parametrize(("dtype", "tol"), [(np.float32, 1e-5), (np.float64, 1e-10)])
 @pytest.mark.parametrize("name", ["se_resnet20", "resnet50"])
 def test_evaluation_without_gradients_folds_every_batch_norm_on_the_fly(
-    monkeypatch: pytest.MonkeyPatch, name: str, dtype, tol: float
+    monkeypatch: pytest.MonkeyPatch, always_fold: None, name: str, dtype, tol: float
 ) -> None:  # type: ignore[no-untyped-def]
     """model.eval() under no_grad runs no batch-norm op: each conv + BN (+ ReLU) is one convolution with the
     BN folded into its weights for the call; the logits are those of the unfused model, the model unchanged."""
@@ -307,7 +314,9 @@ def test_evaluation_without_gradients_folds_every_batch_norm_on_the_fly(
         np.testing.assert_array_equal(p.data, b)  # folding for a call never touches the model
 
 
-def test_no_folding_in_training_with_gradients_or_when_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_folding_in_training_with_gradients_or_when_watched(
+    monkeypatch: pytest.MonkeyPatch, always_fold: None
+) -> None:
     """Where folding would be wrong or hide something, the batch norms run as themselves: in training (batch
     statistics), in evaluation with gradients on (the BN parameters need their gradients), and where a hook
     watches the batch norm."""
@@ -341,7 +350,68 @@ def test_a_fold_that_forgets_the_mean_is_caught_in_evaluation(monkeypatch: pytes
             self.running_mean = bn.running_mean * 0
 
     monkeypatch.setattr(fused, "folded_conv_parameters", lambda w, c, bn: real(w, c, NoMean(bn)))
+    monkeypatch.setattr(fused, "_folding_pays", lambda *args: True)
     with pytest.raises(AssertionError):
         test_evaluation_without_gradients_folds_every_batch_norm_on_the_fly(
-            monkeypatch, "se_resnet20", np.float64, 1e-10
+            monkeypatch, None, "se_resnet20", np.float64, 1e-10
         )
+
+
+def test_folding_for_a_call_only_where_it_pays() -> None:
+    """Folding costs passes over the weight and saves one over the output: it is done where the output has at
+    least as many values per channel as the weight (n OH OW >= C/groups KH KW)."""
+    from minise.nn import Conv2d
+
+    conv3 = Conv2d(512, 512, 3, padding=1, bias=False)  # ResNet-50's last stage: 4,608 weights per channel
+    assert not fused._folding_pays((1, 512, 7, 7), conv3.weight.shape, conv3)  # 49 outputs per channel
+    assert fused._folding_pays((128, 512, 7, 7), conv3.weight.shape, conv3)  # 6,272
+    conv16 = Conv2d(16, 16, 3, padding=1, bias=False)  # se_resnet20's first stage: 144 weights per channel
+    assert fused._folding_pays((1, 16, 32, 32), conv16.weight.shape, conv16)
+    strided = Conv2d(16, 32, 3, stride=2, padding=1, groups=2, bias=False)  # 72 weights, 4 x 4 outputs
+    assert not fused._folding_pays((4, 16, 8, 8), strided.weight.shape, strided)  # 64 < 72
+    assert fused._folding_pays((5, 16, 8, 8), strided.weight.shape, strided)  # 80 >= 72
+    # where it does not pay, the batch norm runs as itself, and the logits are the same
+    model = _trained_like("resnet50").eval()
+    x = minise.Tensor(np.random.default_rng(4).standard_normal((1, 3, 32, 32)).astype(np.float32))
+    with minise.no_grad():
+        with fused.unfused():
+            want = model(x).numpy()
+        got = model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_bn_folds_biased_grouped_dilated_strided_convolutions(
+    monkeypatch: pytest.MonkeyPatch, always_fold: None, bias: bool
+) -> None:
+    from minise.nn import Conv2d
+
+    rng = np.random.default_rng(5)
+    conv = Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, bias=bias, dtype=np.float64)
+    bn = BatchNorm2d(6, dtype=np.float64).eval()
+    bn.running_mean[...] = rng.standard_normal(6)
+    bn.running_var[...] = rng.uniform(0.5, 2.0, 6)
+    bn.weight.data[...] = rng.uniform(0.5, 1.5, 6)
+    bn.bias.data[...] = rng.standard_normal(6)
+    x = minise.Tensor(rng.standard_normal((3, 4, 9, 8)))
+    seen = _count_ops(monkeypatch)
+    with minise.no_grad():
+        got = fused.conv_bn(conv, bn, x)
+        got_relu = fused.conv_bn_relu(conv, bn, minise.nn.ReLU(), x)
+        assert seen == ["conv2d", "conv2d_relu"]  # one convolution each, no batch-norm op
+        want = bn(conv(x))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got_relu.numpy(), np.maximum(want.numpy(), 0), rtol=1e-10, atol=1e-10)
+
+
+def test_batch_norms_that_do_not_fit_the_convolution_are_not_folded_and_say_why(always_fold: None) -> None:
+    """A batch norm of another width or dtype than its convolution is not folded (the broadcast would hide the
+    mistake): it runs as itself and its own check names the problem."""
+    from minise.nn import Conv2d
+
+    x = minise.Tensor(np.ones((2, 3, 4, 4), np.float32))
+    with minise.no_grad():
+        with pytest.raises(ValueError, match="batch_norm"):
+            fused.conv_bn(Conv2d(3, 4, 3), BatchNorm2d(5).eval(), x)
+        with pytest.raises(TypeError, match="batch_norm"):
+            fused.conv_bn(Conv2d(3, 4, 3), BatchNorm2d(4, dtype=np.float64).eval(), x)

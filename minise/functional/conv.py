@@ -46,6 +46,7 @@ from minise.autograd import Function, is_grad_enabled
 from minise.backend import get_array_module
 from minise.functional import conv_rows, winograd
 from minise.functional._checks import check_float, check_same_dtype, pair
+from minise.functional.elementwise import _relu_grad
 from minise.functional.im2col import col2im, conv_out_size, im2col
 from minise.tensor import Tensor, as_tensor
 
@@ -197,11 +198,6 @@ def _conv_chunk(x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair, gro
         _gemm_into(w2[g], cols[:, g * k : (g + 1) * k], out3[:, g * og : (g + 1) * og])
 
 
-def _relu_mask(gy: Any, y: Any, out: Any = None) -> Any:
-    """gy [y > 0]: the gradient through a fused ReLU (y > 0 exactly where its input was > 0)."""
-    return get_array_module(gy).multiply(gy, y > 0, out=out)
-
-
 def _flipped(w: Any, groups: int) -> Any:
     """The kernel of the transposed convolution: (O, Cg, KH, KW) -> (C, O/G, KH, KW), flipped in space.
 
@@ -223,6 +219,7 @@ class Conv2dOp(Function):
         backward  dW_g  = sum_n gy_g cols_g^T  (computed as its transpose, sum_n cols_g gy_g^T),
                   db    = sum_{n,h,w} gy,
                   dx    = col2im(W_g^T gy_g)  = conv2d(pad(gy), flip(W)^T)   (the latter for stride 1)
+    With ``relu`` (:func:`conv2d_relu`): y = max(that, 0), and the backward first masks, gy <- gy [y > 0].
     Derivation: lesson 05.
     """
 
@@ -236,6 +233,8 @@ class Conv2dOp(Function):
         self.algorithm = algorithm  # "im2col", "rows", "winograd2" or "winograd4" (choose_algorithm)
         self.tile = int(algorithm[-1]) if algorithm.startswith("winograd") else 0  # Winograd's F(tile x tile, 3x3)
         self.relu = relu  # y = max(conv + b, 0) in one op (conv2d_relu, for batch-norm-folded models)
+        if relu:
+            self.name = "conv2d_relu"
 
     def forward(self, x: Any, w: Any, b: Any) -> Any:
         xp = get_array_module(x)
@@ -286,15 +285,15 @@ class Conv2dOp(Function):
         self.save(x, w, transformed, y if relu else None)
         return y
 
-    def _unmasked(self, gy: Any) -> Any:
+    def _through_relu(self, gy: Any) -> Any:
         """The gradient at the convolution's output: gy [y > 0] after a fused ReLU, else gy itself."""
         if not self.relu:
             return gy
         y = self.saved[3]  # type: ignore[index]
-        return backend.elementwise(_relu_mask, gy, y, like=gy)
+        return backend.elementwise(_relu_grad, gy, y, like=gy)
 
     def backward(self, gy: Any) -> tuple[Any, Any, Any]:
-        gy = self._unmasked(gy)
+        gy = self._through_relu(gy)
         if self.tile:
             return self._winograd_backward(gy)
         if self.algorithm == "rows":

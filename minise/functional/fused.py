@@ -16,7 +16,8 @@ fused ops equal to the composition and to finite differences.
   (:func:`~minise.functional.conv.conv2d_relu`);
 * evaluation without folding: :func:`conv_bn_relu`, :func:`conv_bn` and :func:`shortcut` fold each batch norm
   into its convolution for the call when the model is in eval mode under ``no_grad`` (the running statistics
-  are constants then), so ``model.eval()`` runs as fast as a folded copy and the model is not changed.
+  are constants then), where that pays (:func:`_folding_pays`), so ``model.eval()`` runs as fast as a folded
+  copy, with the same logits up to float32 rounding, and the model is not changed.
 
 The models call these helpers; each falls back to the plain module calls where a fused op could hide
 something (hooks, ``models.summarize``) or would be wrong (training, gradients wanted), and everywhere with
@@ -37,9 +38,10 @@ from typing import Any
 from minise import backend, cpu
 from minise.autograd import Function, is_grad_enabled
 from minise.backend import get_array_module
-from minise.functional._checks import check_float, check_same_dtype
+from minise.functional._checks import check_float, check_same_dtype, pair
 from minise.functional.conv import conv2d, conv2d_relu
-from minise.functional.elementwise import relu
+from minise.functional.elementwise import _relu_grad, relu
+from minise.functional.im2col import conv_out_size
 from minise.functional.normalization import BatchNormOp, _affine2, _sum_chunks, batch_norm
 from minise.functional.squeeze_excite import squeeze_excite_add_relu
 from minise.tensor import Tensor, as_tensor
@@ -68,11 +70,6 @@ def _masked_scale(g: Any, y: Any, a: Any, out: Any = None) -> Any:
 def _add_relu(a: Any, b: Any, out: Any = None) -> Any:
     """y = max(a + b, 0)"""
     return get_array_module(a).maximum(a + b, 0, out=out)
-
-
-def _relu_grad(gy: Any, y: Any, out: Any = None) -> Any:
-    """gy [y > 0]"""
-    return get_array_module(gy).multiply(gy, y > 0, out=out)
 
 
 class BatchNormReLUOp(BatchNormOp):
@@ -243,7 +240,7 @@ def conv_bn_relu(conv: Any, bn: Any, relu_: Any, x: Any) -> Tensor:
     from minise.nn.layers import ReLU  # noqa: PLC0415
 
     if _plain(relu_, ReLU):
-        params = _conv_with_bn_folded(conv, bn)
+        params = _conv_with_bn_folded(conv, bn, x)
         if params is not None:
             return conv2d_relu(x, *params, conv.stride, conv.padding, conv.dilation, conv.groups)
     return bn_relu(bn, relu_, conv(x))
@@ -253,7 +250,7 @@ def conv_bn(conv: Any, bn: Any, x: Any) -> Tensor:
     """``bn(conv(x))`` for a Conv2d and a BatchNorm2d module: one convolution with the batch norm folded into
     its weights in evaluation mode under ``no_grad`` (as :func:`conv_bn_relu`, without the ReLU), else the
     two calls. After :func:`fold_batch_norm` (bn an Identity) it is the folded convolution itself."""
-    params = _conv_with_bn_folded(conv, bn)
+    params = _conv_with_bn_folded(conv, bn, x)
     if params is not None:
         return conv2d(x, *params, conv.stride, conv.padding, conv.dilation, conv.groups)
     return bn(conv(x))  # type: ignore[no-any-return]
@@ -270,22 +267,45 @@ def shortcut(downsample: Any, x: Any) -> Tensor:
     return downsample(x)  # type: ignore[no-any-return]
 
 
-def _conv_with_bn_folded(conv: Any, bn: Any) -> tuple[Any, Any] | None:
-    """(weight, bias) of one convolution computing ``bn(conv(x))``, or None where that cannot replace the two
-    calls: conv and bn must be plain (:func:`_plain`), and bn either an Identity (already folded) or a
-    BatchNorm2d in evaluation mode with gradients off (its running statistics are then constants; in training
-    the batch statistics are not known before the convolution has run, and with gradients on the batch norm's
-    own parameters would need gradients through the folding)."""
+def _conv_with_bn_folded(conv: Any, bn: Any, x: Any) -> tuple[Any, Any] | None:
+    """(weight, bias) of one convolution computing ``bn(conv(x))``, or None where that cannot or should not
+    replace the two calls. conv and bn must be plain (:func:`_plain`), and bn either
+
+    * an Identity (:func:`fold_batch_norm` already folded it): the convolution's own parameters; or
+    * a BatchNorm2d in evaluation mode with gradients off, with running statistics, as many features as
+      the convolution has output channels and the convolution's dtype (else the batch norm runs, and its
+      own checks explain what is wrong). In training the batch statistics are not known before the
+      convolution has run; with gradients on, the batch norm's parameters would need gradients through the
+      folding. And only where it pays (:func:`_folding_pays`).
+    """
     from minise.nn.layers import BatchNorm2d, Conv2d, Identity  # noqa: PLC0415
 
     if not _plain(conv, Conv2d):
         return None
     if _plain(bn, Identity):
         return conv.weight, conv.bias
-    if _plain(bn, BatchNorm2d) and not bn.training and not is_grad_enabled() and bn.running_mean is not None:
-        w, b = folded_conv_parameters(conv.weight.data, None if conv.bias is None else conv.bias.data, bn)
-        return w, b
-    return None
+    if not (_plain(bn, BatchNorm2d) and not bn.training and not is_grad_enabled()):
+        return None
+    w = conv.weight.data
+    stats = (bn.running_mean, bn.running_var)
+    if any(v is None or v.shape != (w.shape[0],) or v.dtype != w.dtype for v in stats):
+        return None
+    if not _folding_pays(as_tensor(x).shape, w.shape, conv):
+        return None
+    return folded_conv_parameters(w, None if conv.bias is None else conv.bias.data, bn)
+
+
+def _folding_pays(x_shape: tuple[int, ...], w_shape: tuple[int, ...], conv: Any) -> bool:
+    """Whether folding for one call costs less than it saves: it makes a few passes over the weight (to
+    float64, scale, back), and saves the batch norm's pass over the output. So fold when the output has at
+    least as many values as the weight: per output channel, n OH OW >= C/groups KH KW. Always true for the
+    CIFAR ResNets at batch 8 and more; false for ResNet-50's last stage at batch 1 (2.4 million weights
+    against 25,088 outputs in its 3x3 layers), where folding made evaluation slower (BENCHMARKS.md)."""
+    n, _, h, wd = x_shape
+    _, cg, kh, kw = w_shape
+    (sh, sw), (ph, pw), (dh, dw) = (pair("conv", k, getattr(conv, k), 0) for k in ("stride", "padding", "dilation"))
+    oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
+    return n * oh * ow >= cg * kh * kw
 
 
 def folded_conv_parameters(w: Any, c: Any, bn: Any) -> tuple[Any, Any]:

@@ -8,7 +8,7 @@ from minise import backend
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
-from minise.functional.elementwise import stable_sigmoid
+from minise.functional.elementwise import _relu_grad, stable_sigmoid
 from minise.tensor import Tensor, as_tensor
 
 
@@ -39,11 +39,13 @@ class SqueezeExciteOp(Function):
     name = "squeeze_excite"
 
     def forward(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> Any:
-        e = self.excite(x, w1, b1, w2, b2)
+        s, h, e = self.excite(x, w1, b1, w2, b2)
+        self.save(x, s, h, e, w1, w2)  # what the backward reads: not a1, a2 or y
         return backend.elementwise(_scale, x, e[:, :, None, None], like=x)  # scale
 
-    def excite(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> Any:
-        """The excitation e (N, C): squeeze, the two FC layers, the sigmoid; saves what the backward reads."""
+    def excite(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> tuple[Any, Any, Any]:
+        """The squeeze s (N, C), the hidden activation h (N, R) and the excitation e (N, C): the forward's
+        steps up to the scale."""
         n, c, hh, ww = x.shape
         # squeeze: einsum's summing loop runs 3-4x faster than x.mean(axis=(2, 3)) here (measured, 0.35 -> 0.11 ms
         # on (128, 16, 32, 32)); the mean is the same up to float32 rounding
@@ -56,8 +58,7 @@ class SqueezeExciteOp(Function):
         if b2 is not None:
             a2 += b2
         e = stable_sigmoid(a2)  # (N, C)   excitation
-        self.save(x, s, h, e, w1, w2)
-        return e
+        return s, h, e
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
         x, s, h, e, w1, w2 = self.saved  # type: ignore[misc]
@@ -97,9 +98,9 @@ class SqueezeExciteAddReLUOp(SqueezeExciteOp):
     name = "squeeze_excite_add_relu"
 
     def forward(self, x: Any, w1: Any, b1: Any, w2: Any, b2: Any, r: Any) -> Any:  # type: ignore[override]
-        e = self.excite(x, w1, b1, w2, b2)
+        s, h, e = self.excite(x, w1, b1, w2, b2)
         y = backend.elementwise(_scale_add_relu, x, e[:, :, None, None], r, like=x)
-        self.save(*self.saved, y)  # type: ignore[misc]
+        self.save(x, s, h, e, w1, w2, y)  # the SE block's, and y for the ReLU's mask
         return y
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
@@ -118,11 +119,6 @@ def _scale_add_relu(x: Any, e: Any, r: Any, out: Any = None) -> Any:
     """max(x * e + r, 0): the SE scale, the residual add and the ReLU in one pass."""
     xp = get_array_module(x)
     return xp.maximum(x * e + r, 0, out=out)
-
-
-def _relu_grad(gy: Any, y: Any, out: Any = None) -> Any:
-    """gy [y > 0] (y > 0 exactly where the ReLU's input was > 0)."""
-    return get_array_module(gy).multiply(gy, y > 0, out=out)
 
 
 def _scale_add(g: Any, e: Any, t: Any, out: Any = None) -> Any:
@@ -160,7 +156,7 @@ def _checked(op: str, input: Any, w1: Any, b1: Any, w2: Any, b2: Any) -> tuple[A
     and dtypes; errors name ``op``."""
     x, w1_ = as_tensor(input), as_tensor(w1)
     if w2 is None:
-        raise TypeError(f"{op}: w2 is required - call squeeze_excite(x, w1, b1, w2, b2) (biases may be None)")
+        raise TypeError(f"{op}: w2 is required - call {op}(x, w1, b1, w2, b2, ...) (biases may be None)")
     w2_ = as_tensor(w2)
     b1_ = None if b1 is None else as_tensor(b1)
     b2_ = None if b2 is None else as_tensor(b2)
