@@ -275,9 +275,11 @@ def test_auto_rule_follows_the_documented_table(monkeypatch: pytest.MonkeyPatch)
     assert algo((128, 32, 16, 16), (32, 32, 3, 3)) == "rows"  # 256 pixels: still rows
     assert algo((32, 64, 56, 56), (64, 64, 3, 3)) == "rows"
     assert algo((128, 16, 8, 8), (16, 16, 3, 3)) == "im2col"  # thin, small map
-    assert algo((128, 32, 8, 8), (32, 32, 3, 3)) == "winograd2"
-    assert algo((128, 64, 8, 8), (64, 64, 3, 3)) == "winograd2"  # F(4x4) is never chosen: slower on two cores
-    assert algo((32, 128, 28, 28), (128, 128, 3, 3)) == "winograd2"  # over 64 channels: Winograd on any map
+    assert algo((128, 32, 8, 8), (32, 32, 3, 3)) == "winograd4"  # up to 128 channels on maps of 8x8 and more
+    assert algo((128, 64, 8, 8), (64, 64, 3, 3)) == "winograd4"
+    assert algo((32, 128, 28, 28), (128, 128, 3, 3)) == "winograd4"  # over 64 channels: Winograd on any map
+    assert algo((32, 128, 7, 7), (128, 128, 3, 3)) == "winograd2"  # 49 pixels: F(2x2)
+    assert algo((32, 256, 14, 14), (256, 256, 3, 3)) == "winograd2"  # over 128 channels: F(2x2)
     assert algo((32, 512, 4, 4), (512, 512, 3, 3)) == "winograd2"
     assert algo((16, 256, 2, 2), (256, 256, 3, 3)) == "im2col"  # maps under 4x4: one padded tile, im2col
     assert algo((16, 512, 1, 1), (512, 512, 3, 3)) == "im2col"
@@ -313,7 +315,7 @@ def test_the_chosen_path_is_the_one_that_runs(monkeypatch: pytest.MonkeyPatch) -
     x = minise.Tensor(np.zeros((1, 64, 8, 8), np.float32), requires_grad=True)
     w = minise.Tensor(np.zeros((64, 64, 3, 3), np.float32), requires_grad=True)
     F.conv2d(x, w, padding=1).sum().backward()
-    assert calls == [2, 2]  # forward and input gradient
+    assert calls == [4, 4]  # F(4x4) for 64 channels on 8x8: forward and input gradient
     calls.clear()
     F.conv2d(x[:, :16], w[:16, :16], padding=1)  # 16 channels: im2col
     assert calls == []

@@ -24,8 +24,10 @@ How the fast path works, and what each trick buys (measured in ``python -m minis
   of im2col's 9, and reads the kernel rows as offsets into that copy: 1.2-1.5x faster than im2col on
   these layers, 1.19x on a whole se_resnet20 training step (measured, ``BENCHMARKS.md``).
 * **Winograd for 3x3, stride-1 layers with many channels on small maps.** ``minise.functional.winograd``
-  computes F(2x2, 3x3) with 16 multiplications per 2x2 outputs instead of 36. It pays where the GEMMs
-  dominate and loses where the copies are cheap and the GEMMs small (16 channels on 32x32).
+  computes F(4x4, 3x3) with 36 multiplications per 4x4 outputs instead of 144 (up to 128 channels on
+  maps of 8x8 and more) or F(2x2, 3x3) with 16 per 2x2 instead of 36 (more channels, smaller maps). It
+  pays where the GEMMs dominate and loses where the copies are cheap and the GEMMs small (16 channels on
+  32x32).
   ``MINISE_CONV_ALGORITHM`` or :func:`conv_algorithm` forces a path ("im2col", "rows", "winograd2",
   "winograd4"; default "auto").
 
@@ -112,7 +114,11 @@ def choose_algorithm(
     p < 16 (maps under 4x4)       im2col       a 2x2 or 1x1 map fills one padded Winograd tile:
                                                Winograd multiplies more than im2col, and the kernel
                                                transform (16 x O x C numbers) is shared by too few tiles
-    otherwise                     F(2x2, 3x3)  many channels on small maps, where the GEMMs dominate
+    c <= 128 and p >= 64          F(4x4, 3x3)  36 multiplications per 16 outputs (F(2x2): 16 per 4)
+    otherwise                     F(2x2, 3x3)  many channels on small maps, where the GEMMs dominate;
+                                               with over 128 channels F(4x4)'s kernel transforms
+                                               (36 x O x C numbers, forward and dW) cost more than
+                                               its smaller GEMMs save
     ============================ ============ =====================================================
 
     Measured forward + backward on two cores' wall clock, medians of 3 alternating rounds, ms for im2col /
@@ -123,9 +129,14 @@ def choose_algorithm(
     each image's GEMM reads the whole weight for a few columns, and the padded width adds
     (W + 2p) / W more multiplications (1.25x on 8x8). Earlier, one core's CPU time, F(2x2) / im2col: 0.54
     for 128->128 on 8x8, 0.46 for 512->512 on 4x4 at batch 32, but 1.25 for 256->256 on 2x2 and 4.4 for
-    512->512 on 1x1. F(4x4, 3x3) is never chosen: on two cores it was slower than F(2x2) (124 against
-    102 ms on 64->64 8x8), and its float32 error is about 10x larger (``tests/test_winograd.py``).
-    ``BENCHMARKS.md`` has the tables.
+    512->512 on 1x1. F(4x4) against F(2x2), forward + backward, two cores, medians of 5 alternating
+    rounds, ms (since the transforms became matrix products, ``winograd.input_transform``): batch 128:
+    32->32 on 8x8 5.67 / 7.76, 64->64 on 8x8 8.87 / 12.45 (rows 15.02); batch 32: 128 on 28x28
+    89.0 / 110.2, 256 on 14x14 99.3 / 95.8, 512 on 7x7 182.1 / 143.4, 512 on 4x4 90.2 / 58.5. A
+    se_resnet20 step with F(4x4) on its 64-channel layers: training 1.036x (won 5 of 8), evaluation
+    1.046x (9 of 10). F(4x4)'s float32 error is about 10x F(2x2)'s (1e-5 against 1e-6 of the largest
+    value, ``tests/test_winograd.py``), as in cuDNN's and oneDNN's F(4x4) kernels. ``BENCHMARKS.md`` has
+    the tables.
     """
     name = _check_algorithm(os.environ.get("MINISE_CONV_ALGORITHM", _algorithm), "MINISE_CONV_ALGORITHM")
     o, cg, kh, kw = w_shape
@@ -150,6 +161,8 @@ def choose_algorithm(
     c = min(cg, o)
     if rows and 8 <= c <= 64 and pixels >= 256:
         return "rows"
+    if wino and 32 <= c <= 128 and pixels >= 64:
+        return "winograd4"
     if wino and c >= 32 and pixels >= 16:
         return "winograd2"
     return "im2col"
