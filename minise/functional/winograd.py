@@ -136,6 +136,7 @@ def weight_transform(w: Any, m: int) -> Any:
 
 
 def _matrix(xp: Any, mat: Matrix, dtype: Any) -> Any:
+    """A transform matrix (B^T, G or A^T, host lists) as an array of the data's module and dtype."""
     return xp.asarray(mat, dtype=dtype)
 
 
