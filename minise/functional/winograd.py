@@ -84,9 +84,14 @@ AT_4: Matrix = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0
 TRANSFORMS: dict[int, tuple[Matrix, Matrix, Matrix]] = {2: (BT_2, G_2, AT_2), 4: (BT_4, G_4, AT_4)}
 
 
+def _matrix(xp: Any, mat: Matrix, dtype: Any) -> Any:
+    """A transform matrix (B^T, G or A^T, host lists) as an array of the data's module and dtype."""
+    return xp.asarray(mat, dtype=dtype)
+
+
 def _kron_g(xp: Any, m: int, dtype: Any) -> Any:
     """kron(G, G) (a*a, 9): entry (i a + j, 3 r + s) = G[i, r] G[j, s]."""
-    g = xp.asarray(TRANSFORMS[m][1], dtype=dtype)  # (a, 3)
+    g = _matrix(xp, TRANSFORMS[m][1], dtype)  # (a, 3)
     a = g.shape[0]
     return (g[:, None, :, None] * g[None, :, None, :]).reshape(a * a, 9)
 
@@ -133,11 +138,6 @@ def weight_transform(w: Any, m: int) -> Any:
 
     cpu.run_chunks(xp, k, cpu.chunk_size(xp, k, a * a * c * w.itemsize), work)
     return ut
-
-
-def _matrix(xp: Any, mat: Matrix, dtype: Any) -> Any:
-    """A transform matrix (B^T, G or A^T, host lists) as an array of the data's module and dtype."""
-    return xp.asarray(mat, dtype=dtype)
 
 
 def input_transform(xpad: Any, m: int, th: int, tw: int) -> Any:
