@@ -194,24 +194,22 @@ def format_ab(r: dict[str, Any]) -> str:
 
 
 def _torch_folded(torch: Any, net: Any) -> Any:
-    """A copy of the bench's PyTorch CIFAR model (``bench._torch_cifar_resnet``: basic blocks, in eval mode) with
-    every BatchNorm2d that follows a Conv2d (children ``conv1``/``bn1`` and ``conv2``/``bn2`` of a block, or
-    consecutive children of a Sequential: the stem and the projection shortcuts) folded into it by
-    ``torch.nn.utils.fusion.fuse_conv_bn_eval`` and replaced by Identity: what a PyTorch user does for faster
-    inference, the counterpart of minise's ``fold_batch_norm``."""
+    """A copy of the bench's PyTorch CIFAR model (``bench._torch_cifar_resnet``, in eval mode) with every
+    BatchNorm2d that follows a Conv2d, by the pairing rule of minise's ``fold_batch_norm``
+    (``fused.conv_bn_name_pairs``: ``convK``/``bnK`` children of a block, consecutive children of a
+    Sequential), folded into it by ``torch.nn.utils.fusion.fuse_conv_bn_eval`` and replaced by Identity: what
+    a PyTorch user does for faster inference, the counterpart of minise's ``fold_batch_norm``."""
     import copy  # noqa: PLC0415
 
     from torch.nn.utils.fusion import fuse_conv_bn_eval  # noqa: PLC0415
+
+    from minise.functional.fused import conv_bn_name_pairs  # noqa: PLC0415
 
     nn = torch.nn
     folded = copy.deepcopy(net).eval()
     for module in list(folded.modules()):
         children = dict(module.named_children())
-        names = list(children)
-        pairs = (
-            list(zip(names, names[1:])) if isinstance(module, nn.Sequential) else [("conv1", "bn1"), ("conv2", "bn2")]
-        )
-        for conv_name, bn_name in pairs:
+        for conv_name, bn_name in conv_bn_name_pairs(list(children), isinstance(module, nn.Sequential)):
             conv, bn = children.get(conv_name), children.get(bn_name)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))

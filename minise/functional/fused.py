@@ -381,6 +381,15 @@ def fold_conv_bn(conv: Any, bn: Any) -> None:
     conv.bias = Parameter(bias)
 
 
+def conv_bn_name_pairs(names: list[str], sequential: bool) -> list[tuple[str, str]]:
+    """The (convolution, batch norm) candidates among a module's children ``names``, by the rule of
+    :func:`fold_batch_norm`: consecutive children of a Sequential, else ``convK``/``bnK`` pairs (the names
+    minise's and torchvision's ResNets use). The caller checks the children's types."""
+    if sequential:
+        return list(zip(names, names[1:]))
+    return [(k, "bn" + k[4:]) for k in names if k.startswith("conv") and "bn" + k[4:] in names]
+
+
 def fold_batch_norm(model: Any) -> Any:
     """An evaluation-only copy of ``model`` with every BatchNorm2d that directly follows a Conv2d folded
     into it (:func:`fold_conv_bn`) and replaced by Identity; the original model is untouched.
@@ -395,13 +404,7 @@ def fold_batch_norm(model: Any) -> Any:
     folded = copy.deepcopy(model).eval()
     for module in list(folded.modules()):
         children = dict(module.named_children())
-        pairs = []
-        if isinstance(module, Sequential):
-            names = list(children)
-            pairs = list(zip(names, names[1:]))
-        else:
-            pairs = [(k, "bn" + k[4:]) for k in children if k.startswith("conv") and "bn" + k[4:] in children]
-        for conv_name, bn_name in pairs:
+        for conv_name, bn_name in conv_bn_name_pairs(list(children), isinstance(module, Sequential)):
             conv, bn = children[conv_name], children[bn_name]
             if isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d):
                 fold_conv_bn(conv, bn)
