@@ -2,14 +2,17 @@
 
 Sized to finish in under 8 minutes on one modern GPU, warm-up included, it measures in one process:
 
-1. the CuPy-marked tests, on the device (``pytest -m cupy``; needs pytest and hypothesis);
-2. ``bench ops`` on CuPy against PyTorch on CUDA (eager, cuDNN), at batch 128;
-3. training steps of se_resnet20 on CuPy against the same model in PyTorch on CUDA: images/s, and device
+1. ``bench ops`` on CuPy against PyTorch on CUDA (eager, cuDNN), at batch 128;
+2. training steps of se_resnet20 on CuPy against the same model in PyTorch on CUDA: images/s, and device
    memory (CuPy's memory pool, which keeps its peak, against ``torch.cuda.max_memory_allocated``);
-4. the CUDA kernels one training step launches, counted by PyTorch's profiler (CUPTI sees every kernel of
+3. the CUDA kernels one training step launches, counted by PyTorch's profiler (CUPTI sees every kernel of
    the process, CuPy's included), for minise and for PyTorch;
-5. se_resnet20 trained on cifar10-mini for 3 epochs on CuPy and on NumPy with the same seed: both
-   held-out accuracies.
+4. se_resnet20 trained on cifar10-mini for 3 epochs on CuPy and on NumPy with the same seed: both
+   held-out accuracies;
+5. the NCCL communicator on the one GPU (``mpiexec -n 1``), where mpi4py and an MPI are installed;
+6. last, the CuPy-marked tests, on the device (``pytest -m cupy``; needs pytest and hypothesis).
+
+The JSON file (``--json``) is rewritten after every section, so a run stopped part-way keeps its numbers.
 
 It needs nothing beyond the repository, CuPy (``cupy-cuda13x`` or ``cupy-cuda12x``) and PyTorch; no network.
 A section that fails is reported and the others still run; the exit status is then 1. Under the CPU
@@ -26,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +54,9 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE (default: printed only)")
     g.add_argument("--tests", default="all", help="CuPy-marked tests: all, none, or a pytest -k expression")
+    g.add_argument(
+        "--tests-timeout", type=float, default=300.0, help="seconds after which the CuPy-marked tests are stopped"
+    )
     g.add_argument("--ops-batch", type=int, default=128, help="batch of the op benchmarks")
     g.add_argument("--gemm-size", type=int, default=4096, help="side of the GEMM that gives the device's rate")
     g.add_argument("--batch-size", type=int, default=128, help="batch of the training steps and the training runs")
@@ -102,7 +109,9 @@ def device_info() -> dict[str, Any]:
     return info
 
 
-def run_tests(selection: str) -> dict[str, Any]:
+def run_tests(selection: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """``pytest -m cupy`` on the device, its output passed through line by line as it comes (a first GPU
+    compiles every kernel once, which can take minutes); stopped after ``timeout_s`` seconds."""
     if selection == "none":
         return {"skipped": "--tests none"}
     tests = REPO / "tests"
@@ -114,12 +123,23 @@ def run_tests(selection: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", str(tests), "-m", "cupy", "-q", "-p", "no:cacheprovider", "-rs"]
     if selection != "all":
         cmd += ["-k", selection]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)  # within the 8 minutes
-    summary = (out.stdout.strip().splitlines() or [""])[-1]
-    print(summary)
-    if out.returncode != 0:
-        print(out.stdout[-3000:], out.stderr[-2000:], sep="\n")
-    return {"ok": out.returncode == 0, "returncode": out.returncode, "summary": summary}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+        returncode = proc.wait()
+    finally:
+        timer.cancel()
+    timed_out = returncode < 0
+    summary = f"stopped after {timeout_s:.0f} s (--tests-timeout)" if timed_out else (lines or [""])[-1]
+    if timed_out:
+        print(summary)
+    return {"ok": returncode == 0, "returncode": returncode, "summary": summary}
 
 
 def run_ops(batch: int, gemm_n: int) -> dict[str, Any]:
@@ -282,20 +302,37 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"note": NOTE}
     _section(results, "device", device_info)
     if not results["device"]["ok"]:
+        _save(args.json, results)
         print(f"minise.bench gpu: the CuPy backend cannot run here ({results['device']['error']})", file=sys.stderr)
         return 2
-    _section(results, "tests", lambda: run_tests(args.tests))
-    _section(results, "ops", lambda: run_ops(args.ops_batch, args.gemm_size))
-    _section(results, "train", lambda: run_train(args.batch_size, args.steps))
-    _section(results, "launches", lambda: count_launches(args.batch_size))
-    _section(results, "accuracy", lambda: run_accuracy(args))
-    _section(results, "nccl", run_nccl)
+    # The measurements come first and the tests last, so that a slow first compile of the tests' kernels
+    # cannot cost the numbers; the JSON is rewritten after every section, so a run stopped from outside
+    # (a time limit, Ctrl-C) keeps what it measured.
+    sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("ops", lambda: run_ops(args.ops_batch, args.gemm_size)),
+        ("train", lambda: run_train(args.batch_size, args.steps)),
+        ("launches", lambda: count_launches(args.batch_size)),
+        ("accuracy", lambda: run_accuracy(args)),
+        ("nccl", run_nccl),
+        ("tests", lambda: run_tests(args.tests, args.tests_timeout)),
+    ]
+    _save(args.json, results)
+    for name, fn in sections:
+        _section(results, name, fn)
+        _save(args.json, results)
     failed = [k for k, v in results.items() if isinstance(v, dict) and not v.get("ok", True)]
     print(
         f"\ntotal {sum(v['seconds'] for v in results.values() if isinstance(v, dict)):.0f} s; "
         + (f"failed: {', '.join(failed)}" if failed else "every section ran")
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2, default=str)
     return 1 if failed else 0
+
+
+def _save(path: str | None, results: dict[str, Any]) -> None:
+    """Write the results so far to ``path`` (if given), atomically: a reader never sees half a file."""
+    if not path:
+        return
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    os.replace(tmp, path)
