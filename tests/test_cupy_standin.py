@@ -157,3 +157,71 @@ def test_the_stand_in_is_a_distinct_type_that_minise_sees_as_cupy(standin: Modul
     assert not isinstance(d, np.ndarray)
     assert backend.backend_name(d) == "cupy" and backend.get_array_module(d) is standin
     assert IMPLICIT.startswith("Implicit conversion to a NumPy array is not allowed")
+
+
+# ------------------------------------------------------------------ Python floats inside cupy.fuse
+def _scalar_kernels(cupy: ModuleType) -> dict[str, object]:
+    """Fused bodies that combine a Python float with another scalar, or with an array."""
+
+    def scalar_minus(a, s):  # type: ignore[no-untyped-def]
+        return a * (1 - s)  # scalar with scalar, then the array
+
+    def scalar_times(a, s, t):  # type: ignore[no-untyped-def]
+        return a * (s * t)
+
+    def array_times(a, s):  # type: ignore[no-untyped-def]
+        return a * s  # the scalar meets the array directly
+
+    return {
+        f.__name__: cupy.fuse(kernel_name=f"probe_{f.__name__}")(f) for f in (scalar_minus, scalar_times, array_times)
+    }
+
+
+# What real CuPy 14.2 computed on an NVIDIA H200 (cupy-cuda13x 14.2.0, the first GPU run, BENCHMARKS.md "The first
+# GPU"): arithmetic among Python floats inside a fused function runs in float16; with an array it is exact.
+F16_0_9, F16_0_1 = float(np.float16(0.9)), float(np.float16(0.1))  # 0.89990234375, 0.0999755859375
+
+
+def _check_fused_scalar_typing(cupy: ModuleType) -> None:
+    k = _scalar_kernels(cupy)
+    for dtype in (np.float64, np.float32):
+        one = cupy.ones(2, dtype=dtype)
+        assert float(k["scalar_minus"](one, 0.1)[0]) == float(dtype(F16_0_9))  # not 0.9
+        assert float(k["scalar_times"](one, 0.1, 1.0)[0]) == float(dtype(F16_0_1))
+        assert float(k["scalar_times"](one, 1e20, 1.0)[0]) == np.inf  # float16 overflows
+        assert float(k["array_times"](one, 0.1)[0]) == float(dtype(0.1))  # exact in the array's dtype
+        assert k["array_times"](one, 0.1).dtype == dtype
+        strong = k["scalar_minus"](one, np.float64(0.1))  # a NumPy scalar is strongly typed: exact, and promotes
+        assert float(strong[0]) == 0.9 and strong.dtype == np.float64
+
+
+@pytest.mark.cupy
+def test_python_floats_inside_fuse_are_typed_as_real_cupy_types_them() -> None:
+    """On a GPU this checks real CuPy against what the stand-in assumes (under MINISE_CUPY_STANDIN=1, the stand-in)."""
+    ok, why = backend.cupy_available()
+    if not ok:
+        pytest.skip(f"CuPy backend unavailable: {why.split(' - ')[0]}")
+    _check_fused_scalar_typing(backend.xp_of_backend("cupy"))
+
+
+def test_the_stand_in_types_python_floats_inside_fuse_as_cupy_does(standin: ModuleType) -> None:
+    _check_fused_scalar_typing(standin)
+
+
+def test_a_fused_body_that_combines_scalars_shows_cupys_float16_rounding(standin: ModuleType) -> None:
+    """The mistake the first GPU found (batch norm's running mean 1e-4 off): ``r * (1 - momentum)`` inside the
+    fused body. The stand-in shows it on the CPU; minise's body, given 1 - momentum from Python, is exact."""
+    from minise.functional import normalization
+
+    def planted(r, v, momentum, factor):  # type: ignore[no-untyped-def]
+        return r * (1 - momentum) + v * (momentum * factor)  # the body before the fix
+
+    r, v = np.array([1.00672432, -2.71116248]), np.array([0.62521528, 0.92394593])
+    exact = 0.9 * r + 0.1 * v
+    rd, vd = standin.asarray(r), standin.asarray(v)
+    wrong = backend.fused(planted, rd, vd, 0.1, 1.0).get()
+    assert not np.allclose(wrong, exact, rtol=1e-6)  # float16's 0.8999 and 0.09998
+    np.testing.assert_allclose(wrong, F16_0_9 * r + F16_0_1 * v, rtol=1e-15)
+    np.testing.assert_allclose(
+        backend.fused(normalization._moving_average, rd, vd, 1 - 0.1, 0.1).get(), exact, rtol=1e-15
+    )

@@ -127,8 +127,9 @@ def empty_like(
 class Fusion:
     """``cupy.fuse(f)``. Real CuPy traces ``f`` on its first call and compiles one kernel; here ``f`` runs as a
     plain Python call on device arrays, counted as one kernel, and its body may use only ufuncs and operators
-    (anything else is refused, since it would not fuse). Called with no device array, real CuPy calls ``f``
-    itself on the host arrays; so does the stand-in."""
+    (anything else is refused, since it would not fuse). Python float arguments are typed as CuPy types them
+    inside a fused function (``_state.FusedScalar``: float16 arithmetic among scalars). Called with no device
+    array, real CuPy calls ``f`` itself on the host arrays; so does the stand-in."""
 
     def __init__(self, func: Callable[..., Any], name: str | None) -> None:
         self.func, self.name = func, name or getattr(func, "__name__", "fused")
@@ -142,8 +143,11 @@ class Fusion:
             _state.unwrap(a, f"the fused function {self.name}")  # host arrays refused
         _state.count_kernel(f"cupy.fuse:{self.name}")
         _state.COUNTS.fusing += 1
+        # Python floats become CuPy's weak fused scalars (float16 arithmetic among themselves, see FusedScalar)
+        args = tuple(_state.FusedScalar(a) if type(a) is float else a for a in args)
         try:
-            return self.func(*args)
+            result = self.func(*args)
+            return result.value if isinstance(result, _state.FusedScalar) else result
         finally:
             _state.COUNTS.fusing -= 1
 

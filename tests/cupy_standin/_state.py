@@ -94,12 +94,83 @@ def _device_type() -> type:
     return ndarray
 
 
+class FusedScalar:
+    """A Python float argument inside a ``cupy.fuse`` body, typed as real CuPy 14.2 types it there.
+
+    Seen on an NVIDIA H200 with cupy-cuda13x 14.2.0 (BENCHMARKS.md, "The first GPU"; re-checked on any GPU by
+    tests/test_cupy_standin.py): inside a fused function a Python float is a *weak* scalar. With an array
+    it takes the array's dtype (``a * 0.1`` is exact in float64), but an operation whose operands are all such
+    scalars (or Python numbers) runs in CuPy's smallest float loop, float16: ``1 - s`` with ``s = 0.1`` gave
+    0.89990234375, ``s * 1.0`` gave 0.0999755859375, ``1 - 1e20`` gave -inf. A NumPy scalar
+    (``numpy.float64(0.1)``) is strongly typed and exact. The stand-in computes the same way, so a fused body
+    that combines scalars before it reaches an array shows CuPy's float16 rounding on the CPU too.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def __repr__(self) -> str:
+        return f"FusedScalar({self.value!r})"
+
+    def _apply(self, other: Any, op: Callable[[Any, Any], Any], reflected: bool) -> Any:
+        if isinstance(other, FusedScalar):
+            other = other.value
+        elif isinstance(other, np.generic):  # strongly typed: NumPy's promotion, the weak value in its type
+            a, b = other.dtype.type(self.value), other
+            return op(b, a) if reflected else op(a, b)
+        elif not isinstance(other, (int, float)) or isinstance(other, bool):
+            return op(other, self.value) if reflected else op(self.value, other)  # an array: its dtype
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            a, b = np.float16(self.value), np.float16(other)
+            return FusedScalar(float(op(b, a) if reflected else op(a, b)))
+
+    def __add__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a + b, False)
+
+    def __radd__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a + b, True)
+
+    def __sub__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a - b, False)
+
+    def __rsub__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a - b, True)
+
+    def __mul__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a * b, False)
+
+    def __rmul__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a * b, True)
+
+    def __truediv__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a / b, False)
+
+    def __rtruediv__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a / b, True)
+
+    def __pow__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a**b, False)
+
+    def __rpow__(self, o: Any) -> Any:
+        return self._apply(o, lambda a, b: a**b, True)
+
+    def __neg__(self) -> FusedScalar:
+        return FusedScalar(-self.value)
+
+    def __float__(self) -> float:
+        return self.value
+
+
 def unwrap(value: Any, where: str, host_ok: bool = False) -> Any:
     """Device arrays -> their NumPy storage; a host ``numpy.ndarray`` -> TypeError (as CuPy's kernels:
     "Unsupported type <class 'numpy.ndarray'>"); lists, tuples and dicts recursively."""
     dev = _device_type()
     if isinstance(value, dev):
         return value._a
+    if isinstance(value, FusedScalar):  # with an array (a ufunc, an operator): the array's dtype, as in CuPy
+        return value.value
     if isinstance(value, np.ndarray):
         if host_ok:
             return value
