@@ -6,7 +6,8 @@ Sized to finish in under 8 minutes on one modern GPU, warm-up included, it measu
 2. training steps of se_resnet20 on CuPy against the same model in PyTorch on CUDA: images/s, and device
    memory (CuPy's memory pool, which keeps its peak, against ``torch.cuda.max_memory_allocated``);
 3. the CUDA kernels one training step launches, counted by PyTorch's profiler (CUPTI sees every kernel of
-   the process, CuPy's included), for minise and for PyTorch;
+   the process, CuPy's included), for minise and for PyTorch: their number, their summed device time (set
+   against the step's wall time, it says whether the GPU or the host is the limit) and the costliest ones;
 4. se_resnet20 trained on cifar10-mini for 3 epochs on CuPy and on NumPy with the same seed: both
    held-out accuracies;
 5. the NCCL communicator on the one GPU (``mpiexec -n 1``), where mpi4py and an MPI are installed;
@@ -204,7 +205,7 @@ def count_launches(batch: int) -> dict[str, Any]:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             step()
             cupy.cuda.Device().synchronize()
-    minise_kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    minise_kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     model = bench._torch_cifar_resnet(torch, "se_resnet20").cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     x = torch.randn(batch, 3, 32, 32, device="cuda")
@@ -221,12 +222,32 @@ def count_launches(batch: int) -> dict[str, Any]:
     with profile(activities=[ProfilerActivity.CUDA]) as tprof:
         tstep()
         torch.cuda.synchronize()
-    torch_kernels = [e.name for e in tprof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    torch_kernels = [e for e in tprof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    out: dict[str, Any] = {"minise": len(minise_kernels), "torch": len(torch_kernels)}
+    for name, kernels in (("minise", minise_kernels), ("torch", torch_kernels)):
+        out[f"{name}_kernel_ms"] = sum(e.time_range.elapsed_us() for e in kernels) / 1000
+        out[f"{name}_top_kernels"] = _top_kernels(kernels)
     print(
-        f"one se_resnet20 training step at batch {batch}: minise {len(minise_kernels)} CUDA kernels, "
-        f"PyTorch {len(torch_kernels)}"
+        f"one se_resnet20 training step at batch {batch}: minise {len(minise_kernels)} CUDA kernels "
+        f"({out['minise_kernel_ms']:.2f} ms of kernel time), PyTorch {len(torch_kernels)} "
+        f"({out['torch_kernel_ms']:.2f} ms); against the step's wall time (section train) this says how much "
+        "of a step the GPU is busy"
     )
-    return {"minise": len(minise_kernels), "torch": len(torch_kernels)}
+    print("minise's costliest kernels (ms, count, name):")
+    for k in out["minise_top_kernels"]:
+        print(f"  {k['ms']:7.3f} {k['count']:5d}x  {k['name']}")
+    return out
+
+
+def _top_kernels(kernels: list[Any], n: int = 10) -> list[dict[str, Any]]:
+    """The ``n`` kernel names with the most device time (PyTorch profiler events), with their counts."""
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        entry = by_name.setdefault(e.name[:80], [0, 0.0])
+        entry[0] += 1
+        entry[1] += e.time_range.elapsed_us() / 1000
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:n]
+    return [{"name": name, "count": int(c), "ms": ms} for name, (c, ms) in ranked]
 
 
 def _default_data_dir(dataset: str) -> str | None:

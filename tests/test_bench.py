@@ -249,3 +249,18 @@ def test_bench_scaling_refuses_nonpositive_rounds_and_steps_in_one_line(
     assert bench.main(["scaling", *bad]) == 2
     err = capsys.readouterr().err
     assert err.startswith("minise.bench: bench scaling:") and err.count("\n") == 1
+
+
+def test_bench_gpu_ranks_kernels_by_device_time() -> None:
+    """``_top_kernels`` (used on PyTorch profiler events, which a CPU cannot produce): totals per name, costliest first."""
+    from types import SimpleNamespace
+
+    from minise import bench_gpu
+
+    def event(name: str, us: float) -> SimpleNamespace:
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [event("copy", 10.0), event("gemm", 300.0), event("copy", 15.0), event("add", 5.0), event("copy", 1.0)]
+    top = bench_gpu._top_kernels(events, n=2)
+    assert [k["name"] for k in top] == ["gemm", "copy"]
+    assert top[1]["count"] == 3 and abs(top[1]["ms"] - 0.026) < 1e-12 and abs(top[0]["ms"] - 0.3) < 1e-12
