@@ -252,7 +252,7 @@ def test_bench_scaling_refuses_nonpositive_rounds_and_steps_in_one_line(
 
 
 def test_bench_gpu_ranks_kernels_by_device_time() -> None:
-    """``_top_kernels`` (used on PyTorch profiler events, which a CPU cannot produce): totals per name, costliest first."""
+    """``_top_kernels`` (on PyTorch profiler events, which a CPU cannot make): totals per name, costliest first."""
     from types import SimpleNamespace
 
     from minise import bench_gpu
@@ -264,3 +264,27 @@ def test_bench_gpu_ranks_kernels_by_device_time() -> None:
     top = bench_gpu._top_kernels(events, n=2)
     assert [k["name"] for k in top] == ["gemm", "copy"]
     assert top[1]["count"] == 3 and abs(top[1]["ms"] - 0.026) < 1e-12 and abs(top[0]["ms"] - 0.3) < 1e-12
+
+
+def test_paired_timing_alternates_blocks_and_pairs_each_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``paired_ms`` on a fake clock (no timing): each round runs a block of minise then a block of the reference,
+    the first run of a block is not timed, and the ratio is the median of the rounds' ratios."""
+    clock = [0.0]
+    order: list[str] = []
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    calls = [0]
+
+    def mine() -> None:
+        order.append("m")
+        clock[0] += 0.002
+
+    def reference() -> None:  # 1 ms, but 4 ms in all of round 3 (a drift: that round's ratio is 0.5)
+        order.append("r")
+        clock[0] += 0.004 if calls[0] // 3 == 2 else 0.001
+        calls[0] += 1
+
+    ms, ref_ms, ratio = bench.paired_ms(mine, np, reference, None, rounds=5, block=3)
+    assert "".join(order) == "mmmrrr" * 5
+    assert ms == pytest.approx(2.0) and ref_ms == pytest.approx(1.0)
+    assert ratio == pytest.approx(2.0)  # the median of 2, 2, 0.5, 2, 2 (their mean would be 1.7)
+    assert bench.paired_ms(mine, np, None, None)[1:] == (None, None)  # no reference: minise alone
