@@ -186,6 +186,78 @@ def test_conv2d_in_column_blocks_matches_naive_loop(case: ConvCase, block: int) 
     np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases(max_padding=3), out_given=st.booleans())
+def test_col2im_is_the_adjoint_of_im2col(case: ConvCase, out_given: bool) -> None:
+    """<im2col(x), c> = <x, col2im(c)> for drawn shapes, strides, paddings (up to 3, so whole kernel rows can
+    fall into the padding) and dilations, in float64; with ``out=`` a buffer of NaNs is overwritten, not added to."""
+    from minise.functional.im2col import col2im, im2col
+
+    rng = np.random.default_rng(case.seed)
+    x = rng.standard_normal((case.n, case.c, case.h, case.w))
+    args = (case.kernel, case.stride, case.padding, case.dilation)
+    cols = im2col(x, *args)
+    c = rng.standard_normal(cols.shape)
+    out = np.full(x.shape, np.nan) if out_given else None
+    back = col2im(c, x.shape, *args, out=out)
+    assert back.shape == x.shape and (out is None or back is out)
+    np.testing.assert_allclose(np.sum(cols * c), np.sum(x * back), rtol=1e-12, atol=1e-12)
+    # and element by element: the transpose of the 0/1 matrix that im2col applies
+    basis = np.zeros(x.size)
+    for idx in rng.choice(x.size, size=min(5, x.size), replace=False):
+        basis[:] = 0
+        basis[idx] = 1
+        np.testing.assert_allclose(back.reshape(-1)[idx], np.sum(im2col(basis.reshape(x.shape), *args) * c), atol=1e-12)
+
+
+def test_col2im_checker_bites_on_a_dropped_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adjoint check fails for a col2im that skips one kernel offset (a planted mistake)."""
+    from minise.functional import im2col as im2col_module
+
+    real_inside = im2col_module._inside
+    calls = [0]
+
+    def planted(start: int, step: int, count: int, size: int) -> tuple[int, int]:
+        calls[0] += 1
+        first, last = real_inside(start, step, count, size)
+        return (first, first) if calls[0] == 3 else (first, last)  # the third offset adds nothing
+
+    monkeypatch.setattr(im2col_module, "_inside", planted)
+    case = ConvCase(n=2, c=2, o=1, h=5, w=6, kernel=(3, 3), stride=(2, 1), padding=(1, 1), seed=3)
+    with pytest.raises(AssertionError):
+        test_col2im_is_the_adjoint_of_im2col.hypothesis.inner_test(case=case, out_given=True)
+
+
+def test_a_strided_convolution_keeps_its_columns_for_the_weight_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stride 2: the forward's columns serve the weight gradient (im2col runs once per chunk, not twice), with
+    the same gradients as building them again; under no_grad nothing is kept; stride 1 keeps none."""
+    calls = []
+    real = conv_module.im2col
+    monkeypatch.setattr(conv_module, "im2col", lambda *a: calls.append(a[2]) or real(*a))
+    rng = np.random.default_rng(0)
+    x = minise.Tensor(rng.standard_normal((3, 2, 7, 6)), requires_grad=True)
+    w = minise.Tensor(rng.standard_normal((4, 2, 3, 3)), requires_grad=True)
+    y = F.conv2d(x, w, stride=2, padding=1)
+    kept = y.creator.saved[2]
+    assert isinstance(kept, dict) and len(kept) >= 1 and calls == [(2, 2)] * len(kept)  # one per chunk
+    forward_calls = len(calls)
+    gy = rng.standard_normal(y.shape)
+    y.backward(gy)
+    assert len(calls) == forward_calls  # the backward built no columns
+    _, dw, _ = naive_conv2d_grads(x.data, w.data, gy, (2, 2), (1, 1))
+    np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
+    calls.clear()
+    y2 = F.conv2d(x, w, stride=2, padding=1)
+    y2.creator.saved = (*y2.creator.saved[:2], None, *y2.creator.saved[3:])  # as if nothing had been kept
+    x.grad = w.grad = None
+    y2.backward(gy)
+    assert len(calls) == 2 * forward_calls  # built again in the backward, the same gradient
+    np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
+    with minise.no_grad():
+        assert F.conv2d(x, w, stride=2, padding=1).creator is None
+    assert F.conv2d(x, w, stride=1, padding=1).creator.saved[2] is None
+
+
 def test_gemm_columns_keeps_each_product_within_the_small_kernel_bound() -> None:
     """Blocks of a power of two with M*K*block <= 10^6, at least 16 wide, only when that cuts the columns."""
     assert cpu.gemm_columns(np, 16, 144, 1024) == 256  # the 16-channel 3x3 layer of a CIFAR ResNet
@@ -251,7 +323,7 @@ def test_backward_path(xp, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     calls: dict[str, list] = {"flip": [], "col2im": [], "pad": []}
     real_flipped, real_col2im, real_chunk = conv_module._flipped, conv_module.col2im, conv_module._conv_chunk
     monkeypatch.setattr(conv_module, "_flipped", lambda *a: calls["flip"].append(a) or real_flipped(*a))
-    monkeypatch.setattr(conv_module, "col2im", lambda *a: calls["col2im"].append(a) or real_col2im(*a))
+    monkeypatch.setattr(conv_module, "col2im", lambda *a, **k: calls["col2im"].append(a) or real_col2im(*a, **k))
 
     def chunk_spy(x, w, stride, padding, *rest):  # records the padding of every convolution run
         calls["pad"].append(padding)

@@ -77,20 +77,40 @@ def col2im(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    out: Any = None,
 ) -> Any:
     """The adjoint of im2col: cols (N, C*KH*KW, OH*OW) -> x (N, C, H, W), overlapping windows adding up.
 
     A loop over the KH*KW kernel offsets only: each adds one strided slice of the whole batch, so
-    there is no loop over images or pixels and no scatter (this runs unchanged on CuPy).
+    there is no loop over images or pixels and no scatter (this runs unchanged on CuPy). Each offset
+    (i, j) adds cols[:, :, i, j, oh, ow] at x row oh*sh + i*dh - ph and column ow*sw + j*dw - pw; the
+    rows and columns that fall into the padding are dropped from the slice instead of being added into
+    a padded copy that is cropped afterwards. Written into ``out`` (N, C, H, W) if given, else a new array.
     """
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     n, c, h, w = x_shape
     oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(w, kw, sw, pw, dw)
     xp = get_array_module(cols)
     cols6 = cols.reshape(n, c, kh, kw, oh, ow)
-    xpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    if out is None:
+        out = xp.zeros((n, c, h, w), dtype=cols.dtype)
+    else:
+        out[...] = 0
     for i in range(kh):
+        r = i * dh - ph  # the x row of output row 0 for this kernel row
+        o0, o1 = _inside(r, sh, oh, h)
         for j in range(kw):
-            r0, c0 = i * dh, j * dw
-            xpad[:, :, r0 : r0 + sh * (oh - 1) + 1 : sh, c0 : c0 + sw * (ow - 1) + 1 : sw] += cols6[:, :, i, j]
-    return xpad[:, :, ph : ph + h, pw : pw + w]
+            q = j * dw - pw
+            p0, p1 = _inside(q, sw, ow, w)
+            if o0 < o1 and p0 < p1:
+                rows = slice(r + sh * o0, r + sh * (o1 - 1) + 1, sh)
+                columns = slice(q + sw * p0, q + sw * (p1 - 1) + 1, sw)
+                out[:, :, rows, columns] += cols6[:, :, i, j, o0:o1, p0:p1]
+    return out
+
+
+def _inside(start: int, step: int, count: int, size: int) -> tuple[int, int]:
+    """The outputs o0 <= o < o1 among ``count`` whose position start + step * o lies in [0, size)."""
+    first = max(0, -(start // step)) if start < 0 else 0  # ceil(-start / step) for a negative start
+    last = min(count, (size - 1 - start) // step + 1)
+    return first, max(first, last)
