@@ -21,6 +21,7 @@ Backend names: ``"numpy"`` (alias ``"cpu"``) and ``"cupy"`` (aliases ``"cuda"``,
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -182,6 +183,17 @@ def xp_of_backend(name: str | None = None) -> ModuleType:
     """The array module of a backend (the current one by default)."""
     name = canonical_backend(name, "backend") if name is not None else get_backend()
     return _import_cupy() if name == "cupy" else np
+
+
+def cupy_submodule(name: str) -> ModuleType | None:
+    """``cupy.<name>`` (e.g. ``"cuda.nccl"``) imported as a submodule, or None if this CuPy has none. CuPy 14
+    loads some submodules only on import, so ``getattr(cupy.cuda, "nccl")`` finds nothing where the import
+    works (seen on the first GPU, BENCHMARKS.md). Raises BackendUnavailableError if CuPy itself cannot run."""
+    _import_cupy()
+    try:
+        return importlib.import_module(f"cupy.{name}")
+    except ImportError:
+        return None
 
 
 def get_array_module(*arrays: Any) -> ModuleType:

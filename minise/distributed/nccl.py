@@ -16,7 +16,6 @@ N = 1), not by the CPU test suite.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from minise import backend
@@ -29,11 +28,7 @@ NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "
 
 def _nccl() -> Any:
     """cupy.cuda.nccl, after checking that CuPy works (backend's error, with its fix, if it does not)."""
-    backend.xp_of_backend("cupy")  # raises BackendUnavailableError with the reason and the fix
-    try:  # a submodule: CuPy 14 does not load it with cupy.cuda, so getattr(cupy.cuda, "nccl") finds nothing
-        nccl = importlib.import_module("cupy.cuda.nccl")
-    except ImportError:
-        nccl = None
+    nccl = backend.cupy_submodule("cuda.nccl")  # raises BackendUnavailableError with the reason and the fix
     if nccl is None or not getattr(nccl, "available", True):
         raise RuntimeError(
             "NCCLCommunicator: this CuPy was built without NCCL - install a CuPy wheel (they ship NCCL support) "
