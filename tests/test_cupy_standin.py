@@ -225,3 +225,20 @@ def test_a_fused_body_that_combines_scalars_shows_cupys_float16_rounding(standin
     np.testing.assert_allclose(
         backend.fused(normalization._moving_average, rd, vd, 1 - 0.1, 0.1).get(), exact, rtol=1e-15
     )
+
+
+def test_fused_scalar_follows_one_rule_and_refuses_what_was_not_observed(standin: ModuleType) -> None:
+    """FusedScalar (the stand-in's typing of a Python float inside cupy.fuse): float16 among scalars, negation
+    included; exact with NumPy scalars (either side) and arrays; comparisons with an array are the array's,
+    on scalars alone (and abs, //, %) refused, since CuPy's typing of them was not observed."""
+    from cupy_standin._state import FusedScalar
+
+    s = FusedScalar(0.1)
+    assert (np.float64(1) - s) == 0.9 and (s * np.int64(2)) == 0.2 and isinstance(np.float32(1) - s, np.floating)
+    assert (-s).value == -F16_0_1 and (s / 0).value == np.inf and (True * s).value == F16_0_1
+    a = standin.asarray(np.array([0.05, 0.2]))
+    assert (s < a).tolist() == [False, True] and (a > s).tolist() == [False, True]
+    assert (s * a).tolist() == [0.1 * 0.05, 0.1 * 0.2]
+    for unobserved in (lambda: s < 1, lambda: s == 0.1, lambda: abs(s), lambda: s // 1.0, lambda: 2.0 % s):
+        with pytest.raises(StandinRefusal, match="not observed"):
+            unobserved()

@@ -4,6 +4,7 @@ device call (device arrays unwrapped, host arrays refused) and results come back
 from __future__ import annotations
 
 import json
+import operator
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -100,13 +101,17 @@ class FusedScalar:
     Seen on an NVIDIA H200 with cupy-cuda13x 14.2.0 (BENCHMARKS.md, "The first GPU"; re-checked on any GPU by
     tests/test_cupy_standin.py): inside a fused function a Python float is a *weak* scalar. With an array
     it takes the array's dtype (``a * 0.1`` is exact in float64), but an operation whose operands are all such
-    scalars (or Python numbers) runs in CuPy's smallest float loop, float16: ``1 - s`` with ``s = 0.1`` gave
-    0.89990234375, ``s * 1.0`` gave 0.0999755859375, ``1 - 1e20`` gave -inf. A NumPy scalar
-    (``numpy.float64(0.1)``) is strongly typed and exact. The stand-in computes the same way, so a fused body
-    that combines scalars before it reaches an array shows CuPy's float16 rounding on the CPU too.
+    scalars (or Python numbers) runs in float16, whatever the values: ``1 - s`` with ``s = 0.1`` gave
+    0.89990234375, ``s * 1.0`` gave 0.0999755859375, ``1e20 * 1.0`` gave inf. The stand-in computes the same
+    way (negation too, by the same rule), so a fused body that combines scalars before they reach an array
+    shows CuPy's float16 rounding on the CPU too. With a NumPy scalar (strongly typed) it promotes as NumPy 2
+    promotes a Python float: exactly, in the NumPy scalar's type or float64. Anything else on scalars alone
+    (comparisons, ``abs``, ``//``, ``%``) was not observed and is refused rather than guessed.
     """
 
     __slots__ = ("value",)
+    __array_ufunc__ = None  # NumPy scalars and arrays defer to the reflected operators below
+    __hash__ = None  # type: ignore[assignment]  (comparisons are refused, so no hashing either)
 
     def __init__(self, value: float) -> None:
         self.value = float(value)
@@ -117,50 +122,58 @@ class FusedScalar:
     def _apply(self, other: Any, op: Callable[[Any, Any], Any], reflected: bool) -> Any:
         if isinstance(other, FusedScalar):
             other = other.value
-        elif isinstance(other, np.generic):  # strongly typed: NumPy's promotion, the weak value in its type
-            a, b = other.dtype.type(self.value), other
-            return op(b, a) if reflected else op(a, b)
-        elif not isinstance(other, (int, float)) or isinstance(other, bool):
-            return op(other, self.value) if reflected else op(self.value, other)  # an array: its dtype
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        elif isinstance(other, np.generic) or not isinstance(other, (int, float)):
+            # a NumPy scalar or an array: NumPy's promotion of a weak Python float, exact
+            return op(other, self.value) if reflected else op(self.value, other)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # scalars alone: float16
             a, b = np.float16(self.value), np.float16(other)
             return FusedScalar(float(op(b, a) if reflected else op(a, b)))
 
     def __add__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a + b, False)
+        return self._apply(o, operator.add, False)
 
     def __radd__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a + b, True)
+        return self._apply(o, operator.add, True)
 
     def __sub__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a - b, False)
+        return self._apply(o, operator.sub, False)
 
     def __rsub__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a - b, True)
+        return self._apply(o, operator.sub, True)
 
     def __mul__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a * b, False)
+        return self._apply(o, operator.mul, False)
 
     def __rmul__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a * b, True)
+        return self._apply(o, operator.mul, True)
 
     def __truediv__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a / b, False)
+        return self._apply(o, operator.truediv, False)
 
     def __rtruediv__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a / b, True)
+        return self._apply(o, operator.truediv, True)
 
     def __pow__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a**b, False)
+        return self._apply(o, operator.pow, False)
 
     def __rpow__(self, o: Any) -> Any:
-        return self._apply(o, lambda a, b: a**b, True)
+        return self._apply(o, operator.pow, True)
 
     def __neg__(self) -> FusedScalar:
-        return FusedScalar(-self.value)
+        return FusedScalar(float(-np.float16(self.value)))
 
     def __float__(self) -> float:
         return self.value
+
+    def _unobserved(self, other: Any = None) -> Any:
+        """A comparison, ``//`` or ``%`` with an array is the array's business (Python then asks the array);
+        on scalars alone, and ``abs``/unary plus, CuPy's typing was not observed: refused."""
+        if other is not None and not isinstance(other, (int, float, FusedScalar)):
+            return NotImplemented
+        refuse("a comparison, abs, // or % on scalars alone inside cupy.fuse", "how CuPy types it was not observed")
+
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _unobserved  # type: ignore[assignment]
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __abs__ = __pos__ = _unobserved
 
 
 def unwrap(value: Any, where: str, host_ok: bool = False) -> Any:
