@@ -229,21 +229,24 @@ def test_col2im_checker_bites_on_a_dropped_offset(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_strided_convolution_keeps_its_columns_for_the_weight_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stride 2: the forward's columns serve the weight gradient (im2col runs once per chunk, not twice), with
-    the same gradients as building them again; under no_grad nothing is kept; stride 1 keeps none."""
+    """Stride 2: the forward's columns, chunk by chunk (three chunks here), serve the weight gradient (im2col runs
+    once per chunk, not twice) with the same gradients as building them again; nothing is kept under no_grad,
+    for a frozen weight, or at stride 1."""
     calls = []
     real = conv_module.im2col
     monkeypatch.setattr(conv_module, "im2col", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(cpu, "chunk_size", lambda xp, n, *a, **k: 2)  # 5 images: chunks 0-2, 2-4, 4-5
+    kept_by_save = []
+    real_save = conv_module.Conv2dOp.save
+    monkeypatch.setattr(conv_module.Conv2dOp, "save", lambda op, *t: kept_by_save.append(t[2]) or real_save(op, *t))
     rng = np.random.default_rng(0)
-    x = minise.Tensor(rng.standard_normal((3, 2, 7, 6)), requires_grad=True)
+    x = minise.Tensor(rng.standard_normal((5, 2, 7, 6)), requires_grad=True)
     w = minise.Tensor(rng.standard_normal((4, 2, 3, 3)), requires_grad=True)
     y = F.conv2d(x, w, stride=2, padding=1)
-    kept = y.creator.saved[2]
-    assert isinstance(kept, dict) and len(kept) >= 1 and calls == [(2, 2)] * len(kept)  # one per chunk
-    forward_calls = len(calls)
+    assert set(kept_by_save[-1]) == {(0, 2), (2, 4), (4, 5)} and calls == [(2, 2)] * 3
     gy = rng.standard_normal(y.shape)
     y.backward(gy)
-    assert len(calls) == forward_calls  # the backward built no columns
+    assert len(calls) == 3  # the backward built no columns
     _, dw, _ = naive_conv2d_grads(x.data, w.data, gy, (2, 2), (1, 1))
     np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
     calls.clear()
@@ -251,11 +254,15 @@ def test_a_strided_convolution_keeps_its_columns_for_the_weight_gradient(monkeyp
     y2.creator.saved = (*y2.creator.saved[:2], None, *y2.creator.saved[3:])  # as if nothing had been kept
     x.grad = w.grad = None
     y2.backward(gy)
-    assert len(calls) == 2 * forward_calls  # built again in the backward, the same gradient
+    assert len(calls) == 6  # built again in the backward: the same gradient
     np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
     with minise.no_grad():
-        assert F.conv2d(x, w, stride=2, padding=1).creator is None
-    assert F.conv2d(x, w, stride=1, padding=1).creator.saved[2] is None
+        F.conv2d(x, w, stride=2, padding=1)
+    assert kept_by_save[-1] is None
+    F.conv2d(x, minise.Tensor(w.data), stride=2, padding=1)  # a frozen weight: no dW, so no columns kept
+    assert kept_by_save[-1] is None
+    F.conv2d(x, w, stride=1, padding=1)
+    assert kept_by_save[-1] is None
 
 
 def test_gemm_columns_keeps_each_product_within_the_small_kernel_bound() -> None:

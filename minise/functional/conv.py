@@ -248,6 +248,7 @@ class Conv2dOp(Function):
         self.algorithm = algorithm  # "im2col", "rows", "winograd2" or "winograd4" (choose_algorithm)
         self.tile = int(algorithm[-1]) if algorithm.startswith("winograd") else 0  # Winograd's F(tile x tile, 3x3)
         self.relu = relu  # y = max(conv + b, 0) in one op (conv2d_relu, for batch-norm-folded models)
+        self.weight_needs_grad = True  # whether a strided forward keeps its columns for dW (set by conv2d)
         if relu:
             self.name = "conv2d_relu"
 
@@ -290,9 +291,10 @@ class Conv2dOp(Function):
         else:
             size = cpu.chunk_size(xp, n, c * kh * kw * oh * ow * x.itemsize)
             # A strided convolution keeps each chunk's columns for the weight gradient (a backward would
-            # build the same ones again): (C KH KW / (S_h S_w C)) = 2.25 times x for 3x3 stride 2, held from
-            # the forward to the backward. Stride 1 keeps none: there the columns are KH KW = 9 times x.
-            kept: dict[tuple[int, int], Any] | None = {} if is_grad_enabled() and (sh, sw) != (1, 1) else None
+            # build the same ones again): KH KW / (S_h S_w) = 2.25 times x for 3x3 stride 2, held from the
+            # forward to the backward. Stride 1 keeps none: there the columns are KH KW = 9 times x.
+            keep = is_grad_enabled() and self.weight_needs_grad and (sh, sw) != (1, 1)
+            kept: dict[tuple[int, int], Any] | None = {} if keep else None
 
             def work(a: int, z: int) -> None:
                 cols = _conv_chunk(x[a:z], w, self.stride, self.padding, self.dilation, self.groups, y[a:z])
@@ -524,4 +526,6 @@ def _conv2d(
         )
     check_same_dtype(op, input=x.data, weight=w.data, bias=None if b is None else b.data)
     algorithm = choose_algorithm(get_array_module(x.data), x.shape, w.shape, s, p, d, groups)
-    return Conv2dOp(s, p, d, groups, algorithm, relu).apply(x, w, b)
+    op_ = Conv2dOp(s, p, d, groups, algorithm, relu)
+    op_.weight_needs_grad = w.requires_grad  # known before forward runs (needs_input_grad is set after it)
+    return op_.apply(x, w, b)

@@ -111,6 +111,6 @@ def col2im(
 
 def _inside(start: int, step: int, count: int, size: int) -> tuple[int, int]:
     """The outputs o0 <= o < o1 among ``count`` whose position start + step * o lies in [0, size)."""
-    first = max(0, -(start // step)) if start < 0 else 0  # ceil(-start / step) for a negative start
+    first = max(0, -(start // step))  # ceil(-start / step) for a negative start, else 0
     last = min(count, (size - 1 - start) // step + 1)
     return first, max(first, last)
