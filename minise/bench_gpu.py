@@ -24,6 +24,7 @@ mean nothing there.
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib.util
 import json
 import os
@@ -124,22 +125,32 @@ def run_tests(selection: str, timeout_s: float = 300.0) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", str(tests), "-m", "cupy", "-q", "-p", "no:cacheprovider", "-rs"]
     if selection != "all":
         cmd += ["-k", selection]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    timer = threading.Timer(timeout_s, proc.kill)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stopped = threading.Event()  # set only by the timer: a crash (a negative status too) is not a timeout
+
+    def stop() -> None:
+        stopped.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout_s, stop)
     timer.start()
-    lines: list[str] = []
+    text: list[str] = []
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode  # a character may span two reads
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            lines.append(line.rstrip("\n"))
+        fd = proc.stdout.fileno()
+        # what comes, as it comes (pytest -q prints a dot per test, a newline only every 72 tests)
+        for piece in iter(lambda: os.read(fd, 4096), b""):
+            text.append(decode(piece))
+            sys.stdout.write(text[-1])
+            sys.stdout.flush()
         returncode = proc.wait()
     finally:
         timer.cancel()
-    timed_out = returncode < 0
-    summary = f"stopped after {timeout_s:.0f} s (--tests-timeout)" if timed_out else (lines or [""])[-1]
-    if timed_out:
-        print(summary)
+    lines = "".join(text).strip().splitlines() or [""]
+    summary = f"stopped after {timeout_s:g} s (--tests-timeout)" if stopped.is_set() else lines[-1]
+    if stopped.is_set():
+        print(f"\n{summary}")
     return {"ok": returncode == 0, "returncode": returncode, "summary": summary}
 
 

@@ -288,3 +288,11 @@ def test_paired_timing_alternates_blocks_and_pairs_each_round(monkeypatch: pytes
     assert ms == pytest.approx(2.0) and ref_ms == pytest.approx(1.0)
     assert ratio == pytest.approx(2.0)  # the median of 2, 2, 0.5, 2, 2 (their mean would be 1.7)
     assert bench.paired_ms(mine, np, None, None)[1:] == (None, None)  # no reference: minise alone
+
+
+def test_bench_gpu_stops_the_cupy_tests_at_their_timeout() -> None:
+    """``run_tests`` kills pytest after ``timeout_s`` and says so (a status from a crash would not read as one)."""
+    from minise import bench_gpu
+
+    r = bench_gpu.run_tests("round_trip", timeout_s=0.1)  # pytest takes longer than that just to start
+    assert r["ok"] is False and r["summary"] == "stopped after 0.1 s (--tests-timeout)" and r["returncode"] != 0
