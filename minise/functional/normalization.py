@@ -115,8 +115,8 @@ class BatchNormOp(Function):
 
 # The per-channel coefficients (backend.fused) and the elementwise passes (backend.elementwise): ufuncs and
 # operators only, so that CuPy fuses each into one kernel. Every operator in them has an array operand: inside
-# cupy.fuse an operation on Python scalars alone is computed in the smallest type that holds the values
-# (1 - 0.1 became float16's 0.89990234 on CuPy 14.2), so scalars are combined in Python before the call.
+# cupy.fuse an operation on Python scalars alone is computed in float16 (1 - 0.1 became 0.89990234 on
+# CuPy 14.2, and 1e20 * 1.0 inf), so scalars are combined in Python before the call.
 def _moving_average(r: Any, v: Any, keep: float, weight: float) -> Any:
     """keep r + weight v: with keep = 1 - momentum and weight = momentum (times m / (m - 1) for the variance)"""
     return r * keep + v * weight
