@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from minise.distributed.comm import Communicator
@@ -46,6 +47,9 @@ def communicator(kind: str = "mpi") -> Communicator:
     raise ValueError(f"communicator: unknown kind {kind!r} - use 'mpi' or 'nccl'")
 
 
+ABORT_GRACE_S = 0.5  # seconds between a failing rank's last line and MPI_Abort
+
+
 def run_guarded(comm: Communicator, body: Callable[[], int], prog: str) -> int:
     """``body()``'s exit status; an exception on this rank prints one line and aborts the whole job."""
     try:
@@ -59,5 +63,9 @@ def run_guarded(comm: Communicator, body: Callable[[], int], prog: str) -> int:
             file=sys.stderr,
         )
         sys.stderr.flush()
+        # mpiexec forwards each rank's output through its proxies; MPI_Abort tears them down at once, and a
+        # line flushed just before could be lost on the way (seen once in a loaded test run: the job ended,
+        # its stderr was empty). A moment's pause lets the line through first.
+        time.sleep(ABORT_GRACE_S)
         comm.abort(code or 1)
         return code or 1
