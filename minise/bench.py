@@ -100,25 +100,17 @@ def paired_ms(
     apart. Without a reference: ``median_ms(fn)``."""
     if reference is None:
         return median_ms(fn, xp, budget_s=budget_s), None, None
-    ref_wait = reference_sync if reference_sync is not None else lambda: None
-    sides = ((fn, lambda: _sync(xp)), (reference, ref_wait))
+    repeat = max(block, 2) - 1
     mine: list[float] = []
     theirs: list[float] = []
     start = time.perf_counter()
     for _ in range(rounds):
-        for (run, done), times in zip(sides, (mine, theirs), strict=True):
-            block_times = []
-            for i in range(max(block, 2)):
-                t = time.perf_counter()
-                run()
-                done()
-                if i > 0:  # the first run of the block warms up
-                    block_times.append(time.perf_counter() - t)
-            times.append(float(np.median(block_times)))
+        mine.append(median_ms(fn, xp, repeat=repeat, warmup=1))
+        theirs.append(median_ms(reference, repeat=repeat, warmup=1, sync=reference_sync))
         if time.perf_counter() - start > budget_s and len(mine) >= 3:
             break
     ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
-    return float(np.median(mine) * 1e3), float(np.median(theirs) * 1e3), float(np.median(ratios))
+    return float(np.median(mine)), float(np.median(theirs)), float(np.median(ratios))
 
 
 def gemm_gflops(xp: Any, n: int = 2048) -> float:
