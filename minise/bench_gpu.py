@@ -41,6 +41,7 @@ import numpy as np
 
 import minise
 from minise import backend, bench
+from minise.evaluate import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 NOTE = "timings mean something only on a real GPU (under a CPU stand-in of CuPy they measure nothing)"
@@ -362,9 +363,5 @@ def main(args: argparse.Namespace) -> int:
 
 def _save(path: str | None, results: dict[str, Any]) -> None:
     """Write the results so far to ``path`` (if given), atomically: a reader never sees half a file."""
-    if not path:
-        return
-    tmp = f"{path}.partial"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    os.replace(tmp, path)
+    if path:
+        write_json(results, Path(path), default=str)

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,11 +288,12 @@ def figure_path(args: argparse.Namespace, dataset: str) -> Path:
     return folder / f"{checkpoint.stem}_confusion_{dataset}.png"
 
 
-def write_json(result: dict[str, Any], path: Path) -> None:
-    """``result`` as JSON at ``path``, atomically (a temporary file renamed over it)."""
+def write_json(result: dict[str, Any], path: Path, default: Callable[[Any], Any] | None = None) -> None:
+    """``result`` as JSON at ``path``, atomically (a temporary file renamed over it); ``default`` as in
+    ``json.dumps`` (what to write for a value JSON has no type for)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.write_text(json.dumps(result, indent=2, default=default) + "\n")
     tmp.replace(path)
 
 
