@@ -231,7 +231,7 @@ def test_col2im_checker_bites_on_a_dropped_offset(monkeypatch: pytest.MonkeyPatc
 def test_a_strided_convolution_keeps_its_columns_for_the_weight_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stride 2: the forward's columns, chunk by chunk (three chunks here), serve the weight gradient (im2col runs
     once per chunk, not twice) with the same gradients as building them again; nothing is kept under no_grad,
-    for a frozen weight, or at stride 1."""
+    for a frozen weight (Winograd's transformed input neither), or at stride 1."""
     calls = []
     real = conv_module.im2col
     monkeypatch.setattr(conv_module, "im2col", lambda *a: calls.append(a[2]) or real(*a))
@@ -263,6 +263,11 @@ def test_a_strided_convolution_keeps_its_columns_for_the_weight_gradient(monkeyp
     assert kept_by_save[-1] is None
     F.conv2d(x, w, stride=1, padding=1)
     assert kept_by_save[-1] is None
+    with conv_module.conv_algorithm("winograd4"):  # Winograd's V, the same rule: kept only for a dW
+        F.conv2d(x, w, padding=1)
+        assert kept_by_save[-1] is not None
+        F.conv2d(x, minise.Tensor(w.data), padding=1)
+        assert kept_by_save[-1] is None
 
 
 def test_gemm_columns_keeps_each_product_within_the_small_kernel_bound() -> None:

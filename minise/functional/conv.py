@@ -241,14 +241,23 @@ class Conv2dOp(Function):
     name = "conv2d"
 
     def __init__(
-        self, stride: Pair, padding: Pair, dilation: Pair, groups: int, algorithm: str = "im2col", relu: bool = False
+        self,
+        stride: Pair,
+        padding: Pair,
+        dilation: Pair,
+        groups: int,
+        algorithm: str = "im2col",
+        relu: bool = False,
+        weight_needs_grad: bool = True,
     ) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.algorithm = algorithm  # "im2col", "rows", "winograd2" or "winograd4" (choose_algorithm)
         self.tile = int(algorithm[-1]) if algorithm.startswith("winograd") else 0  # Winograd's F(tile x tile, 3x3)
         self.relu = relu  # y = max(conv + b, 0) in one op (conv2d_relu, for batch-norm-folded models)
-        self.weight_needs_grad = True  # whether a strided forward keeps its columns for dW (set by conv2d)
+        # whether the forward keeps what dW reads again (Winograd's V, a strided convolution's columns): the
+        # weight's requires_grad, known before forward runs (needs_input_grad is set after it)
+        self.weight_needs_grad = weight_needs_grad
         if relu:
             self.name = "conv2d_relu"
 
@@ -271,11 +280,11 @@ class Conv2dOp(Function):
                 xp.maximum(y[a:z], 0, out=y[a:z])
 
         finish = epilogue if bias is not None or relu else None
+        keep_for_dw = is_grad_enabled() and self.weight_needs_grad  # a backward will compute dW
         transformed: Any = None
         if self.tile:
-            # the transformed inputs are kept only for a backward to read (not under no_grad)
             _, transformed = winograd.conv3x3(
-                x, w, self.padding, self.tile, out=y, keep_transformed=is_grad_enabled(), epilogue=finish
+                x, w, self.padding, self.tile, out=y, keep_transformed=keep_for_dw, epilogue=finish
             )
         elif self.algorithm == "rows":
             w_rows = conv_rows.kernel_rows(w)
@@ -293,8 +302,7 @@ class Conv2dOp(Function):
             # A strided convolution keeps each chunk's columns for the weight gradient (a backward would
             # build the same ones again): KH KW / (S_h S_w) = 2.25 times x for 3x3 stride 2, held from the
             # forward to the backward. Stride 1 keeps none: there the columns are KH KW = 9 times x.
-            keep = is_grad_enabled() and self.weight_needs_grad and (sh, sw) != (1, 1)
-            kept: dict[tuple[int, int], Any] | None = {} if keep else None
+            kept: dict[tuple[int, int], Any] | None = {} if keep_for_dw and (sh, sw) != (1, 1) else None
 
             def work(a: int, z: int) -> None:
                 cols = _conv_chunk(x[a:z], w, self.stride, self.padding, self.dilation, self.groups, y[a:z])
@@ -526,6 +534,4 @@ def _conv2d(
         )
     check_same_dtype(op, input=x.data, weight=w.data, bias=None if b is None else b.data)
     algorithm = choose_algorithm(get_array_module(x.data), x.shape, w.shape, s, p, d, groups)
-    op_ = Conv2dOp(s, p, d, groups, algorithm, relu)
-    op_.weight_needs_grad = w.requires_grad  # known before forward runs (needs_input_grad is set after it)
-    return op_.apply(x, w, b)
+    return Conv2dOp(s, p, d, groups, algorithm, relu, weight_needs_grad=w.requires_grad).apply(x, w, b)
