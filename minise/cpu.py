@@ -5,7 +5,8 @@ keeps freed memory for the next step.
 * how a batch is cut into chunks and the chunks run on all cores (:func:`chunk_size`, :func:`run_chunks`),
   with BLAS held to one thread meanwhile (:func:`_find_openblas`);
 * how a thin matrix product is cut into column blocks (:func:`gemm_columns`);
-* elementwise passes split across cores (:func:`elementwise`);
+* elementwise passes split across cores (:func:`elementwise`), and per-channel coefficients laid out for
+  them (:func:`channel_plane`);
 * a cache-friendly 2-D transpose (:func:`transpose_into`);
 * glibc's ``malloc`` keeping freed memory for the next step (:func:`retain_freed_memory`).
 
@@ -192,6 +193,7 @@ def gemm_columns(xp: ModuleType, m: int, k: int, n: int) -> int:
     columns are cut into blocks of a power of two that keeps M*N*K within that bound, when such a block
     still has at least 16 columns (narrower ones were slower); otherwise, and on the GPU, all n at once.
     With another BLAS the blocks only cost a few extra calls.
+
     """
     if xp is not np:
         return n
@@ -240,6 +242,28 @@ def elementwise(xp: ModuleType, out: Any, fn: Callable[..., Any], *arrays: Any) 
 
     run_chunks(xp, n, size, work)
     return out
+
+
+PLANE_BYTES = 1 << 20  # channel_plane repeats a coefficient along the pixels while the plane is at most this big
+
+
+def channel_plane(xp: ModuleType, v: Any, length: int) -> Any:
+    """A per-channel coefficient ``v`` (C,) laid out to scale or shift an (N, C, L) array in an elementwise pass.
+
+    The plain layout is a (1, C, 1) view that broadcasts. NumPy then runs its inner loop once per row of L
+    values (one per image and channel), and for the short rows of a CIFAR ResNet (L = 64 to 1024 pixels)
+    that per-row call costs more than the arithmetic. With ``v`` repeated L times, as a contiguous
+    (1, C, L) plane, each image is one run of C*L values against the plane. Timed on the 2-core machine of
+    ``BENCHMARKS.md``, on chunks of 1-1.5 MB in cache, batch norm's dx = A gy + B x + C (four passes) ran
+    1.4-1.8x faster with planes, for C from 64 to 512 and L from 49 to 3136 pixels; with a 3 MB plane
+    (256 channels of 56 x 56) the gain was 1.04x, since the plane no longer stays in the core's cache, so
+    planes larger than ``PLANE_BYTES`` stay views. On CuPy the (1, C, 1) view: one kernel reads it
+    with no per-row cost.
+    """
+    c = v.shape[0]
+    if xp is not np or c * length * v.itemsize > PLANE_BYTES:
+        return v.reshape(1, c, 1)
+    return np.repeat(v, length).reshape(1, c, length)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from strategies import BatchNormCase, batch_norm_cases
 import minise
 import minise.functional as F
 from minise import backend, cpu
+from minise.functional.fused import batch_norm_relu
 
 
 def reference_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
@@ -185,6 +186,41 @@ def test_chunked_batch_norm_matches_formula(monkeypatch: pytest.MonkeyPatch, tra
     np.testing.assert_allclose(rv, var_ref, rtol=1e-12, atol=1e-14)
     fn = lambda x, w, b: F.batch_norm(x, a["running_mean"], a["running_var"], w, b, training=training)
     assert minise.gradcheck(fn, x, w, b).ok
+
+
+@pytest.mark.parametrize("plane_bytes", [0, cpu.PLANE_BYTES], ids=["views", "planes"])
+@pytest.mark.parametrize("fused_relu", [False, True], ids=["bn", "bn-relu"])
+def test_per_channel_coefficients_as_planes_or_views(
+    monkeypatch: pytest.MonkeyPatch, plane_bytes: int, fused_relu: bool
+) -> None:
+    """The coefficients repeated along the pixels (cpu.channel_plane) or broadcast as (1, C, 1) views (planes
+    over PLANE_BYTES): the same values as the formula and gradients that pass gradcheck, in training."""
+    monkeypatch.setattr(cpu, "PLANE_BYTES", plane_bytes)
+    case = BatchNormCase(shape=(3, 4, 3, 5), seed=11)
+    a = case.arrays()
+    x, w, b = (minise.Tensor(a[k].copy(), requires_grad=True) for k in ("x", "weight", "bias"))
+    op = batch_norm_relu if fused_relu else F.batch_norm
+    y = op(x, None, None, w, b, training=True)
+    y_ref = reference_batch_norm(a["x"], np.zeros(4), np.ones(4), a["weight"], a["bias"], True, 0.1, 1e-5)[0]
+    np.testing.assert_allclose(y.numpy(), np.maximum(y_ref, 0) if fused_relu else y_ref, rtol=1e-10, atol=1e-12)
+    assert minise.gradcheck(lambda x, w, b: op(x, None, None, w, b, training=True), x, w, b).ok
+
+
+def test_coefficients_laid_out_channel_after_channel_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted mistake: a plane tiled (c0 c1 c2 c0 c1 c2 ...) instead of repeated (c0 c0 ... c1 c1 ...) gives
+    every pixel another channel's coefficient, and the check against the formula fails."""
+    monkeypatch.setattr(cpu, "channel_plane", lambda xp, v, length: np.tile(v, length).reshape(1, v.shape[0], length))
+    a = BatchNormCase(shape=(3, 4, 3, 5), seed=11).arrays()
+    y = F.batch_norm(minise.Tensor(a["x"]), None, None, a["weight"], a["bias"], training=True)
+    y_ref = reference_batch_norm(a["x"], np.zeros(4), np.ones(4), a["weight"], a["bias"], True, 0.1, 1e-5)[0]
+    assert not np.allclose(y.numpy(), y_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_channel_plane_repeats_each_channel_along_its_pixels() -> None:
+    plane = cpu.channel_plane(np, np.array([1.0, 2.0, 3.0]), 4)
+    np.testing.assert_array_equal(plane, [[[1.0] * 4, [2.0] * 4, [3.0] * 4]])
+    big = cpu.channel_plane(np, np.zeros(64, np.float32), cpu.PLANE_BYTES // (64 * 4) + 1)  # over the limit
+    assert big.shape == (1, 64, 1)
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -95,7 +95,9 @@ class BatchNormReLUOp(BatchNormOp):
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)  # (N, C, L), L = H*W
         mu, inv_std, a, b = self.coefficients(x3, gamma, beta)  # batch norm's own statistics and update
-        y3 = backend.elementwise(_affine_relu, x3, a.reshape(1, c, 1), b.reshape(1, c, 1), like=x3)  # (N, C, L)
+        xp, length = get_array_module(x3), x3.shape[2]
+        a3, b3 = cpu.channel_plane(xp, a, length), cpu.channel_plane(xp, b, length)
+        y3 = backend.elementwise(_affine_relu, x3, a3, b3, like=x3)  # (N, C, L)
         y = y3.reshape(x.shape)
         self.save(x, y, mu, inv_std, gamma)
         return y
@@ -122,11 +124,13 @@ class BatchNormReLUOp(BatchNormOp):
             # training: dx = scale (g - dbeta/m - xhat dgamma/m) = A g + B x + C per channel; evaluation: A g
             coef_b = -scale * inv_std * dgamma / m
             coef_c = -scale * dbeta / m - coef_b * mu
-            per_channel = [v.reshape(1, c, 1) for v in (scale, coef_b, coef_c)]
+            length = x3.shape[2]
             if self.training:
+                per_channel = [cpu.channel_plane(xp, v, length) for v in (scale, coef_b, coef_c)]
                 dx = backend.elementwise(_masked_affine2, g3, y3, *per_channel, x3, like=x3).reshape(x.shape)
             else:
-                dx = backend.elementwise(_masked_scale, g3, y3, per_channel[0], like=x3).reshape(x.shape)
+                plane = cpu.channel_plane(xp, scale, length)
+                dx = backend.elementwise(_masked_scale, g3, y3, plane, like=x3).reshape(x.shape)
         return dx, dgamma if need_g else None, dbeta if need_b else None
 
 

@@ -78,7 +78,9 @@ class BatchNormOp(Function):
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)  # (N, C, L), L = H*W
         mu, inv_std, a, b = self.coefficients(x3, gamma, beta)
-        y3 = backend.elementwise(_affine, x3, a.reshape(1, c, 1), b.reshape(1, c, 1), like=x3)  # (N, C, L)
+        xp, length = get_array_module(x3), x3.shape[2]
+        a3, b3 = cpu.channel_plane(xp, a, length), cpu.channel_plane(xp, b, length)  # (1, C, L) or (1, C, 1)
+        y3 = backend.elementwise(_affine, x3, a3, b3, like=x3)  # (N, C, L)
         self.save(x, mu, inv_std, gamma)
         return y3.reshape(x.shape)
 
@@ -106,10 +108,11 @@ class BatchNormOp(Function):
                 coef_a = scale
                 coef_b = backend.fused(_coef_b, scale, inv_std, dgamma, 1.0 / m)
                 coef_c = backend.fused(_coef_c, scale, dbeta, coef_b, mu, 1.0 / m)
-                per_channel = [v.reshape(1, c, 1) for v in (coef_a, coef_b, coef_c)]
+                per_channel = [cpu.channel_plane(xp, v, x3.shape[2]) for v in (coef_a, coef_b, coef_c)]
                 dx = backend.elementwise(_affine2, g3, *per_channel, x3, like=x3).reshape(x.shape)
             else:
-                dx = backend.elementwise(_scale, g3, scale.reshape(1, c, 1), like=x3).reshape(x.shape)
+                plane = cpu.channel_plane(xp, scale, x3.shape[2])
+                dx = backend.elementwise(_scale, g3, plane, like=x3).reshape(x.shape)
         return dx, dgamma if need_g else None, dbeta if need_b else None
 
 
@@ -181,7 +184,7 @@ def _batch_moments(xp: Any, x3: Any, size: int) -> tuple[Any, Any]:
         chunk = x3[a:z]
         count = (z - a) * length
         m = xp.einsum("ncl->c", chunk) / count  # (C,) chunk mean
-        centred = chunk - m.reshape(1, c, 1).astype(chunk.dtype)
+        centred = chunk - cpu.channel_plane(xp, m.astype(chunk.dtype), length)
         return count, m, xp.einsum("ncl,ncl->c", centred, centred)
 
     parts = cpu.run_chunks(xp, n, size, moments)
