@@ -283,7 +283,9 @@ def test_auto_rule_follows_the_documented_table(monkeypatch: pytest.MonkeyPatch)
     assert algo((32, 512, 4, 4), (512, 512, 3, 3)) == "winograd2"
     assert algo((16, 256, 2, 2), (256, 256, 3, 3)) == "im2col"  # maps under 4x4: one padded tile, im2col
     assert algo((16, 512, 1, 1), (512, 512, 3, 3)) == "im2col"
-    assert algo((128, 64, 8, 8), (64, 64, 3, 3), stride=(2, 2)) == "im2col"  # ineligible: stride
+    assert algo((128, 64, 8, 8), (64, 64, 3, 3), stride=(2, 2)) == "parity"  # 3x3 at stride 2, even map
+    assert algo((128, 64, 7, 7), (64, 64, 3, 3), stride=(2, 2)) == "im2col"  # an odd map: not by planes
+    assert algo((128, 64, 9, 9), (64, 64, 3, 3), stride=(3, 3)) == "im2col"  # ineligible for all: stride 3
     assert algo((128, 64, 8, 8), (64, 64, 1, 1), padding=(0, 0)) == "im2col"  # kernel
     assert algo((128, 64, 8, 8), (64, 32, 3, 3), groups=2) == "im2col"  # groups
     assert algo((128, 64, 8, 8), (64, 64, 3, 3), dilation=(2, 2), padding=(2, 2)) == "im2col"  # dilation
