@@ -160,6 +160,22 @@ def topological_order(root: Tensor) -> list[Tensor]:
     return order
 
 
+def _owned(gx: Any, g: Any, in_grads: tuple[Any, ...], op: Function, saved: Any) -> bool:
+    """Whether the gradient ``gx`` that ``op.backward(g)`` returned for one input is an array nobody else holds.
+
+    Yes when it owns its memory (not a view: ``base`` is None) and is none of the arrays the op had at hand:
+    not the incoming ``g`` (an add or a reshape hands g on), not returned for another input too, not one
+    of the op's saved arrays or its inputs' data. Then the op made it for this input alone, and a leaf
+    may keep it as its ``.grad`` without a copy.
+    """
+    if getattr(gx, "base", gx) is not None or gx is g:
+        return False
+    if sum(other is gx for other in in_grads) > 1:
+        return False
+    held = [*(saved or ()), *(x.data for x in op.inputs if x is not None)]
+    return not any(a is gx for a in held)
+
+
 def backward(root: Tensor, gradient: Any = None, retain_graph: bool = False) -> None:
     """Fill ``.grad`` of the leaves (and of tensors that called ``retain_grad``) with d root / d leaf.
 
@@ -167,6 +183,12 @@ def backward(root: Tensor, gradient: Any = None, retain_graph: bool = False) -> 
     reverse topological order guarantees; then the tensor's creator runs its backward once. Each op's
     saved arrays are freed right after its backward, unless ``retain_graph=True`` keeps them for a
     second backward through the same graph (which adds to ``.grad`` again, as PyTorch).
+
+    A leaf's ``.grad`` must be an array nobody else holds, or a later in-place update of one would change
+    the other. Where the gradient reaching the leaf is an array its op made for it alone (:func:`_owned`),
+    ``.grad`` is that array; otherwise (the caller's ``gradient``, an array handed to several inputs, a
+    view) it is a copy. PyTorch's AccumulateGrad does the same. The copy cost what a whole elementwise
+    pass costs: 0.25-0.9 ms for an (128, 64, 16, 16) input gradient.
     """
     xp = backend.get_array_module(root.data)
     if gradient is None:
@@ -176,21 +198,26 @@ def backward(root: Tensor, gradient: Any = None, retain_graph: bool = False) -> 
                 "(an array of that shape), or reduce it first, e.g. loss.sum().backward()"
             )
         gradient = xp.ones_like(root.data)
+        root_owned = True  # made here: ours alone
     else:
+        root_owned = False  # the caller's array (asarray does not copy)
         gradient = xp.asarray(gradient, dtype=root.dtype)  # Tensor.backward passes the array of a Tensor
         if gradient.shape != root.shape:
             raise ValueError(
                 f"backward: gradient has shape {gradient.shape} but the output has shape {root.shape} "
                 "- pass a gradient of the output's shape"
             )
-    grads: dict[int, Any] = {id(root): gradient}
+    # per tensor: its gradient so far, and whether that array is ours alone (_owned)
+    grads: dict[int, tuple[Any, bool]] = {id(root): (gradient, root_owned)}
     for t in reversed(topological_order(root)):
-        g = grads.pop(id(t), None)
+        g, owned = grads.pop(id(t), (None, False))
         if g is None:
             continue
         if t.creator is None or t.retains_grad:
-            # a fresh array: the same gradient array may reach several tensors (a + b hands gy to both)
-            t.grad = g.copy() if t.grad is None else t.grad + g
+            # .grad must be an array nobody else holds: the same array may reach several tensors (a + b hands
+            # gy to both), and a non-leaf's g goes on into its creator's backward
+            steal = owned and t.creator is None and t.grad is None
+            t.grad = g if steal else g.copy() if t.grad is None else t.grad + g
             if t._post_accumulate_grad_hooks and t.creator is None:  # the leaf's gradient is final: tell the hooks
                 for hook in list(t._post_accumulate_grad_hooks):
                     hook(t)
@@ -205,6 +232,7 @@ def backward(root: Tensor, gradient: Any = None, retain_graph: bool = False) -> 
         in_grads = op.backward(g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
+        saved = op.saved
         if not retain_graph:
             op.saved = None  # free what forward saved: it is not needed any more
         for x, gx, needs in zip(op.inputs, in_grads, op.needs_input_grad, strict=True):
@@ -214,4 +242,7 @@ def backward(root: Tensor, gradient: Any = None, retain_graph: bool = False) -> 
             if gx.shape != x.shape:  # a safety net: every op must return gradients of its inputs' shapes
                 raise RuntimeError(f"{op.name}.backward returned a gradient of shape {gx.shape} for {x.shape}")
             prev = grads.get(id(x))
-            grads[id(x)] = gx if prev is None else prev + gx
+            if prev is None:
+                grads[id(x)] = (gx, _owned(gx, g, in_grads, op, saved))
+            else:
+                grads[id(x)] = (prev[0] + gx, True)  # a new array

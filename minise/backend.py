@@ -260,7 +260,7 @@ def scatter_add(target: Any, index: Any, values: Any) -> None:
 _fused: dict[tuple[Callable[..., Any], int], Any] = {}
 
 
-def elementwise(body: Callable[..., Any], *arrays: Any, like: Any) -> Any:
+def elementwise(body: Callable[..., Any], *arrays: Any, like: Any, shape: tuple[int, ...] | None = None) -> Any:
     """A new array ``body(*arrays)`` with the shape and dtype of ``like``, for an elementwise ``body``.
 
     ``body(*arrays, out=None)`` is written with ufuncs and operators only, e.g.
@@ -269,10 +269,17 @@ def elementwise(body: Callable[..., Any], *arrays: Any, like: Any) -> Any:
     batch norm's ``x * a + b`` is one launch and one pass over memory instead of one per operator, with no
     temporaries. On NumPy it runs in chunks of a few images on all cores (``cpu.elementwise``), each chunk
     written into the result while it is in cache.
+
+    ``shape`` (of like's size) allocates the result in that shape instead, the body writing through a
+    view of like's shape: batch norm works on (N, C, H*W) and returns dx as (N, C, H, W) that owns its
+    memory (not a reshaped view), which a leaf can keep as its gradient without a copy (``autograd._owned``).
     """
     if get_array_module(*arrays) is np:
-        return cpu.elementwise(np, np.empty(like.shape, dtype=like.dtype), body, *arrays)
-    return fused(body, *arrays)
+        out = np.empty(like.shape if shape is None else shape, dtype=like.dtype)
+        cpu.elementwise(np, out.reshape(like.shape), body, *arrays)
+        return out
+    result = fused(body, *arrays)
+    return result if shape is None else result.reshape(shape)
 
 
 def fused(body: Callable[..., Any], *args: Any) -> Any:

@@ -85,6 +85,96 @@ def test_accumulated_grad_is_a_fresh_array_not_an_alias_of_another_gradient() ->
     np.testing.assert_array_equal(b.grad, [1.0])
 
 
+class _Returns(Function):
+    """y = x; its backward returns what ``make(gy, x)`` gives: a fresh array, a view, the input's data ..."""
+
+    name = "returns"
+
+    def __init__(self, make) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.make = make
+        self.returned: object = None
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        self.save(x)
+        return x.copy()
+
+    def backward(self, gy):  # type: ignore[no-untyped-def]
+        self.returned = self.make(gy, self.saved[0])  # type: ignore[index]
+        return self.returned
+
+
+def test_a_leaf_keeps_the_gradient_its_op_made_for_it_without_a_copy() -> None:
+    """The array an op's backward made for one input alone becomes the leaf's .grad itself (as PyTorch's
+    AccumulateGrad steals it): no copy of a whole input gradient."""
+    x = leaf([1.0, 2.0])
+    op = _Returns(lambda gy, x: gy * 2.0)
+    op.apply(x).backward(np.array([1.0, 1.0]))
+    assert x.grad is op.returned
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda gy, x: gy, lambda gy, x: (gy * 2.0)[::1], lambda gy, x: x],
+    ids=["the-incoming-gradient", "a-view", "a-saved-array"],
+)
+def test_a_gradient_someone_else_holds_is_copied_into_the_leaf(make) -> None:  # type: ignore[no-untyped-def]
+    """The incoming gradient (the caller's array here), a view of another array, or an array the op saved:
+    the leaf gets a copy, and changing it changes nothing else."""
+    x = leaf([1.0, 2.0])
+    op = _Returns(make)
+    gy = np.array([5.0, 6.0])
+    op.apply(x).backward(gy)
+    assert x.grad is not op.returned
+    before = np.array(op.returned, copy=True)
+    x.grad += 100.0
+    np.testing.assert_array_equal(op.returned, before)
+    np.testing.assert_array_equal(gy, [5.0, 6.0])
+
+
+def test_the_callers_gradient_is_never_a_leafs_grad() -> None:
+    x = leaf([1.0, 2.0])
+    gy = np.array([3.0, 4.0])
+    x.backward(gy)  # the root is the leaf: its gradient is the caller's array
+    x.grad += 1.0
+    np.testing.assert_array_equal(gy, [3.0, 4.0])
+
+
+def test_a_gradient_handed_to_two_inputs_is_copied_for_each() -> None:
+    """One fresh array returned for both inputs (as an add could): each leaf gets its own."""
+
+    class Twice(Function):
+        name = "twice"
+
+        def forward(self, a, b):  # type: ignore[no-untyped-def]
+            return a + b
+
+        def backward(self, gy):  # type: ignore[no-untyped-def]
+            g = gy * 1.0  # fresh, but handed to both
+            return g, g
+
+    a, b = leaf([1.0]), leaf([2.0])
+    Twice().apply(a, b).backward(np.array([1.0]))
+    assert a.grad is not b.grad
+    a.grad += 10.0
+    np.testing.assert_array_equal(b.grad, [1.0])
+
+
+def test_stealing_every_gradient_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted mistake: _owned saying yes to everything. The checks above fail: a + b gives both leaves one
+    array, and a leaf's .grad becomes the op's saved input."""
+    import minise.autograd as autograd  # noqa: PLC0415
+
+    monkeypatch.setattr(autograd, "_owned", lambda *args: True)
+    with pytest.raises(AssertionError):
+        test_accumulated_grad_is_a_fresh_array_not_an_alias_of_another_gradient()
+    with pytest.raises(AssertionError):
+        test_a_gradient_someone_else_holds_is_copied_into_the_leaf(lambda gy, x: x)
+    with pytest.raises(AssertionError):
+        test_a_gradient_handed_to_two_inputs_is_copied_for_each()
+
+
 def test_a_tensor_used_twice_then_twice_again_gets_four() -> None:
     # b = a + a; c = b + b: if b ran its backward before both of c's contributions arrived, a.grad would be 2
     a = leaf(3.0)

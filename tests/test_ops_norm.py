@@ -216,6 +216,21 @@ def test_coefficients_laid_out_channel_after_channel_is_caught(monkeypatch: pyte
     assert not np.allclose(y.numpy(), y_ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("fused_relu", [False, True], ids=["bn", "bn-relu"])
+def test_a_leaf_input_keeps_batch_norms_dx_without_a_copy(monkeypatch: pytest.MonkeyPatch, fused_relu: bool) -> None:
+    """dx is allocated as (N, C, H, W) and written through its (N, C, H*W) view (backend.elementwise's shape=),
+    so it owns its memory and becomes the leaf's .grad as it is: autograd copies nothing."""
+    import minise.autograd as autograd  # noqa: PLC0415
+
+    returned: list[object] = []
+    real = autograd._owned
+    monkeypatch.setattr(autograd, "_owned", lambda gx, *rest: returned.append(gx) or real(gx, *rest))
+    x = minise.Tensor(np.random.default_rng(0).standard_normal((2, 3, 4, 5)), requires_grad=True)
+    op = batch_norm_relu if fused_relu else F.batch_norm
+    op(x, None, None, training=True).backward(np.ones((2, 3, 4, 5)))
+    assert x.grad is returned[0] and x.grad.base is None
+
+
 def test_channel_plane_repeats_each_channel_along_its_pixels() -> None:
     plane = cpu.channel_plane(np, np.array([1.0, 2.0, 3.0]), 4)
     np.testing.assert_array_equal(plane, [[[1.0] * 4, [2.0] * 4, [3.0] * 4]])

@@ -127,10 +127,10 @@ class BatchNormReLUOp(BatchNormOp):
             length = x3.shape[2]
             if self.training:
                 per_channel = [cpu.channel_plane(xp, v, length) for v in (scale, coef_b, coef_c)]
-                dx = backend.elementwise(_masked_affine2, g3, y3, *per_channel, x3, like=x3).reshape(x.shape)
+                dx = backend.elementwise(_masked_affine2, g3, y3, *per_channel, x3, like=x3, shape=x.shape)
             else:
                 plane = cpu.channel_plane(xp, scale, length)
-                dx = backend.elementwise(_masked_scale, g3, y3, plane, like=x3).reshape(x.shape)
+                dx = backend.elementwise(_masked_scale, g3, y3, plane, like=x3, shape=x.shape)
         return dx, dgamma if need_g else None, dbeta if need_b else None
 
 

@@ -109,10 +109,10 @@ class BatchNormOp(Function):
                 coef_b = backend.fused(_coef_b, scale, inv_std, dgamma, 1.0 / m)
                 coef_c = backend.fused(_coef_c, scale, dbeta, coef_b, mu, 1.0 / m)
                 per_channel = [cpu.channel_plane(xp, v, x3.shape[2]) for v in (coef_a, coef_b, coef_c)]
-                dx = backend.elementwise(_affine2, g3, *per_channel, x3, like=x3).reshape(x.shape)
+                dx = backend.elementwise(_affine2, g3, *per_channel, x3, like=x3, shape=x.shape)
             else:
                 plane = cpu.channel_plane(xp, scale, x3.shape[2])
-                dx = backend.elementwise(_scale, g3, plane, like=x3).reshape(x.shape)
+                dx = backend.elementwise(_scale, g3, plane, like=x3, shape=x.shape)
         return dx, dgamma if need_g else None, dbeta if need_b else None
 
 
