@@ -171,3 +171,17 @@ def test_folded_models_run_conv2d_relu_unless_watched(monkeypatch: pytest.Monkey
         folded(x)
     assert relus.count(True) == 0
     assert fused.fusion_enabled() is False
+
+
+@pytest.mark.parametrize("plane_bytes", [0, 1 << 20], ids=["bias-view", "bias-plane"])
+@pytest.mark.parametrize("path", PATHS)
+def test_the_epilogues_bias_as_a_plane_or_a_view(monkeypatch: pytest.MonkeyPatch, plane_bytes: int, path: str) -> None:
+    """The epilogue adds the bias as a (1, O, OH*OW) plane (cpu.channel_plane) or, over PLANE_BYTES, a (1, O, 1)
+    view: both give the naive loop's max(conv + b, 0)."""
+    from test_ops_conv import naive_conv2d  # noqa: PLC0415
+
+    monkeypatch.setattr(fused.cpu, "PLANE_BYTES", plane_bytes)
+    x, w, b = BATCH_1.arrays()
+    with conv_algorithm(path):
+        y = conv2d_relu(x, w, b, **BATCH_1.kwargs()).numpy()
+    np.testing.assert_allclose(y, np.maximum(naive_conv2d(x, w, b, padding=(1, 1)), 0), rtol=1e-12, atol=1e-12)

@@ -284,14 +284,15 @@ class Conv2dOp(Function):
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
         y = xp.empty((n, o, oh, ow), dtype=x.dtype)
-        bias = None if b is None else b.reshape(o, 1, 1)
+        y3 = y.reshape(n, o, oh * ow)
+        bias = None if b is None else cpu.channel_plane(xp, b, oh * ow)  # (1, O, OH*OW), or (1, O, 1) if large
         relu = self.relu
 
         def epilogue(a: int, z: int) -> None:
             """y[a:z] = max(y[a:z] + b, 0) (the max only for a fused ReLU) on the chunk the GEMMs just wrote,
             while it is in cache: a whole-batch pass after the chunks would read y from memory again."""
             if bias is not None:
-                y[a:z] += bias
+                y3[a:z] += bias
             if relu:
                 xp.maximum(y[a:z], 0, out=y[a:z])
 
