@@ -110,6 +110,12 @@ def test_col2im_writes_into_out_and_reads_a_non_contiguous_gradient() -> None:
     np.testing.assert_array_equal(out, want)
 
 
+def test_col2im_refuses_an_out_it_could_not_write_through() -> None:
+    out = np.empty((2, 2, 4, 4)).transpose(0, 1, 3, 2)  # a view whose reshape would be a copy
+    with pytest.raises(ValueError, match="C-contiguous"):
+        conv_parity.col2im(np.zeros((2, 18, 4)), (2, 2, 4, 4), out=out)
+
+
 def test_weight_matrix_follows_the_tap_order_and_comes_back() -> None:
     w = np.arange(4 * 3 * 3 * 3, dtype=np.float64).reshape(4, 3, 3, 3)
     m = conv_parity.weight_matrix(w)

@@ -129,6 +129,8 @@ def col2im(dcols: Any, x_shape: tuple[int, ...], out: Any = None) -> Any:
     taps[:, 2, 2, : -ow - 1] += taps[:, 0, 0, ow + 1 :]
     if out is None:
         out = xp.empty((n, c, h, w), dtype=dcols.dtype)
+    elif not out.flags.c_contiguous:  # its reshape below would be a copy, and the planes written into that copy
+        raise ValueError(f"conv_parity.col2im: out {out.shape} must be C-contiguous - pass xp.empty({x_shape})")
     planes = out.reshape(n, c, oh, 2, ow, 2)
     planes[:, :, :, 0, :, 0] = grid[:, 1, 1]
     planes[:, :, :, 0, :, 1] = grid[:, 1, 2]
