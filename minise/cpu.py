@@ -179,7 +179,6 @@ def _with_one_blas_thread(run: Callable[[], Any]) -> Any:
 
 
 SMALL_GEMM_MNK = 1_000_000  # OpenBLAS's unpacked small-matrix kernels take products with M*N*K up to this
-TALL_MIN_BLOCK = 256  # the narrowest column block worth cutting a tall product (m > k) into
 
 
 def gemm_columns(xp: ModuleType, m: int, k: int, n: int) -> int:
@@ -195,29 +194,10 @@ def gemm_columns(xp: ModuleType, m: int, k: int, n: int) -> int:
     still has at least 16 columns (narrower ones were slower); otherwise, and on the GPU, all n at once.
     With another BLAS the blocks only cost a few extra calls.
 
-    A tall product (m > k: W^T gy, the input gradient of a strided convolution) gains from blocks only when
-    they are wide. With BLAS on one thread, blocks against one product (ratio of times, same machine):
-
-    ======================  =====  =====  ==============================================
-    (m, k, n)               block  ratio  where
-    ======================  =====  =====  ==============================================
-    (576, 64, 1024)         16     2.58   se_resnet18-like, 64 -> 128 at stride 2
-    (576, 64, 256)          16     1.63
-    (288, 64, 256)          32     1.24   32 -> 64 at stride 2, 4 images
-    (288, 64, 64)           32     1.19   32 -> 64 at stride 2, one image
-    (288, 32, 1024)         64     1.20
-    (144, 32, 256)          128    1.01   16 -> 32 at stride 2
-    (144, 16, 1024)         256    0.73
-    ======================  =====  =====  ==============================================
-
-    so a tall product is cut only into blocks of at least ``TALL_MIN_BLOCK`` (256) columns. A flat one
-    (m <= k, the forward W cols) gains from narrow blocks too: 0.89-0.94 with blocks of 16 to 64.
     """
     if xp is not np:
         return n
     block = 1 << max(0, (SMALL_GEMM_MNK // max(1, m * k)).bit_length() - 1)  # largest power of two within
-    if m > k and block < TALL_MIN_BLOCK:
-        return n
     return block if 16 <= block < n else n
 
 

@@ -283,16 +283,6 @@ def test_gemm_columns_keeps_each_product_within_the_small_kernel_bound() -> None
     assert cpu.gemm_columns(types.ModuleType("fake_xp"), 16, 144, 1024) == 1024  # a GPU: one product
 
 
-def test_gemm_columns_cuts_a_tall_product_only_into_wide_blocks() -> None:
-    """A tall product (m > k, a strided convolution's W^T gy) is one product unless its blocks would be at
-    least TALL_MIN_BLOCK (256) columns wide; a flat one with the same M*K is still cut."""
-    assert cpu.gemm_columns(np, 288, 64, 64) == 64  # 32 -> 64 at stride 2: blocks of 32 were 1.19x slower
-    assert cpu.gemm_columns(np, 576, 64, 1024) == 1024  # blocks of 16 were 2.6x slower
-    assert cpu.gemm_columns(np, 64, 288, 64) == 32  # the same M*K, flat: cut
-    assert cpu.gemm_columns(np, 144, 16, 1024) == 256  # tall, but blocks of 256: cut
-    assert cpu.gemm_columns(np, 144, 32, 256) == 256  # a block of 128 would be too narrow; 256 is all n
-
-
 def test_naive_loop_is_a_convolution() -> None:
     """The reference itself, on a case worked by hand: a 2x2 kernel of ones sums each 2x2 window."""
     x = np.arange(9.0).reshape(1, 1, 3, 3)
