@@ -133,6 +133,39 @@ def test_a_gradient_someone_else_holds_is_copied_into_the_leaf(make) -> None:  #
     np.testing.assert_array_equal(gy, [5.0, 6.0])
 
 
+class _ReturnsWhatItHolds(Function):
+    """y = 2 x; its backward returns an array the op still holds: what it saved (a fresh array, not x), or its
+    input's data, which it did not save."""
+
+    name = "returns_what_it_holds"
+
+    def __init__(self, which: str) -> None:
+        super().__init__()
+        self.which = which
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        y = x * 2.0
+        self.save(y * 1.0 if self.which == "saved" else None)
+        return y
+
+    def backward(self, gy):  # type: ignore[no-untyped-def]
+        return self.saved[0] if self.which == "saved" else self.inputs[0].data  # type: ignore[index,union-attr]
+
+
+@pytest.mark.parametrize("which", ["saved", "input-data"])
+def test_an_array_the_op_holds_is_copied_into_the_leaf(which: str) -> None:
+    """Each of _owned's two "still held" checks on its own: an array the op saved (not the input), and the
+    input's data (not saved)."""
+    x = leaf([1.0, 2.0])
+    op = _ReturnsWhatItHolds(which)
+    y = op.apply(x)
+    held = x.data if which == "input-data" else op.saved[0]  # type: ignore[index]
+    y.backward(np.array([1.0, 1.0]), retain_graph=True)  # retain_graph: the saved array stays the op's
+    assert x.grad is not held
+    x.grad += 100.0
+    np.testing.assert_array_equal(held, [1.0, 2.0] if which == "input-data" else [2.0, 4.0])
+
+
 def test_the_callers_gradient_is_never_a_leafs_grad() -> None:
     x = leaf([1.0, 2.0])
     gy = np.array([3.0, 4.0])
