@@ -270,9 +270,10 @@ def elementwise(body: Callable[..., Any], *arrays: Any, like: Any, shape: tuple[
     temporaries. On NumPy it runs in chunks of a few images on all cores (``cpu.elementwise``), each chunk
     written into the result while it is in cache.
 
-    ``shape`` (of like's size) allocates the result in that shape instead, the body writing through a
-    view of like's shape: batch norm works on (N, C, H*W) and returns dx as (N, C, H, W) that owns its
-    memory (not a reshaped view), which a leaf can keep as its gradient without a copy (``autograd._owned``).
+    ``shape`` (of like's size) gives the result that shape instead. On NumPy it is allocated in that shape
+    and the body writes through a view of like's shape: batch norm works on (N, C, H*W) and returns dx as
+    (N, C, H, W) that owns its memory (not a reshaped view), which a leaf can keep as its gradient without
+    a copy (``autograd._owned``). On CuPy it is the fused kernel's result reshaped, a view (copied for a leaf).
     """
     if get_array_module(*arrays) is np:
         out = np.empty(like.shape if shape is None else shape, dtype=like.dtype)

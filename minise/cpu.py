@@ -254,11 +254,11 @@ def channel_plane(xp: ModuleType, v: Any, length: int) -> Any:
     values (one per image and channel), and for the short rows of a CIFAR ResNet (L = 64 to 1024 pixels)
     that per-row call costs more than the arithmetic. With ``v`` repeated L times, as a contiguous
     (1, C, L) plane, each image is one run of C*L values against the plane. Timed on the 2-core machine of
-    ``BENCHMARKS.md``, on chunks of 1-1.5 MB in cache, batch norm's dx = A gy + B x + C (four passes) ran
-    1.4-1.8x faster with planes, for C from 64 to 512 and L from 49 to 3136 pixels; with a 3 MB plane
-    (256 channels of 56 x 56) the gain was 1.04x, since the plane no longer stays in the core's cache, so
-    planes larger than ``PLANE_BYTES`` stay views. On CuPy the (1, C, 1) view: one kernel reads it
-    with no per-row cost.
+    ``BENCHMARKS.md`` on chunks in cache, batch norm's dx = A gy + B x + C (four passes) ran 1.4-1.8x
+    faster with planes of at most 1 MB ((C, L) = (64, 256), (64, 1024), (128, 256), (256, 64), (256, 196),
+    (512, 49), (64, 3136)); with a 3 MB plane, (256, 3136), the gain was 1.04x, since the plane no longer
+    stays in the core's cache, so planes larger than ``PLANE_BYTES`` stay views. On CuPy the (1, C, 1)
+    view: one kernel reads it with no per-row cost.
     """
     c = v.shape[0]
     if xp is not np or c * length * v.itemsize > PLANE_BYTES:

@@ -1,5 +1,5 @@
-"""2-D convolution (cross-correlation, as in PyTorch): im2col and one GEMM per group, kernel-row GEMMs
-or Winograd, whichever the measured rule of :func:`choose_algorithm` picks for the layer.
+"""2-D convolution (cross-correlation, as in PyTorch): im2col and one GEMM per group, kernel-row GEMMs,
+Winograd or parity planes, whichever the measured rule of :func:`choose_algorithm` picks for the layer.
 
 How the fast path works, and what each trick buys (measured in ``python -m minise.bench ops``):
 
@@ -32,8 +32,9 @@ How the fast path works, and what each trick buys (measured in ``python -m minis
   from the input's four parity planes (every other row and column) and folds the column gradient back the
   same way, in runs of a whole plane instead of runs of OW values: col2im 3.4x faster, im2col 1.2x, on
   the 32 -> 64 layer of a CIFAR ResNet.
-  ``MINISE_CONV_ALGORITHM`` or :func:`conv_algorithm` forces a path ("im2col", "rows", "winograd2",
-  "winograd4", "parity"; default "auto").
+
+``MINISE_CONV_ALGORITHM`` or :func:`conv_algorithm` forces a path ("im2col", "rows", "winograd2",
+"winograd4", "parity"; default "auto").
 
 Tests hold every path equal to a naive loop over output pixels and to PyTorch.
 """
@@ -76,8 +77,8 @@ def _check_algorithm(name: str, where: str) -> str:
 def set_conv_algorithm(name: str) -> str:
     """Force how eligible convolutions run: "auto" (the measured rule of :func:`choose_algorithm`),
     "im2col", "rows" (kernel-row GEMMs), "winograd2" (F(2x2, 3x3)), "winograd4" (F(4x4, 3x3)) or "parity"
-    (3x3 at stride 2 by parity planes). Returns
-    the previous setting. Convolutions the forced path cannot run (see ``choose_algorithm``) use im2col."""
+    (3x3 at stride 2 by parity planes). Returns the previous setting. Convolutions the forced path cannot
+    run (see ``choose_algorithm``) use im2col."""
     global _algorithm
     previous, _algorithm = _algorithm, _check_algorithm(name, "set_conv_algorithm:")
     return previous
@@ -268,7 +269,7 @@ class Conv2dOp(Function):
     ) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self.algorithm = algorithm  # "im2col", "rows", "winograd2" or "winograd4" (choose_algorithm)
+        self.algorithm = algorithm  # "im2col", "rows", "winograd2", "winograd4" or "parity" (choose_algorithm)
         self.tile = int(algorithm[-1]) if algorithm.startswith("winograd") else 0  # Winograd's F(tile x tile, 3x3)
         self.relu = relu  # y = max(conv + b, 0) in one op (conv2d_relu, for batch-norm-folded models)
         # whether the forward keeps what dW reads again (Winograd's V, a strided convolution's columns): the

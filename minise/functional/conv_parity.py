@@ -18,7 +18,9 @@ padding set to zero. With the columns stored tap by tap, (i, j, c) instead of im
 tap's columns for one image are one run of C * OH * OW values, and a shift is one offset into that run:
 
     generic im2col: 9 * N * C * OH runs of OW values (8 on a 16 x 16 input), each from every other input value
-    by planes:      4 * N * C * OH runs for the planes, then 5 * N runs of C * OH * OW values
+    by planes:      4 * N * C * OH runs for the planes, then 5 * N runs of C * OH * OW values, then the
+                    padding's zeros: 3 * N * C runs of OW (output row 0 of the taps i = 0) and 3 * N * C
+                    strided runs of OH (output column 0 of the taps j = 0)
 
 The runs are what NumPy pays for: each is one call of its inner loop, and at OW = 8 that call costs more
 than its 8 values. col2im, the adjoint, runs the same steps backwards: it adds the shifted taps onto the
@@ -62,7 +64,8 @@ def eligible(
 
 
 def weight_matrix(w: Any) -> Any:
-    """W (O, C, 3, 3) -> (O, 9 C) with columns in the order (i, j, c) of :func:`im2col`'s rows (a copy)."""
+    """W (O, C, 3, 3) -> (O, 9 C) with columns in the order (i, j, c) of :func:`im2col`'s rows (a copy, or for
+    one channel a view: only read)."""
     o = w.shape[0]
     return w.transpose(0, 2, 3, 1).reshape(o, -1)
 
