@@ -189,6 +189,32 @@ def test_parity_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> Non
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("layout", ["nhwc", "swap-hw", "fortran"])
+def test_parity_of_a_non_contiguous_input(layout: str) -> None:
+    """A view in another memory layout (im2col by planes reshapes x, which then copies): the same forward and
+    gradients as the contiguous input."""
+    xa, wa, _ = BATCH_1.arrays()
+    gy = np.random.default_rng(3).standard_normal((1, 3, 3, 2))
+    if layout == "nhwc":
+        leaf = minise.Tensor(xa.transpose(0, 2, 3, 1).copy(), requires_grad=True)
+        x, back = leaf.transpose(0, 3, 1, 2), (lambda g: g.transpose(0, 3, 1, 2))
+    elif layout == "swap-hw":
+        leaf = minise.Tensor(xa.transpose(0, 1, 3, 2).copy(), requires_grad=True)
+        x, back = leaf.transpose(0, 1, 3, 2), (lambda g: g.transpose(0, 1, 3, 2))
+    else:
+        leaf = minise.Tensor(np.asfortranarray(xa), requires_grad=True)
+        x, back = leaf, (lambda g: g)
+    assert not x.data.flags.c_contiguous
+    w = minise.Tensor(wa.copy(), requires_grad=True)
+    with conv_algorithm("parity"):
+        y = F.conv2d(x, w, **S2)
+        y.backward(gy)
+    np.testing.assert_allclose(y.numpy(), naive_conv2d(xa, wa, None, **S2), rtol=1e-10, atol=1e-10)
+    ndx, ndw, _ = naive_conv2d_grads(xa, wa, gy, **S2)
+    np.testing.assert_allclose(back(leaf.grad), ndx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(w.grad, ndw, rtol=1e-10, atol=1e-10)
+
+
 @requires_torch
 @pytest.mark.torch
 @pytest.mark.parametrize("case", CASES, ids=IDS)

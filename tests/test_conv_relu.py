@@ -22,12 +22,13 @@ from minise.functional.fused import fold_batch_norm
 from minise.models import create
 from minise.nn import BatchNorm2d
 
-PATHS = ["im2col", "rows", "winograd2"]  # forced where eligible (else im2col: choose_algorithm)
+PATHS = ["im2col", "rows", "winograd2", "parity"]  # forced where eligible (else im2col: choose_algorithm)
 
 BATCH_1 = ConvCase(n=1, c=2, o=3, h=4, w=5, kernel=(3, 3), padding=(1, 1), seed=1)
 ONE_CHANNEL = ConvCase(n=2, c=1, o=1, h=4, w=4, kernel=(3, 3), padding=(1, 1), seed=2)
 SPATIAL_1X1 = ConvCase(n=2, c=3, o=2, h=1, w=1, kernel=(1, 1), seed=3)
 STRIDED_NO_BIAS = ConvCase(n=2, c=2, o=3, h=5, w=6, kernel=(3, 3), stride=(2, 2), padding=(1, 1), bias=False, seed=4)
+STRIDED_EVEN = ConvCase(n=2, c=2, o=3, h=6, w=4, kernel=(3, 3), stride=(2, 2), padding=(1, 1), seed=5)  # parity's
 
 
 def _away_from_kink(case: ConvCase, margin: float = 1e-2) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -53,6 +54,7 @@ def _tensors(xp, *arrays):  # type: ignore[no-untyped-def]
 @example(case=ONE_CHANNEL)
 @example(case=SPATIAL_1X1)
 @example(case=STRIDED_NO_BIAS)
+@example(case=STRIDED_EVEN)
 @pytest.mark.parametrize("path", PATHS)
 def test_conv2d_relu_gradcheck(xp, case: ConvCase, path: str) -> None:
     x, w, b = _tensors(xp, *_away_from_kink(case))
@@ -65,6 +67,7 @@ def test_conv2d_relu_gradcheck(xp, case: ConvCase, path: str) -> None:
 @given(case=conv_cases())
 @example(case=BATCH_1)
 @example(case=STRIDED_NO_BIAS)
+@example(case=STRIDED_EVEN)
 @pytest.mark.parametrize("path", PATHS)
 def test_conv2d_relu_equals_the_two_ops(xp, case: ConvCase, path: str) -> None:
     """Output and every gradient equal relu(conv2d(...))'s, on the same path."""
@@ -181,7 +184,9 @@ def test_the_epilogues_bias_as_a_plane_or_a_view(monkeypatch: pytest.MonkeyPatch
     from test_ops_conv import naive_conv2d  # noqa: PLC0415
 
     monkeypatch.setattr(fused.cpu, "PLANE_BYTES", plane_bytes)
-    x, w, b = BATCH_1.arrays()
+    case = STRIDED_EVEN if path == "parity" else BATCH_1
+    x, w, b = case.arrays()
     with conv_algorithm(path):
-        y = conv2d_relu(x, w, b, **BATCH_1.kwargs()).numpy()
-    np.testing.assert_allclose(y, np.maximum(naive_conv2d(x, w, b, padding=(1, 1)), 0), rtol=1e-12, atol=1e-12)
+        y = conv2d_relu(x, w, b, **case.kwargs()).numpy()
+    want = np.maximum(naive_conv2d(x, w, b, stride=case.stride, padding=(1, 1)), 0)
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
