@@ -40,6 +40,8 @@ class BatchNormOp(Function):
     sums (the moments combined across chunks exactly, see ``_batch_moments``), one for the affine
     map, each chunk small enough to stay in cache, instead of a chain of
     whole-batch temporaries (x - mu, its square, xhat, gamma xhat ...) each streamed through memory.
+    The (C,) coefficients go into those passes as planes repeated along the pixels (``cpu.channel_plane``),
+    so that NumPy's inner loop runs once per image rather than once per channel and image.
     On CuPy the batch is one chunk and each affine map is one fused kernel (``backend.elementwise``).
     xhat is not stored; backward recomputes it from x, mu and 1/sqrt(var + eps).
     """
