@@ -116,21 +116,12 @@ class BatchNormReLUOp(BatchNormOp):
             return xp.stack([xp.einsum("ncl->c", g), xp.einsum("ncl,ncl->c", g, x3[a:z])])
 
         s = _sum_chunks(xp, n, size, sums)
-        dbeta = s[0].astype(x.dtype)  # sum g
-        dgamma = ((s[1] - mu * s[0]) * inv_std).astype(x.dtype)  # sum g * xhat
+        dgamma, dbeta, planes = self.gradients_from_sums(s, mu, inv_std, gamma, m, x3.shape[2], x.dtype)
         dx = None
-        if need_x:
-            scale = inv_std if gamma is None else gamma * inv_std  # (C,)
-            # training: dx = scale (g - dbeta/m - xhat dgamma/m) = A g + B x + C per channel; evaluation: A g
-            coef_b = -scale * inv_std * dgamma / m
-            coef_c = -scale * dbeta / m - coef_b * mu
-            length = x3.shape[2]
-            if self.training:
-                per_channel = [cpu.channel_plane(xp, v, length) for v in (scale, coef_b, coef_c)]
-                dx = backend.elementwise(_masked_affine2, g3, y3, *per_channel, x3, like=x3, shape=x.shape)
-            else:
-                plane = cpu.channel_plane(xp, scale, length)
-                dx = backend.elementwise(_masked_scale, g3, y3, plane, like=x3, shape=x.shape)
+        if need_x:  # batch norm's dx of g: A g + B x + C in training, A g in evaluation
+            body = _masked_affine2 if self.training else _masked_scale
+            rest = [x3] if self.training else []
+            dx = backend.elementwise(body, g3, y3, *planes, *rest, like=x3, shape=x.shape)
         return dx, dgamma if need_g else None, dbeta if need_b else None
 
 

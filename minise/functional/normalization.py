@@ -99,23 +99,32 @@ class BatchNormOp(Function):
             return xp.stack([xp.einsum("ncl->c", g3[a:z]), xp.einsum("ncl,ncl->c", g3[a:z], x3[a:z])])
 
         s = _sum_chunks(xp, n, size, sums)
-        # the sums were accumulated in float64; the gradients take the input's dtype, as every gradient does
-        dbeta = s[0].astype(x.dtype)  # sum gy
-        dgamma = backend.fused(_dgamma, s[1], s[0], mu, inv_std).astype(x.dtype)  # sum gy * xhat
+        dgamma, dbeta, planes = self.gradients_from_sums(s, mu, inv_std, gamma, m, x3.shape[2], x.dtype)
         dx = None
         if need_x:
-            scale = inv_std if gamma is None else gamma * inv_std  # (C,)
-            if self.training:
-                # dx = scale (gy - dbeta/m - xhat dgamma/m) = A gy + B x + C, per channel
-                coef_a = scale
-                coef_b = backend.fused(_coef_b, scale, inv_std, dgamma, 1.0 / m)
-                coef_c = backend.fused(_coef_c, scale, dbeta, coef_b, mu, 1.0 / m)
-                per_channel = [cpu.channel_plane(xp, v, x3.shape[2]) for v in (coef_a, coef_b, coef_c)]
-                dx = backend.elementwise(_affine2, g3, *per_channel, x3, like=x3, shape=x.shape)
-            else:
-                plane = cpu.channel_plane(xp, scale, x3.shape[2])
-                dx = backend.elementwise(_scale, g3, plane, like=x3, shape=x.shape)
+            body = _affine2 if self.training else _scale  # A gy + B x + C, or A gy
+            rest = [x3] if self.training else []
+            dx = backend.elementwise(body, g3, *planes, *rest, like=x3, shape=x.shape)
         return dx, dgamma if need_g else None, dbeta if need_b else None
+
+    def gradients_from_sums(
+        self, s: Any, mu: Any, inv_std: Any, gamma: Any, m: int, length: int, dtype: Any
+    ) -> tuple[Any, Any, list[Any]]:
+        """dgamma, dbeta and dx's per-channel coefficients as planes (``cpu.channel_plane``) from the sums
+        s = (sum g, sum g x) of the gradient g reaching batch norm: [A, B, C] of dx = A g + B x + C in training,
+        [A] of dx = A g in evaluation. Shared with :class:`~minise.functional.fused.BatchNormReLUOp`, whose g
+        is gy [y > 0]."""
+        xp = get_array_module(s)
+        # the sums were accumulated in float64; the gradients take the input's dtype, as every gradient does
+        dbeta = s[0].astype(dtype)  # sum g
+        dgamma = backend.fused(_dgamma, s[1], s[0], mu, inv_std).astype(dtype)  # sum g * xhat
+        scale = inv_std if gamma is None else gamma * inv_std  # (C,)
+        coefficients = [scale]  # A
+        if self.training:
+            # dx = scale (g - dbeta/m - xhat dgamma/m) = A g + B x + C, per channel
+            coef_b = backend.fused(_coef_b, scale, inv_std, dgamma, 1.0 / m)
+            coefficients += [coef_b, backend.fused(_coef_c, scale, dbeta, coef_b, mu, 1.0 / m)]
+        return dgamma, dbeta, [cpu.channel_plane(xp, v, length) for v in coefficients]
 
 
 # The per-channel coefficients (backend.fused) and the elementwise passes (backend.elementwise): ufuncs and
