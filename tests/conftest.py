@@ -17,6 +17,7 @@ import cupy_standin
 import numpy as np
 import pytest
 
+import minise
 from minise import backend
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -66,6 +67,23 @@ def backend_name(xp: ModuleType) -> str:
 def to_xp(xp: ModuleType, a: np.ndarray):  # type: ignore[no-untyped-def]
     """A host array on the backend of ``xp``."""
     return a if xp is np else xp.asarray(a)
+
+
+NON_CONTIGUOUS_LAYOUTS = ["nhwc", "swap-hw", "fortran"]
+
+
+def non_contiguous_leaf(x: np.ndarray, layout: str):  # type: ignore[no-untyped-def]
+    """(leaf, view, back) for an (N, C, H, W) host array held in another memory layout: ``leaf`` a tensor
+    requiring grad, ``view`` the same values as (N, C, H, W) but not C-contiguous (channels last, H and W
+    swapped, or column-major), and ``back(g)`` the leaf's gradient in x's (N, C, H, W) order."""
+    if layout == "nhwc":
+        leaf = minise.Tensor(x.transpose(0, 2, 3, 1).copy(), requires_grad=True)
+        return leaf, leaf.transpose(0, 3, 1, 2), (lambda g: g.transpose(0, 3, 1, 2))
+    if layout == "swap-hw":
+        leaf = minise.Tensor(x.transpose(0, 1, 3, 2).copy(), requires_grad=True)
+        return leaf, leaf.transpose(0, 1, 3, 2), (lambda g: g.transpose(0, 1, 3, 2))
+    leaf = minise.Tensor(np.asfortranarray(x), requires_grad=True)
+    return leaf, leaf, (lambda g: g)
 
 
 try:

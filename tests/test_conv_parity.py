@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import requires_torch, to_xp
+from conftest import NON_CONTIGUOUS_LAYOUTS, non_contiguous_leaf, requires_torch, to_xp
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import ConvCase, seeds
-from test_ops_conv import naive_conv2d, naive_conv2d_grads
+from test_ops_conv import (
+    assert_conv_matches_torch_float64,
+    conv_tensors,
+    float32_errors,
+    naive_conv2d,
+    naive_conv2d_grads,
+    run_conv,
+)
 from test_winograd import algo
 
 import minise
@@ -53,20 +60,6 @@ def _tap_order(cols: np.ndarray, c: int) -> np.ndarray:
     """im2col's rows (c, i, j) reordered to (i, j, c), the order of conv_parity's columns."""
     n, _, length = cols.shape
     return cols.reshape(n, c, 3, 3, length).transpose(0, 2, 3, 1, 4).reshape(n, 9 * c, length)
-
-
-def _tensors(xp, *arrays):  # type: ignore[no-untyped-def]
-    return [None if a is None else minise.Tensor(to_xp(xp, a.copy()), requires_grad=True) for a in arrays]
-
-
-def _run(xp, case: ConvCase, algorithm: str, gy: np.ndarray):  # type: ignore[no-untyped-def]
-    """y, dx, dW, db of conv2d under ``algorithm``, on host arrays."""
-    x, w, b = _tensors(xp, *case.arrays())
-    with conv_algorithm(algorithm):
-        y = F.conv2d(x, w, b, **S2)
-        y.backward(to_xp(xp, gy))
-    host = backend.to_host
-    return host(y.data), host(x.grad), host(w.grad), None if b is None else host(b.grad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,12 +131,12 @@ def test_weight_matrix_follows_the_tap_order_and_comes_back() -> None:
 def test_parity_matches_naive_loop_and_im2col(xp, case: ConvCase) -> None:
     xa, wa, ba = case.arrays()
     gy = np.random.default_rng(case.seed + 1).standard_normal((case.n, case.o, *case.out_hw))
-    y, dx, dw, db = _run(xp, case, "parity", gy)
+    y, dx, dw, db = run_conv(xp, case, "parity", gy)
     np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, **S2), rtol=1e-10, atol=1e-10)
     ndx, ndw, _ = naive_conv2d_grads(xa, wa, gy, **S2)
     np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
-    for got, want in zip((y, dx, dw, db), _run(xp, case, "im2col", gy), strict=True):
+    for got, want in zip((y, dx, dw, db), run_conv(xp, case, "im2col", gy), strict=True):
         if want is not None:
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
@@ -156,7 +149,7 @@ def test_parity_matches_naive_loop_and_im2col(xp, case: ConvCase) -> None:
 def test_parity_gradcheck(xp, case: ConvCase) -> None:
     """Float64 central differences against a random cotangent, every element of x, W and b (step 1e-4: the
     convolution is linear in each input, so central differences have no truncation error)."""
-    x, w, b = _tensors(xp, *case.arrays())
+    x, w, b = conv_tensors(xp, *case.arrays())
     with conv_algorithm("parity"):
         report = minise.gradcheck(lambda x, w, b: F.conv2d(x, w, b, **S2), x, w, b, eps=1e-4)
     assert report.ok and len(report.inputs) == (3 if case.bias else 2)
@@ -182,28 +175,20 @@ def test_parity_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> Non
     case = ConvCase(n=5, c=3, o=4, h=6, w=8, kernel=(3, 3), stride=(2, 2), padding=(1, 1), seed=9)
     xa, wa, ba = case.arrays()
     gy = np.random.default_rng(0).standard_normal((5, 4, 3, 4))
-    y, dx, dw, db = _run(np, case, "parity", gy)
+    y, dx, dw, db = run_conv(np, case, "parity", gy)
     assert len(built) == 5  # one per chunk in the forward; the backward reused them
     np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, **S2), rtol=1e-10, atol=1e-10)
     for got, want in zip((dx, dw, db), naive_conv2d_grads(xa, wa, gy, **S2), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("layout", ["nhwc", "swap-hw", "fortran"])
+@pytest.mark.parametrize("layout", NON_CONTIGUOUS_LAYOUTS)
 def test_parity_of_a_non_contiguous_input(layout: str) -> None:
     """A view in another memory layout (im2col by planes reshapes x, which then copies): the same forward and
     gradients as the contiguous input."""
     xa, wa, _ = BATCH_1.arrays()
     gy = np.random.default_rng(3).standard_normal((1, 3, 3, 2))
-    if layout == "nhwc":
-        leaf = minise.Tensor(xa.transpose(0, 2, 3, 1).copy(), requires_grad=True)
-        x, back = leaf.transpose(0, 3, 1, 2), (lambda g: g.transpose(0, 3, 1, 2))
-    elif layout == "swap-hw":
-        leaf = minise.Tensor(xa.transpose(0, 1, 3, 2).copy(), requires_grad=True)
-        x, back = leaf.transpose(0, 1, 3, 2), (lambda g: g.transpose(0, 1, 3, 2))
-    else:
-        leaf = minise.Tensor(np.asfortranarray(xa), requires_grad=True)
-        x, back = leaf, (lambda g: g)
+    leaf, x, back = non_contiguous_leaf(xa, layout)
     assert not x.data.flags.c_contiguous
     w = minise.Tensor(wa.copy(), requires_grad=True)
     with conv_algorithm("parity"):
@@ -219,20 +204,8 @@ def test_parity_of_a_non_contiguous_input(layout: str) -> None:
 @pytest.mark.torch
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_parity_matches_torch_float64(case: ConvCase) -> None:
-    import torch  # noqa: PLC0415
-
-    xa, wa, ba = case.arrays()
     gy = np.random.default_rng(case.seed + 2).standard_normal((case.n, case.o, *case.out_hw))
-    y, dx, dw, db = _run(np, case, "parity", gy)
-    xt, wt = torch.tensor(xa, requires_grad=True), torch.tensor(wa, requires_grad=True)
-    bt = None if ba is None else torch.tensor(ba, requires_grad=True)
-    yt = torch.nn.functional.conv2d(xt, wt, bt, **S2)
-    yt.backward(torch.tensor(gy))
-    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
-    if bt is not None:
-        np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    assert_conv_matches_torch_float64(case, "parity", gy)
 
 
 @pytest.mark.parametrize("shape", [(4, 16, 32, 32), (4, 32, 16, 64)], ids=["16->32@32", "32->64@16"])
@@ -243,19 +216,7 @@ def test_float32_error_next_to_im2col(shape: tuple[int, int, int, int]) -> None:
     rng = np.random.default_rng(c)
     x, gy = rng.standard_normal((n, c, h, h)), rng.standard_normal((n, o, h // 2, h // 2))
     w = rng.standard_normal((o, c, 3, 3)) * np.sqrt(2 / (9 * c))
-
-    def run(dtype, algorithm):  # type: ignore[no-untyped-def]
-        xt, wt = minise.tensor(x.astype(dtype), requires_grad=True), minise.tensor(w.astype(dtype), requires_grad=True)
-        with conv_algorithm(algorithm):
-            y = F.conv2d(xt, wt, **S2)
-            y.backward(gy.astype(dtype))
-        return [np.asarray(a, dtype=np.float64) for a in (y.data, xt.grad, wt.grad)]
-
-    exact = run(np.float64, "im2col")
-    errors = {
-        a: max(float(np.abs(g - e).max() / np.abs(e).max()) for g, e in zip(run(np.float32, a), exact, strict=True))
-        for a in ("im2col", "parity")
-    }
+    errors = float32_errors(x, w, gy, ("im2col", "parity"), **S2)
     assert errors["parity"] < 3e-6 and errors["parity"] < 4 * errors["im2col"], errors
 
 
@@ -302,7 +263,7 @@ def test_columns_that_keep_the_padding_are_caught(monkeypatch: pytest.MonkeyPatc
     real = conv_parity.im2col
     monkeypatch.setattr(conv_parity, "im2col", lambda x: _junk_padding(real, x))
     xa, wa, ba = BATCH_1.arrays()
-    y = _run(np, BATCH_1, "parity", np.ones((1, 3, 3, 2)))[0]
+    y = run_conv(np, BATCH_1, "parity", np.ones((1, 3, 3, 2)))[0]
     assert not np.allclose(y, naive_conv2d(xa, wa, ba, **S2), rtol=1e-10, atol=1e-10)
 
 
@@ -338,7 +299,7 @@ def test_a_col2im_that_adds_the_padding_back_is_caught_by_gradcheck(monkeypatch:
         return out
 
     monkeypatch.setattr(conv_parity, "col2im", no_zeroing)
-    x, w, _ = _tensors(np, *ONE_CHANNEL.arrays())
+    x, w, _ = conv_tensors(np, *ONE_CHANNEL.arrays())
     with conv_algorithm("parity"):
         report = minise.gradcheck(lambda x, w: F.conv2d(x, w, **S2), x, w, eps=1e-4, raise_on_failure=False)
     assert [r.index for r in report.inputs if not r.ok] == [0]

@@ -11,6 +11,7 @@ import pytest
 from conftest import to_xp
 from hypothesis import example, given, settings
 from strategies import ConvCase, conv_cases
+from test_ops_conv import conv_tensors
 
 import minise
 import minise.functional as F
@@ -44,10 +45,6 @@ def _away_from_kink(case: ConvCase, margin: float = 1e-2) -> tuple[np.ndarray, n
     raise RuntimeError("no draw away from the kink")  # pragma: no cover
 
 
-def _tensors(xp, *arrays):  # type: ignore[no-untyped-def]
-    return [None if a is None else minise.Tensor(to_xp(xp, a.copy()), requires_grad=True) for a in arrays]
-
-
 @settings(max_examples=25, deadline=None)
 @given(case=conv_cases(max_out=2))
 @example(case=BATCH_1)
@@ -57,7 +54,7 @@ def _tensors(xp, *arrays):  # type: ignore[no-untyped-def]
 @example(case=STRIDED_EVEN)
 @pytest.mark.parametrize("path", PATHS)
 def test_conv2d_relu_gradcheck(xp, case: ConvCase, path: str) -> None:
-    x, w, b = _tensors(xp, *_away_from_kink(case))
+    x, w, b = conv_tensors(xp, *_away_from_kink(case))
     with conv_algorithm(path):
         report = minise.gradcheck(lambda x, w, b: conv2d_relu(x, w, b, **case.kwargs()), x, w, b, eps=1e-4)
     assert report.ok and len(report.inputs) == (3 if case.bias else 2)
@@ -75,7 +72,7 @@ def test_conv2d_relu_equals_the_two_ops(xp, case: ConvCase, path: str) -> None:
     results = []
     with conv_algorithm(path):
         for fn in (conv2d_relu, lambda *a, **k: F.relu(F.conv2d(*a, **k))):
-            x, w, b = _tensors(xp, *arrays)
+            x, w, b = conv_tensors(xp, *arrays)
             y = fn(x, w, b, **case.kwargs())
             gy = np.random.default_rng(case.seed + 1).standard_normal(y.shape)
             y.backward(to_xp(xp, gy))
@@ -120,7 +117,9 @@ def test_a_missing_relu_mask_in_the_backward_is_caught(monkeypatch: pytest.Monke
     """conv2d_relu's backward without the ReLU's mask (g = gy) fails gradcheck on every input."""
     # the body writes gy itself into the result (backend.elementwise hands it ``out``: a body must write there)
     monkeypatch.setattr(conv_module, "_relu_grad", lambda gy, y, out=None: np.multiply(gy, 1, out=out))
-    x, w, b = _tensors(np, *_away_from_kink(ConvCase(n=2, c=2, o=3, h=4, w=4, kernel=(3, 3), padding=(1, 1), seed=9)))
+    x, w, b = conv_tensors(
+        np, *_away_from_kink(ConvCase(n=2, c=2, o=3, h=4, w=4, kernel=(3, 3), padding=(1, 1), seed=9))
+    )
     report = minise.gradcheck(lambda x, w, b: conv2d_relu(x, w, b, padding=1), x, w, b, raise_on_failure=False)
     assert [r.ok for r in report.inputs] == [False, False, False]
 

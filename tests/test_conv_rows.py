@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import requires_torch, to_xp
+from conftest import requires_torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import ConvCase, seeds
-from test_ops_conv import naive_conv2d, naive_conv2d_grads
+from test_ops_conv import (
+    assert_conv_matches_torch_float64,
+    conv_tensors,
+    float32_errors,
+    naive_conv2d,
+    naive_conv2d_grads,
+    run_conv,
+)
 from test_winograd import algo
 
 import minise
 import minise.functional as F
-from minise import backend, cpu
+from minise import cpu
 from minise.functional import conv_rows
 from minise.functional.conv import conv_algorithm
 
@@ -84,20 +91,6 @@ CASES = [BATCH_1, ONE_CHANNEL, SPATIAL_1X1, NO_PADDING, FULL_PADDING, DILATED]
 IDS = ["batch1", "one-channel", "1x1", "no-padding", "full-padding", "dilated"]
 
 
-def _tensors(xp, *arrays):  # type: ignore[no-untyped-def]
-    return [None if a is None else minise.Tensor(to_xp(xp, a.copy()), requires_grad=True) for a in arrays]
-
-
-def _run(xp, case: ConvCase, algorithm: str, gy: np.ndarray):  # type: ignore[no-untyped-def]
-    """y, dx, dW, db of conv2d under ``algorithm``, on host arrays."""
-    x, w, b = _tensors(xp, *case.arrays())
-    with conv_algorithm(algorithm):
-        y = F.conv2d(x, w, b, padding=case.padding, dilation=case.dilation)
-        y.backward(to_xp(xp, gy))
-    host = backend.to_host
-    return host(y.data), host(x.grad), host(w.grad), None if b is None else host(b.grad)
-
-
 def _grads_of(case: ConvCase, gy: np.ndarray):  # type: ignore[no-untyped-def]
     xa, wa, _ = case.arrays()
     return naive_conv2d_grads(xa, wa, gy, padding=case.padding, dilation=case.dilation)
@@ -121,7 +114,7 @@ def test_rows_match_naive_loop_and_im2col(xp, case: ConvCase, gy_copy: bool) -> 
     before = conv_rows.TRANSPOSED_GY_FROM
     conv_rows.TRANSPOSED_GY_FROM = 1 if gy_copy else 10**9
     try:
-        y, dx, dw, db = _run(xp, case, "rows", gy)
+        y, dx, dw, db = run_conv(xp, case, "rows", gy)
     finally:
         conv_rows.TRANSPOSED_GY_FROM = before
     assert y.shape == (case.n, case.o, *case.out_hw)
@@ -131,7 +124,7 @@ def test_rows_match_naive_loop_and_im2col(xp, case: ConvCase, gy_copy: bool) -> 
     ndx, ndw, _ = _grads_of(case, gy)
     np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
-    for got, want in zip((y, dx, dw, db), _run(xp, case, "im2col", gy), strict=True):
+    for got, want in zip((y, dx, dw, db), run_conv(xp, case, "im2col", gy), strict=True):
         if want is not None:
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
@@ -150,7 +143,7 @@ def test_rows_gradcheck(xp, case: ConvCase) -> None:
     differences have no truncation error at any step, while the forward's rounding divided by a 1e-6 step
     reached gradcheck's tolerance on a 4x3 kernel with dilation 2 (found by hypothesis in CI: 1.7e-8
     absolute on a gradient of 4e-3; the same case agrees with the naive loop to 1e-10)."""
-    x, w, b = _tensors(xp, *case.arrays())
+    x, w, b = conv_tensors(xp, *case.arrays())
     with conv_algorithm("rows"):
         report = minise.gradcheck(
             lambda x, w, b: F.conv2d(x, w, b, padding=case.padding, dilation=case.dilation), x, w, b, eps=1e-4
@@ -174,7 +167,7 @@ def test_rows_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     case = ConvCase(n=5, c=3, o=4, h=6, w=7, kernel=(3, 3), padding=(1, 1), seed=9)
     xa, wa, ba = case.arrays()
     gy = np.random.default_rng(0).standard_normal((5, 4, 6, 7))
-    y, dx, dw, db = _run(np, case, "rows", gy)
+    y, dx, dw, db = run_conv(np, case, "rows", gy)
     np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-10, atol=1e-10)
     for got, want in zip((dx, dw, db), naive_conv2d_grads(xa, wa, gy, padding=(1, 1)), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
@@ -184,20 +177,8 @@ def test_rows_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.torch
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_rows_match_torch_float64(case: ConvCase) -> None:
-    import torch  # noqa: PLC0415
-
-    xa, wa, ba = case.arrays()
     gy = np.random.default_rng(case.seed + 2).standard_normal((case.n, case.o, *case.out_hw))
-    y, dx, dw, db = _run(np, case, "rows", gy)
-    xt, wt = torch.tensor(xa, requires_grad=True), torch.tensor(wa, requires_grad=True)
-    bt = None if ba is None else torch.tensor(ba, requires_grad=True)
-    yt = torch.nn.functional.conv2d(xt, wt, bt, padding=case.padding, dilation=case.dilation)
-    yt.backward(torch.tensor(gy))
-    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
-    if bt is not None:
-        np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    assert_conv_matches_torch_float64(case, "rows", gy)
 
 
 @pytest.mark.parametrize("shape", [(4, 16, 32), (4, 32, 16), (4, 64, 8)], ids=["16@32", "32@16", "64@8"])
@@ -209,19 +190,7 @@ def test_float32_error_next_to_im2col(shape: tuple[int, int, int]) -> None:
     rng = np.random.default_rng(c)
     x, gy = rng.standard_normal((n, c, h, h)), rng.standard_normal((n, c, h, h))
     w = rng.standard_normal((c, c, 3, 3)) * np.sqrt(2 / (9 * c))
-
-    def run(dtype, algorithm):  # type: ignore[no-untyped-def]
-        xt, wt = minise.tensor(x.astype(dtype), requires_grad=True), minise.tensor(w.astype(dtype), requires_grad=True)
-        with conv_algorithm(algorithm):
-            y = F.conv2d(xt, wt, padding=1)
-            y.backward(gy.astype(dtype))
-        return [np.asarray(a, dtype=np.float64) for a in (y.data, xt.grad, wt.grad)]
-
-    exact = run(np.float64, "im2col")
-    errors = {
-        a: max(float(np.abs(g - e).max() / np.abs(e).max()) for g, e in zip(run(np.float32, a), exact, strict=True))
-        for a in ("im2col", "rows")
-    }
+    errors = float32_errors(x, w, gy, ("im2col", "rows"), padding=1)
     assert errors["rows"] < 3e-6 and errors["rows"] < 4 * errors["im2col"], errors
 
 
@@ -269,7 +238,7 @@ def test_a_wrong_shift_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(conv_rows, "shifted_rows", off_by_one)
     xa, wa, ba = BATCH_1.arrays()
-    y = _run(np, BATCH_1, "rows", np.ones((1, 3, 5, 4)))[0]
+    y = run_conv(np, BATCH_1, "rows", np.ones((1, 3, 5, 4)))[0]
     assert not np.allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-10, atol=1e-10)
 
 
@@ -278,7 +247,7 @@ def test_a_wrong_weight_gradient_is_caught_by_gradcheck(monkeypatch: pytest.Monk
     weight, and only there."""
     real = conv_rows.weight_grad_chunk
     monkeypatch.setattr(conv_rows, "weight_grad_chunk", lambda *args: real(*args)[::-1])
-    x, w, _ = _tensors(np, *BATCH_1.arrays())
+    x, w, _ = conv_tensors(np, *BATCH_1.arrays())
     with conv_algorithm("rows"):
         report = minise.gradcheck(lambda x, w: F.conv2d(x, w, padding=1), x, w, raise_on_failure=False)
     assert [r.index for r in report.inputs if not r.ok] == [1]
@@ -309,7 +278,7 @@ def test_junk_columns_left_in_the_weight_gradient_are_caught(monkeypatch: pytest
             return wide
 
         monkeypatch.setattr(conv_rows, "on_padded_width", junk_left)
-    x, w, _ = _tensors(np, *BATCH_1.arrays())
+    x, w, _ = conv_tensors(np, *BATCH_1.arrays())
     with conv_algorithm("rows"):
         report = minise.gradcheck(lambda x, w: F.conv2d(x, w, padding=1), x, w, raise_on_failure=False)
     assert [r.index for r in report.inputs if not r.ok] == [1]

@@ -8,11 +8,10 @@ from __future__ import annotations
 import threading
 import time
 import types
-from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import requires_torch, to_xp
+from conftest import non_contiguous_leaf, requires_torch, to_xp
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import ConvCase, conv_cases
@@ -73,8 +72,53 @@ def naive_conv2d_grads(x, w, gy, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     return dxpad[:, :, ph : ph + h, pw : pw + wd], dw, gy.sum(axis=(0, 2, 3))
 
 
-def _tensors(xp, *arrays, requires_grad=True):
+def conv_tensors(xp, *arrays, requires_grad=True):  # type: ignore[no-untyped-def]
+    """Tensors on ``xp`` of copies of the host arrays (None stays None): x, W, b of a case."""
     return [None if a is None else minise.Tensor(to_xp(xp, a.copy()), requires_grad=requires_grad) for a in arrays]
+
+
+def run_conv(xp, case: ConvCase, algorithm: str, gy: np.ndarray):  # type: ignore[no-untyped-def]
+    """y, dx, dW, db (db None without a bias) of conv2d on ``case`` under ``algorithm``, as host arrays."""
+    x, w, b = conv_tensors(xp, *case.arrays())
+    with conv_module.conv_algorithm(algorithm):
+        y = F.conv2d(x, w, b, **case.kwargs())
+        y.backward(to_xp(xp, gy))
+    host = backend.to_host
+    return host(y.data), host(x.grad), host(w.grad), None if b is None else host(b.grad)
+
+
+def assert_conv_matches_torch_float64(case: ConvCase, algorithm: str, gy: np.ndarray) -> None:
+    """conv2d under ``algorithm`` equals torch.nn.functional.conv2d in float64: y, dx, dW and db to 1e-10."""
+    import torch  # noqa: PLC0415
+
+    xa, wa, ba = case.arrays()
+    y, dx, dw, db = run_conv(np, case, algorithm, gy)
+    xt, wt = torch.tensor(xa, requires_grad=True), torch.tensor(wa, requires_grad=True)
+    bt = None if ba is None else torch.tensor(ba, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, **case.kwargs())
+    yt.backward(torch.tensor(gy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    if bt is not None:
+        np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def float32_errors(x, w, gy, algorithms, **conv_kwargs) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Per algorithm, the worst |float32 - float64| / max |float64| over y, dx and dW, against float64 im2col."""
+
+    def run(dtype, algorithm):  # type: ignore[no-untyped-def]
+        xt, wt = minise.tensor(x.astype(dtype), requires_grad=True), minise.tensor(w.astype(dtype), requires_grad=True)
+        with conv_module.conv_algorithm(algorithm):
+            y = F.conv2d(xt, wt, **conv_kwargs)
+            y.backward(gy.astype(dtype))
+        return [np.asarray(a, dtype=np.float64) for a in (y.data, xt.grad, wt.grad)]
+
+    exact = run(np.float64, "im2col")
+    return {
+        a: max(float(np.abs(g - e).max() / np.abs(e).max()) for g, e in zip(run(np.float32, a), exact, strict=True))
+        for a in algorithms
+    }
 
 
 def _conv_fn(case: ConvCase):
@@ -115,7 +159,7 @@ def test_corner_cases_are_what_they_claim() -> None:
 @example(case=CROP)
 @example(case=GROUPS_STRIDED)
 def test_conv2d_gradcheck(xp, case: ConvCase) -> None:
-    x, w, b = _tensors(xp, *case.arrays())
+    x, w, b = conv_tensors(xp, *case.arrays())
     report = minise.gradcheck(_conv_fn(case), x, w, b)
     assert report.ok and len(report.inputs) == (3 if case.bias else 2)
 
@@ -144,7 +188,7 @@ def test_conv2d_gradcheck_on_a_subset_of_inputs(xp, case: ConvCase, needs) -> No
 @example(case=CROP)
 def test_conv2d_matches_naive_loop(xp, case: ConvCase) -> None:
     xa, wa, ba = case.arrays()
-    x, w, b = _tensors(xp, xa, wa, ba)
+    x, w, b = conv_tensors(xp, xa, wa, ba)
     y = F.conv2d(x, w, b, **case.kwargs())
     assert y.shape == (case.n, case.o, *case.out_hw)
     kw = case.kwargs()
@@ -166,7 +210,7 @@ def test_conv2d_in_column_blocks_matches_naive_loop(case: ConvCase, block: int) 
     """The GEMMs cut into blocks of a few output columns (as cpu.gemm_columns does for OpenBLAS's
     small-matrix kernels, forced here to 1-3 columns) give the same forward and gradients."""
     xa, wa, ba = case.arrays()
-    x, w, b = _tensors(np, xa, wa, ba)
+    x, w, b = conv_tensors(np, xa, wa, ba)
     widths: list[int] = []
 
     def blocks(xp, m, k, n):  # type: ignore[no-untyped-def]
@@ -344,7 +388,7 @@ def test_backward_path(xp, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setattr(conv_module, "_conv_chunk", chunk_spy)
 
     xa, wa, ba = case.arrays()
-    x, w, b = _tensors(xp, xa, wa, ba)
+    x, w, b = conv_tensors(xp, xa, wa, ba)
     y = F.conv2d(x, w, b, **case.kwargs())
     gy = np.random.default_rng(0).standard_normal(y.shape)
     y.backward(to_xp(xp, gy))
@@ -356,7 +400,7 @@ def test_backward_path(xp, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     np.testing.assert_allclose(backend.to_host(x.grad), dx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(backend.to_host(w.grad), dw, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(backend.to_host(b.grad), db, rtol=1e-12, atol=1e-12)
-    x2, w2, b2 = _tensors(xp, xa, wa, ba)
+    x2, w2, b2 = conv_tensors(xp, xa, wa, ba)
     assert minise.gradcheck(_conv_fn(case), x2, w2, b2).ok
 
 
@@ -403,7 +447,7 @@ def test_chunked_conv_matches_naive_loop(monkeypatch: pytest.MonkeyPatch, name: 
     monkeypatch.setattr(cpu, "chunk_size", lambda *args, **kwargs: chunk)
     sizes, names = _spy_run_chunks(monkeypatch)
     xa, wa, ba = case.arrays()
-    x, w, b = _tensors(np, xa, wa, ba)
+    x, w, b = conv_tensors(np, xa, wa, ba)
     y = F.conv2d(x, w, b, **case.kwargs())
     gy = np.random.default_rng(1).standard_normal(y.shape)
     y.backward(gy)
@@ -424,7 +468,7 @@ def test_chunked_conv_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINISE_NUM_THREADS", "2")
     monkeypatch.setattr(cpu, "chunk_size", lambda *args, **kwargs: 1)
     for case in (CHUNK_CASES["stride1-crop-groups"], ConvCase(n=3, c=2, o=2, h=4, w=3, kernel=(2, 2), stride=(2, 1))):
-        x, w, b = _tensors(np, *case.arrays())
+        x, w, b = conv_tensors(np, *case.arrays())
         assert minise.gradcheck(_conv_fn(case), x, w, b).ok
 
 
@@ -437,7 +481,7 @@ def test_default_chunk_size_splits_the_batch_across_threads(monkeypatch: pytest.
     sizes, _ = _spy_run_chunks(monkeypatch)
     case = ConvCase(n=6, c=2, o=2, h=5, w=5, kernel=(3, 3), padding=(1, 1), seed=21)
     xa, wa, ba = case.arrays()
-    x, w, b = _tensors(np, xa, wa, ba)
+    x, w, b = conv_tensors(np, xa, wa, ba)
     y = F.conv2d(x, w, b, padding=1)
     y.backward(np.ones(y.shape))
     assert len(sizes) == 2 and all(1 <= size <= 3 for _, size in sizes)
@@ -450,18 +494,6 @@ def test_default_chunk_size_splits_the_batch_across_threads(monkeypatch: pytest.
 # --------------------------------------------------------------------------------------------------
 # inputs that are views
 # --------------------------------------------------------------------------------------------------
-
-
-def _as_view(kind: str, x: np.ndarray) -> tuple[minise.Tensor, minise.Tensor, Callable[[np.ndarray], np.ndarray]]:
-    """A leaf holding x's values in another memory layout, and a tensor that reads it as (N, C, H, W)."""
-    if kind == "nhwc":  # stored (N, H, W, C), permuted to NCHW: H and W still merge into one axis
-        leaf = minise.Tensor(x.transpose(0, 2, 3, 1).copy(), requires_grad=True)
-        return leaf, leaf.transpose(0, 3, 1, 2), lambda g: g.transpose(0, 2, 3, 1)
-    if kind == "swap-hw":  # stored (N, C, W, H), e.g. after transposing images
-        leaf = minise.Tensor(x.transpose(0, 1, 3, 2).copy(), requires_grad=True)
-        return leaf, leaf.transpose(0, 1, 3, 2), lambda g: g.transpose(0, 1, 3, 2)
-    leaf = minise.Tensor(np.asfortranarray(x), requires_grad=True)  # "fortran": a column-major array
-    return leaf, leaf, lambda g: g
 
 
 @pytest.mark.parametrize(
@@ -486,14 +518,14 @@ def test_conv2d_input_gradient_of_a_non_contiguous_input(kind: str, stride: int)
     """
     rng = np.random.default_rng(0)
     x_nchw, w = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3, 3, 3))
-    leaf, x, to_leaf_layout = _as_view(kind, x_nchw)
+    leaf, x, back = non_contiguous_leaf(x_nchw, kind)  # a view of another layout (conftest)
     assert not x.data.flags.c_contiguous
     y = F.conv2d(x, minise.Tensor(w), stride=stride, padding=1)
     np.testing.assert_allclose(y.numpy(), naive_conv2d(x_nchw, w, None, (stride, stride), (1, 1)), atol=1e-12)
     gy = rng.standard_normal(y.shape)
     y.backward(gy)
     dx, _, _ = naive_conv2d_grads(x_nchw, w, gy, (stride, stride), (1, 1))
-    np.testing.assert_allclose(leaf.grad, to_leaf_layout(dx), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(back(leaf.grad), dx, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -512,7 +544,7 @@ def test_conv2d_matches_torch(xp, case: ConvCase) -> None:
     import torch
 
     xa, wa, ba = case.arrays()
-    x, w, b = _tensors(xp, xa, wa, ba)
+    x, w, b = conv_tensors(xp, xa, wa, ba)
     y = F.conv2d(x, w, b, **case.kwargs())
     gy = np.random.default_rng(case.seed).standard_normal(y.shape)
     y.backward(to_xp(xp, gy))
@@ -549,7 +581,7 @@ def test_small_maps_one_gemm_matches_naive_loop_and_gradcheck(case: ConvCase) ->
     out = case.out_hw[0] * case.out_hw[1]
     assert conv_module._one_gemm(case.o // case.groups, out, case.n), "the case must take the one-GEMM path"
     xa, wa, ba = case.arrays()
-    x, w, b = _tensors(np, xa, wa, ba)
+    x, w, b = conv_tensors(np, xa, wa, ba)
     kw = case.kwargs()
     y = F.conv2d(x, w, b, **kw)
     np.testing.assert_allclose(y.numpy(), naive_conv2d(xa, wa, ba, **kw), rtol=1e-12, atol=1e-12)
@@ -558,5 +590,5 @@ def test_small_maps_one_gemm_matches_naive_loop_and_gradcheck(case: ConvCase) ->
     dx, dw, _ = naive_conv2d_grads(xa, wa, gy, case.stride, case.padding, case.dilation, case.groups)
     np.testing.assert_allclose(x.grad, dx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(w.grad, dw, rtol=1e-12, atol=1e-12)
-    x2, w2, b2 = _tensors(np, xa, wa, ba)
+    x2, w2, b2 = conv_tensors(np, xa, wa, ba)
     assert minise.gradcheck(_conv_fn(case), x2, w2, b2).ok

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import requires_torch, to_xp
+from conftest import NON_CONTIGUOUS_LAYOUTS, non_contiguous_leaf, requires_torch, to_xp
 from hypothesis import example, given, settings
 from strategies import BatchNormCase, batch_norm_cases
 
@@ -239,7 +239,7 @@ def test_channel_plane_repeats_each_channel_along_its_pixels() -> None:
 
 
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("layout", ["nhwc", "swap-hw", "fortran"])
+@pytest.mark.parametrize("layout", NON_CONTIGUOUS_LAYOUTS)
 def test_batch_norm_of_a_non_contiguous_input(layout: str, training: bool) -> None:
     """batch_norm of a view in another memory layout must equal batch_norm of the contiguous input.
 
@@ -250,15 +250,7 @@ def test_batch_norm_of_a_non_contiguous_input(layout: str, training: bool) -> No
     """
     rng = np.random.default_rng(0)
     x_nchw = rng.standard_normal((3, 2, 4, 5))
-    if layout == "nhwc":
-        leaf = minise.Tensor(x_nchw.transpose(0, 2, 3, 1).copy(), requires_grad=True)
-        x, back = leaf.transpose(0, 3, 1, 2), (lambda g: g.transpose(0, 3, 1, 2))
-    elif layout == "swap-hw":
-        leaf = minise.Tensor(x_nchw.transpose(0, 1, 3, 2).copy(), requires_grad=True)
-        x, back = leaf.transpose(0, 1, 3, 2), (lambda g: g.transpose(0, 1, 3, 2))
-    else:
-        leaf = minise.Tensor(np.asfortranarray(x_nchw), requires_grad=True)
-        x, back = leaf, (lambda g: g)
+    leaf, x, back = non_contiguous_leaf(x_nchw, layout)
     assert not x.data.flags.c_contiguous
     rm, rv = np.zeros(2), np.ones(2)
     y = F.batch_norm(x, rm, rv, training=training)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import requires_torch, to_xp
+from conftest import NON_CONTIGUOUS_LAYOUTS, non_contiguous_leaf, requires_torch, to_xp
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import PoolCase, pool_cases, seeds
@@ -318,7 +318,7 @@ def test_chunked_pooling_matches_naive_loop(
         np.testing.assert_allclose(x.grad, dx_ref, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
-@pytest.mark.parametrize("layout", ["nhwc", "swap-hw", "fortran"])
+@pytest.mark.parametrize("layout", NON_CONTIGUOUS_LAYOUTS)
 def test_pooling_of_a_non_contiguous_input(layout: str) -> None:
     """Pooling a view in another memory layout gives the values and gradients of the contiguous input."""
     case = PoolCase(n=2, c=3, h=5, w=4, kernel=(3, 2), stride=(2, 1), padding=(1, 1))
@@ -330,15 +330,7 @@ def test_pooling_of_a_non_contiguous_input(layout: str) -> None:
         "global": lambda t: F.global_avg_pool2d(t),
     }
     for name, op in ops.items():
-        if layout == "nhwc":
-            leaf = minise.Tensor(xa.transpose(0, 2, 3, 1).copy(), requires_grad=True)
-            x, back = leaf.transpose(0, 3, 1, 2), (lambda g: g.transpose(0, 3, 1, 2))
-        elif layout == "swap-hw":
-            leaf = minise.Tensor(xa.transpose(0, 1, 3, 2).copy(), requires_grad=True)
-            x, back = leaf.transpose(0, 1, 3, 2), (lambda g: g.transpose(0, 1, 3, 2))
-        else:
-            leaf = minise.Tensor(np.asfortranarray(xa), requires_grad=True)
-            x, back = leaf, (lambda g: g)
+        leaf, x, back = non_contiguous_leaf(xa, layout)
         ref = minise.Tensor(xa.copy(), requires_grad=True)
         y, y_ref = op(x), op(ref)
         g = gy if name != "global" else gy[:, :, 0, 0]

@@ -8,15 +8,22 @@ import types
 
 import numpy as np
 import pytest
-from conftest import requires_torch, to_xp
+from conftest import requires_torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import ConvCase, seeds
-from test_ops_conv import naive_conv2d, naive_conv2d_grads
+from test_ops_conv import (
+    assert_conv_matches_torch_float64,
+    conv_tensors,
+    float32_errors,
+    naive_conv2d,
+    naive_conv2d_grads,
+    run_conv,
+)
 
 import minise
 import minise.functional as F
-from minise import backend, cpu
+from minise import cpu
 from minise.functional import winograd
 from minise.functional.conv import choose_algorithm, conv_algorithm, set_conv_algorithm
 
@@ -90,20 +97,6 @@ EXACT_TILES = ConvCase(n=3, c=3, o=2, h=8, w=8, kernel=(3, 3), padding=(1, 1), b
 CASES = [BATCH_1, ONE_CHANNEL, SPATIAL_1X1, PARTIAL_TILES, EXACT_TILES]
 
 
-def _tensors(xp, *arrays):  # type: ignore[no-untyped-def]
-    return [None if a is None else minise.Tensor(to_xp(xp, a.copy()), requires_grad=True) for a in arrays]
-
-
-def _run(xp, case: ConvCase, algorithm: str, gy: np.ndarray):  # type: ignore[no-untyped-def]
-    """y, dx, dW, db of conv2d under ``algorithm``, on host arrays."""
-    x, w, b = _tensors(xp, *case.arrays())
-    with conv_algorithm(algorithm):
-        y = F.conv2d(x, w, b, padding=case.padding)
-        y.backward(to_xp(xp, gy))
-    host = backend.to_host
-    return host(y.data), host(x.grad), host(w.grad), None if b is None else host(b.grad)
-
-
 @settings(max_examples=30, deadline=None)
 @given(case=winograd_cases(), m=st.sampled_from(TILES))
 @example(case=BATCH_1, m=2)
@@ -116,13 +109,13 @@ def _run(xp, case: ConvCase, algorithm: str, gy: np.ndarray):  # type: ignore[no
 def test_winograd_matches_naive_loop_and_im2col(xp, case: ConvCase, m: int) -> None:
     xa, wa, ba = case.arrays()
     gy = np.random.default_rng(case.seed + 1).standard_normal((case.n, case.o, *case.out_hw))
-    y, dx, dw, db = _run(xp, case, f"winograd{m}", gy)
+    y, dx, dw, db = run_conv(xp, case, f"winograd{m}", gy)
     assert y.shape == (case.n, case.o, *case.out_hw)
     np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, padding=case.padding), rtol=1e-10, atol=1e-10)
     ndx, ndw, ndb = naive_conv2d_grads(xa, wa, gy, padding=case.padding)
     np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
-    reference = _run(xp, case, "im2col", gy)
+    reference = run_conv(xp, case, "im2col", gy)
     for got, want in zip((y, dx, dw, db), reference, strict=True):
         if want is not None:
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
@@ -140,7 +133,7 @@ def test_winograd_gradcheck(xp, case: ConvCase, m: int) -> None:
     The step is 1e-4, not gradcheck's 1e-6: conv2d is linear in each input, so central differences have
     no truncation error at any step, while F(4x4)'s forward rounding (about 5e-14, its constants 1/24 and 8)
     divided by a 1e-6 step reached gradcheck's 1e-8 tolerance (found by hypothesis)."""
-    x, w, b = _tensors(xp, *case.arrays())
+    x, w, b = conv_tensors(xp, *case.arrays())
     with conv_algorithm(f"winograd{m}"):
         report = minise.gradcheck(lambda x, w, b: F.conv2d(x, w, b, padding=case.padding), x, w, b, eps=1e-4)
     assert report.ok and len(report.inputs) == (3 if case.bias else 2)
@@ -164,7 +157,7 @@ def test_winograd_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch, m: i
     case = ConvCase(n=5, c=3, o=4, h=6, w=7, kernel=(3, 3), padding=(1, 1), seed=9)
     xa, wa, ba = case.arrays()
     gy = np.random.default_rng(0).standard_normal((5, 4, 6, 7))
-    y, dx, dw, db = _run(np, case, f"winograd{m}", gy)
+    y, dx, dw, db = run_conv(np, case, f"winograd{m}", gy)
     np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-10, atol=1e-10)
     for got, want in zip((dx, dw, db), naive_conv2d_grads(xa, wa, gy, padding=(1, 1)), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
@@ -185,7 +178,7 @@ def test_the_weight_gradient_reads_the_forwards_transformed_input(monkeypatch: p
     case = ConvCase(n=5, c=3, o=4, h=6, w=7, kernel=(3, 3), padding=(1, 1), seed=9)
     xa, wa, _ = case.arrays()
     gy = np.random.default_rng(0).standard_normal((5, 4, 6, 7))
-    _, dx, dw, _ = _run(np, case, "winograd2", gy)
+    _, dx, dw, _ = run_conv(np, case, "winograd2", gy)
     # 3 chunks of x in the forward, 3 of gy for dx, none for dW (sorted: the chunks of a pass run on two threads,
     # which may call input_transform in either order)
     images = [s[2] for s in transforms]
@@ -202,7 +195,7 @@ def test_other_chunks_in_the_backward_transform_x_again(monkeypatch: pytest.Monk
     case = ConvCase(n=5, c=3, o=4, h=6, w=7, kernel=(3, 3), padding=(1, 1), seed=9)
     xa, wa, _ = case.arrays()
     gy = np.random.default_rng(0).standard_normal((5, 4, 6, 7))
-    _, dx, dw, _ = _run(np, case, "winograd2", gy)
+    _, dx, dw, _ = run_conv(np, case, "winograd2", gy)
     for got, want in zip((dx, dw), naive_conv2d_grads(xa, wa, gy, padding=(1, 1))[:2], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
@@ -212,20 +205,8 @@ def test_other_chunks_in_the_backward_transform_x_again(monkeypatch: pytest.Monk
 @pytest.mark.parametrize("m", TILES)
 @pytest.mark.parametrize("case", CASES, ids=["batch1", "one-channel", "1x1", "partial", "exact"])
 def test_winograd_matches_torch_float64(m: int, case: ConvCase) -> None:
-    import torch  # noqa: PLC0415
-
-    xa, wa, ba = case.arrays()
     gy = np.random.default_rng(case.seed + 2).standard_normal((case.n, case.o, *case.out_hw))
-    y, dx, dw, db = _run(np, case, f"winograd{m}", gy)
-    xt, wt = torch.tensor(xa, requires_grad=True), torch.tensor(wa, requires_grad=True)
-    bt = None if ba is None else torch.tensor(ba, requires_grad=True)
-    yt = torch.nn.functional.conv2d(xt, wt, bt, padding=case.padding)
-    yt.backward(torch.tensor(gy))
-    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
-    if bt is not None:
-        np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    assert_conv_matches_torch_float64(case, f"winograd{m}", gy)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,19 +224,8 @@ def test_float32_error_next_to_im2col(shape: tuple[int, int, int]) -> None:
     rng = np.random.default_rng(c)
     x, gy = rng.standard_normal((n, c, h, h)), rng.standard_normal((n, c, h, h))
     w = rng.standard_normal((c, c, 3, 3)) * np.sqrt(2 / (9 * c))  # He initialisation, as the models
-
-    def run(dtype, algorithm):  # type: ignore[no-untyped-def]
-        xt, wt = minise.tensor(x.astype(dtype), requires_grad=True), minise.tensor(w.astype(dtype), requires_grad=True)
-        with conv_algorithm(algorithm):
-            y = F.conv2d(xt, wt, padding=1)
-            y.backward(gy.astype(dtype))
-        return [np.asarray(a, dtype=np.float64) for a in (y.data, xt.grad, wt.grad)]
-
-    exact = run(np.float64, "im2col")
-    errors = {}
+    errors = float32_errors(x, w, gy, FLOAT32_BOUND, padding=1)
     for algorithm, bound in FLOAT32_BOUND.items():
-        got = run(np.float32, algorithm)
-        errors[algorithm] = max(float(np.abs(g - e).max() / np.abs(e).max()) for g, e in zip(got, exact, strict=True))
         assert errors[algorithm] < bound, (algorithm, errors)
     assert errors["winograd4"] > errors["im2col"]  # the price of F(4x4): more rounding, measured
 
@@ -335,7 +305,7 @@ def test_a_wrong_transform_matrix_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(AssertionError):
         test_1d_minimal_filtering_is_correlation(2)
     xa, wa, ba = BATCH_1.arrays()
-    y = _run(np, BATCH_1, "winograd2", np.ones((1, 3, 5, 4)))[0]
+    y = run_conv(np, BATCH_1, "winograd2", np.ones((1, 3, 5, 4)))[0]
     assert not np.allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-10, atol=1e-10)
 
 
@@ -344,7 +314,7 @@ def test_a_wrong_weight_gradient_is_caught_by_gradcheck(monkeypatch: pytest.Monk
     space) fails gradcheck on the weight, and only there."""
     real = winograd.weight_grad_chunk
     monkeypatch.setattr(winograd, "weight_grad_chunk", lambda *args: real(*args).transpose(1, 0, 2, 3))
-    x, w, _ = _tensors(np, *EXACT_TILES.arrays())
+    x, w, _ = conv_tensors(np, *EXACT_TILES.arrays())
     with conv_algorithm("winograd2"):
         report = minise.gradcheck(lambda x, w: F.conv2d(x, w, padding=1), x, w, raise_on_failure=False)
     assert [r.index for r in report.inputs if not r.ok] == [1]
