@@ -97,9 +97,8 @@ def im2col(x: Any) -> Any:
     taps[:, 2, 0, 1:] = taps[:, 2, 2, :-1]  # P[1, 1][o, p - 1]
     taps[:, 0, 0, ow + 1 :] = taps[:, 2, 2, : -ow - 1]  # P[1, 1][o - 1, p - 1]
     # what the shifts carried over from the previous row or channel, and the first values they left unset,
-    # are the padding: input row -1 (taps i = 0, output row 0) and column -1 (taps j = 0, output column 0)
-    grid[:, 0, :, :, 0, :] = 0
-    grid[:, :, 0, :, :, 0] = 0
+    # are the padding
+    _zero_padding(grid)
     return cols
 
 
@@ -123,8 +122,7 @@ def col2im(dcols: Any, x_shape: tuple[int, ...], out: Any = None) -> Any:
     grid = dcols.reshape(n, 3, 3, c, oh, ow)
     # the values that im2col read from the padding carry no gradient to x: zero them, so that the shifted
     # runs below carry only zeros across the end of a row or a channel
-    grid[:, 0, :, :, 0, :] = 0
-    grid[:, :, 0, :, :, 0] = 0
+    _zero_padding(grid)
     taps[:, 1, 2, :-1] += taps[:, 1, 0, 1:]
     taps[:, 2, 1, :-ow] += taps[:, 0, 1, ow:]
     taps[:, 2, 2, :-1] += taps[:, 2, 0, 1:]
@@ -140,3 +138,10 @@ def col2im(dcols: Any, x_shape: tuple[int, ...], out: Any = None) -> Any:
     planes[:, :, :, 1, :, 0] = grid[:, 2, 1]
     planes[:, :, :, 1, :, 1] = grid[:, 2, 2]
     return out
+
+
+def _zero_padding(grid: Any) -> None:
+    """Zero the columns that read the padding, in place: grid (N, 3, 3, C, OH, OW), taps (i, j) first. The taps
+    i = 0 read input row -1 at output row 0, the taps j = 0 input column -1 at output column 0."""
+    grid[:, 0, :, :, 0, :] = 0
+    grid[:, :, 0, :, :, 0] = 0
