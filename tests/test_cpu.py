@@ -22,11 +22,11 @@ from minise import cpu
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture
 def own_pool(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """A fresh thread pool for the test (sized by its MINISE_NUM_THREADS), shut down afterwards."""
+    """Fresh helper threads for the test (as many as its MINISE_NUM_THREADS asks), ended afterwards."""
     monkeypatch.setattr(cpu, "_pool", None)
     yield
     if cpu._pool is not None:
-        cpu._pool.shutdown(wait=True)
+        cpu._pool.close()
 
 
 @pytest.mark.parametrize("threads", ["1", "2", "4"])
@@ -53,7 +53,7 @@ def test_run_chunks_returns_results_in_order_and_covers_the_range(
 def test_run_chunks_shares_the_chunks_between_the_caller_and_the_pool(
     monkeypatch: pytest.MonkeyPatch, own_pool: None
 ) -> None:
-    """With 2 threads, the calling thread and one pool thread both take chunks (each chunk here waits
+    """With 2 threads, the calling thread and one helper thread both take chunks (each chunk here waits
     5 ms, so neither can finish them all alone); the results still come back in order."""
     if cpu._find_openblas() is None:
         pytest.skip("OpenBLAS not found in this process: run_chunks runs serially")
@@ -69,7 +69,7 @@ def test_run_chunks_shares_the_chunks_between_the_caller_and_the_pool(
     names = set(ran_on.values())
     assert threading.current_thread().name in names
     assert any(n.startswith("minise") for n in names), names
-    assert cpu._pool is not None and cpu._pool._max_workers == 1  # threads - 1 helpers
+    assert cpu._pool is not None and cpu._pool.count == 1  # threads - 1 helpers
 
 
 def test_run_chunks_inside_a_chunk_runs_serially(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
@@ -91,6 +91,97 @@ def test_run_chunks_inside_a_chunk_runs_serially(monkeypatch: pytest.MonkeyPatch
         assert [s for s, _ in chunk] == [0, 1, 2, 3]
         if any(name.startswith("minise") for _, name in chunk):  # an inner call made on the pool's thread
             assert {name for _, name in chunk} == {chunk[0][1]}  # stayed on that one thread
+
+
+def test_a_chunk_that_fails_on_a_helper_thread_raises_in_the_caller(
+    monkeypatch: pytest.MonkeyPatch, own_pool: None
+) -> None:
+    """The error of a chunk run by a helper reaches the caller of run_chunks, and the helpers still serve
+    the next call."""
+    if cpu._find_openblas() is None:
+        pytest.skip("OpenBLAS not found in this process: run_chunks runs serially")
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+
+    def work(start: int, stop: int) -> int:
+        time.sleep(0.005)  # long enough for the helper to wake and take chunks
+        if threading.current_thread().name.startswith("minise-helper"):
+            raise KeyError(f"chunk {start} on a helper")
+        return start
+
+    with pytest.raises(KeyError, match="on a helper"):
+        cpu.run_chunks(np, 12, 1, work)
+    assert cpu.run_chunks(np, 6, 1, lambda a, b: a) == [0, 1, 2, 3, 4, 5]
+
+
+def _returns_within(seconds: float, call) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``call()`` returns within ``seconds`` (it runs on a daemon thread, left behind if it hangs)."""
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
+
+
+def test_a_helper_that_never_took_its_job_is_not_waited_for() -> None:
+    """``Helpers.run`` takes back the wake-up of a helper that has not woken by the time the caller has
+    finished the work, instead of waiting for it. Here the helper's thread has ended (``close``), so it never
+    wakes: run must return at once with the caller's results. A ``run`` that always waits for its helpers
+    (planted below) hangs."""
+    helpers = cpu.Helpers(1)
+    helpers.close()
+    helpers.threads[0].join(5)
+    assert not helpers.threads[0].is_alive()
+    ran: list[str] = []
+    assert _returns_within(5, lambda: helpers.run(lambda: ran.append(threading.current_thread().name), 1))
+    assert len(ran) == 1 and not ran[0].startswith("minise")
+
+    def always_waits(job, k):  # type: ignore[no-untyped-def]
+        for i in range(k):
+            helpers.wake[i].release()
+        job()
+        for i in range(k):
+            helpers.finished[i].acquire()
+
+    assert not _returns_within(0.5, lambda: always_waits(lambda: None, 1))  # the check bites
+
+
+def test_helpers_serve_one_caller_at_a_time() -> None:
+    """While one thread of the program is inside ``Helpers.run``, another's call returns False without
+    running anything (run_chunks then runs its chunks itself); afterwards the helpers serve again."""
+    helpers = cpu.Helpers(1)
+    second: list[bool] = []
+
+    def job() -> None:
+        if threading.current_thread().name.startswith("minise"):
+            return
+        other = threading.Thread(target=lambda: second.append(helpers.run(lambda: second.append(True), 1)))
+        other.start()
+        other.join()
+
+    assert helpers.run(job, 1)
+    assert second == [False]
+    assert helpers.run(lambda: None, 1)
+    helpers.close()
+
+
+def test_run_chunks_from_two_threads_at_once_is_right_on_both(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
+    """Two threads calling run_chunks at the same time (two models evaluated side by side) both get all
+    their chunks, in order: one uses the helpers, the other runs its chunks itself."""
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+    results: dict[int, list[int]] = {}
+
+    def call(k: int) -> None:
+        def work(start: int, stop: int) -> int:
+            time.sleep(0.002)
+            return start * 10 + k
+
+        results[k] = cpu.run_chunks(np, 8, 1, work)
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {k: [i * 10 + k for i in range(8)] for k in (1, 2)}
 
 
 def test_run_chunks_on_a_device_module_is_one_serial_pass(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,3 +369,22 @@ def test_transpose_into_on_a_device_module_is_one_assignment() -> None:
     dst = Recording()
     cpu.transpose_into(Source(), dst)
     assert dst.assigned == [Ellipsis]
+
+
+def test_a_helper_error_does_not_outlive_its_call() -> None:
+    """When the caller's part of a job and a helper's part both fail, the caller's error is raised and the
+    helper's is dropped with the call: the next call, which does not fail, returns normally."""
+    helpers = cpu.Helpers(1)
+    started = threading.Event()
+
+    def job() -> None:
+        if threading.current_thread().name.startswith("minise"):
+            started.set()
+            raise KeyError("helper")
+        started.wait(5)  # the helper has taken its part and failed before the caller fails
+        raise ValueError("caller")
+
+    with pytest.raises(ValueError, match="caller"):
+        helpers.run(job, 1)
+    assert helpers.run(lambda: None, 1)
+    helpers.close()
