@@ -5,8 +5,8 @@ keeps freed memory for the next step.
 * how a batch is cut into chunks and the chunks run on all cores (:func:`chunk_size`, :func:`run_chunks`),
   with BLAS held to one thread meanwhile (:func:`_find_openblas`);
 * how a thin matrix product is cut into column blocks (:func:`gemm_columns`);
-* elementwise passes split across cores (:func:`elementwise`), and per-channel coefficients laid out for
-  them (:func:`channel_plane`);
+* elementwise passes split across cores (:func:`elementwise`), per-channel coefficients laid out for
+  them (:func:`channel_plane`), and zeros for their ReLUs (:func:`zeros`);
 * a cache-friendly 2-D transpose (:func:`transpose_into`);
 * glibc's ``malloc`` keeping freed memory for the next step (:func:`retain_freed_memory`).
 
@@ -340,6 +340,29 @@ def channel_plane(xp: ModuleType, v: Any, length: int) -> Any:
     if xp is not np or c * length * v.itemsize > PLANE_BYTES:
         return v.reshape(1, c, 1)
     return np.repeat(v, length).reshape(1, c, length)
+
+
+ZEROS_BYTES = 4 << 20  # zeros() keeps a buffer of zeros up to this size for each dtype
+_zeros: dict[Any, Any] = {}
+
+
+def zeros(shape: tuple[int, ...], dtype: Any) -> Any:
+    """A read-only NumPy array of zeros of ``shape`` and ``dtype``, or None when it would exceed ``ZEROS_BYTES``.
+
+    It is a view of one buffer kept for each dtype (grown to the largest request), so asking for it costs no
+    allocation and no pass over memory. What it is for: :func:`minise.functional.elementwise.relu_of`, the
+    ReLU of the elementwise passes, compares with these zeros instead of the scalar 0 (see there why).
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    if size * dtype.itemsize > ZEROS_BYTES:
+        return None
+    buffer = _zeros.get(dtype)
+    if buffer is None or buffer.size < size:
+        buffer = np.zeros(size, dtype=dtype)
+        buffer.flags.writeable = False
+        _zeros[dtype] = buffer  # a thread still reading the old buffer keeps it alive
+    return buffer[:size].reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -388,3 +388,24 @@ def test_a_helper_error_does_not_outlive_its_call() -> None:
         helpers.run(job, 1)
     assert helpers.run(lambda: None, 1)
     helpers.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# zeros for the elementwise ReLUs
+# --------------------------------------------------------------------------------------------------
+def test_zeros_are_read_only_views_of_one_kept_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cpu.zeros hands out views of one buffer per dtype, grown to the largest request, never writable (a
+    write would corrupt every later ReLU), and None above ZEROS_BYTES."""
+    monkeypatch.setattr(cpu, "_zeros", {})
+    small = cpu.zeros((2, 3), np.float32)
+    assert small.shape == (2, 3) and small.dtype == np.float32 and not small.any()
+    with pytest.raises(ValueError, match="read-only"):
+        small[0, 0] = 1.0
+    large = cpu.zeros((4, 5, 6), np.float32)  # grows the buffer
+    again = cpu.zeros((3, 2), np.float32)
+    assert np.shares_memory(large, again)  # reused, not allocated again
+    assert not np.shares_memory(small, large)  # the first, smaller buffer was replaced; `small` keeps it alive
+    assert cpu.zeros((2,), np.float64).dtype == np.float64
+    limit = cpu.ZEROS_BYTES // 4
+    assert cpu.zeros((limit,), np.float32) is not None
+    assert cpu.zeros((limit + 1,), np.float32) is None

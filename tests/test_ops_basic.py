@@ -70,6 +70,28 @@ def test_relu_gradient_at_zero_is_zero() -> None:
     np.testing.assert_array_equal(x.grad, [0.0, 0.0, 5.0])
 
 
+@pytest.mark.parametrize("size", [0, 7, 4096, "over the zeros buffer"])
+def test_relu_of_is_max_with_zero_whichever_loop_runs(size: int | str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """relu_of, the ReLU step of the elementwise bodies, compares with kept zeros (cpu.zeros) on NumPy, or
+    with the scalar 0 above cpu.ZEROS_BYTES: either way max(t, 0), NaN and inf kept, into ``out`` or not."""
+    from minise import cpu  # noqa: PLC0415
+    from minise.functional.elementwise import relu_of  # noqa: PLC0415
+
+    n = 4096 if size == "over the zeros buffer" else int(size)
+    if size == "over the zeros buffer":
+        monkeypatch.setattr(cpu, "ZEROS_BYTES", 1024)
+    t = np.random.default_rng(n).standard_normal((n, 3)).astype(np.float32)
+    if n:
+        t[0, :3] = [np.nan, -np.inf, np.inf]
+    want = np.maximum(t, np.float32(0))
+    np.testing.assert_array_equal(relu_of(t), want)
+    out = np.full_like(t, 5.0)
+    assert relu_of(t, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    relu_of(t, out=t)  # in place, as the convolution's epilogue does
+    np.testing.assert_array_equal(t, want)
+
+
 def test_sigmoid_does_not_overflow() -> None:
     x = minise.Tensor(np.array([-1000.0, 0.0, 1000.0]), requires_grad=True)
     with np.errstate(all="raise"):

@@ -53,7 +53,7 @@ from minise.autograd import Function, is_grad_enabled
 from minise.backend import get_array_module
 from minise.functional import conv_parity, conv_rows, winograd
 from minise.functional._checks import check_float, check_same_dtype, pair
-from minise.functional.elementwise import _relu_grad
+from minise.functional.elementwise import _relu_grad, relu_of
 from minise.functional.im2col import col2im, conv_out_size, im2col
 from minise.tensor import Tensor, as_tensor
 
@@ -295,7 +295,7 @@ class Conv2dOp(Function):
             if bias is not None:
                 y3[a:z] += bias
             if relu:
-                xp.maximum(y[a:z], 0, out=y[a:z])
+                relu_of(y[a:z], out=y[a:z])
 
         finish = epilogue if bias is not None or relu else None
         keep_for_dw = is_grad_enabled() and self.weight_needs_grad  # a backward will compute dW

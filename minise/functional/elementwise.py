@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from minise import backend
+import numpy as np
+
+from minise import backend, cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float
@@ -27,8 +29,28 @@ class ReLUOp(Function):
 
 
 # The elementwise bodies (backend.elementwise): ufuncs and operators only, so that CuPy fuses each into one kernel.
+def relu_of(t: Any, out: Any = None) -> Any:
+    """max(t, 0) (into ``out``): the ReLU step of every elementwise body (ReLU, batch norm + ReLU, the residual
+    add + ReLU, the SE block's end, the convolution's epilogue).
+
+    On NumPy it is ``np.maximum(t, zeros)`` with ``zeros`` an array of t's shape (``cpu.zeros``, no allocation)
+    rather than the scalar 0: with two arrays of one layout NumPy's maximum runs its vectorised loop, with a
+    scalar a loop about three times slower. Measured with NumPy 2.4 on the course's VM, float32: a 1 MB chunk
+    in cache 124 against 37 us (a copy of it: 23 us), 256 KB 25.5 against 8.4 us, 8 MB out of cache 0.78
+    against 0.50 ms; the same whether the values are signed or not, so it is the loop, not branches. On CuPy
+    (and inside ``cupy.fuse``) ``maximum(t, 0)``: the kernel reads the scalar from a register. NaN propagates
+    either way.
+    """
+    xp = get_array_module(t)
+    if xp is np:
+        zeros = cpu.zeros(t.shape, t.dtype)
+        if zeros is not None:
+            return np.maximum(t, zeros, out=out)
+    return xp.maximum(t, 0, out=out)
+
+
 def _relu(x: Any, out: Any = None) -> Any:
-    return get_array_module(x).maximum(x, 0, out=out)
+    return relu_of(x, out=out)
 
 
 def _relu_grad(gy: Any, y: Any, out: Any = None) -> Any:

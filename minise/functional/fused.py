@@ -40,7 +40,7 @@ from minise.autograd import Function, is_grad_enabled
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype, pair
 from minise.functional.conv import conv2d, conv2d_relu
-from minise.functional.elementwise import _relu_grad, relu
+from minise.functional.elementwise import _relu_grad, relu, relu_of
 from minise.functional.im2col import conv_out_size
 from minise.functional.normalization import BatchNormOp, _affine2, _sum_chunks, batch_norm
 from minise.functional.squeeze_excite import squeeze_excite_add_relu
@@ -54,7 +54,7 @@ def _masked(g: Any, y: Any) -> Any:
 
 def _affine_relu(x: Any, a: Any, b: Any, out: Any = None) -> Any:
     """y = max(a x + b, 0)"""
-    return get_array_module(x).maximum(x * a + b, 0, out=out)
+    return relu_of(x * a + b, out=out)
 
 
 def _masked_affine2(g: Any, y: Any, a: Any, b: Any, c: Any, x: Any, out: Any = None) -> Any:
@@ -69,7 +69,7 @@ def _masked_scale(g: Any, y: Any, a: Any, out: Any = None) -> Any:
 
 def _add_relu(a: Any, b: Any, out: Any = None) -> Any:
     """y = max(a + b, 0)"""
-    return get_array_module(a).maximum(a + b, 0, out=out)
+    return relu_of(a + b, out=out)
 
 
 class BatchNormReLUOp(BatchNormOp):

@@ -8,7 +8,7 @@ from minise import backend
 from minise.autograd import Function
 from minise.backend import get_array_module
 from minise.functional._checks import check_float, check_same_dtype
-from minise.functional.elementwise import _relu_grad, stable_sigmoid
+from minise.functional.elementwise import _relu_grad, relu_of, stable_sigmoid
 from minise.tensor import Tensor, as_tensor
 
 
@@ -117,8 +117,7 @@ def _scale(x: Any, e: Any, out: Any = None) -> Any:
 
 def _scale_add_relu(x: Any, e: Any, r: Any, out: Any = None) -> Any:
     """max(x * e + r, 0): the SE scale, the residual add and the ReLU in one pass."""
-    xp = get_array_module(x)
-    return xp.maximum(x * e + r, 0, out=out)
+    return relu_of(x * e + r, out=out)
 
 
 def _scale_add(g: Any, e: Any, t: Any, out: Any = None) -> Any:
