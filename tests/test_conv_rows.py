@@ -31,16 +31,19 @@ from minise.functional.conv import conv_algorithm
 # --------------------------------------------------------------------------------------------------
 # the layout
 # --------------------------------------------------------------------------------------------------
-def test_shifted_rows_are_the_flat_padded_maps_shifted_by_each_kernel_column() -> None:
+def test_shifted_rows_are_the_flat_laid_out_maps_shifted_by_each_kernel_column() -> None:
+    """Rows of l = W + p_w values (each row's p_w zeros shared with the next), p_h zero rows above and below,
+    p_w leading zeros, a zero tail for the last shifts; then KW copies shifted by d_w j."""
     x = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
     rows = conv_rows.shifted_rows(x, 3, (1, 2), 2)  # KW = 3, padding (1, 2), dilation 2 along the width
-    hp, wp = 4 + 2, 5 + 4
-    assert rows.shape == (2, 3 * 3, hp * wp)
-    flat = np.pad(x, ((0, 0), (0, 0), (1, 1), (2, 2))).reshape(2, 3, hp * wp)
-    flat = np.concatenate([flat, np.zeros((2, 3, 2 * 2))], axis=2)  # the zero tail the last shift reads
+    hp, ell = 4 + 2, 5 + 2
+    assert conv_rows.padded_size(4, 5, (3, 3), (1, 2), (1, 2))[:2] == (hp, ell)
+    assert rows.shape == (2, 3 * 3, hp * ell)
+    laid_out = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 2))).reshape(2, 3, hp * ell)  # 2 zeros after each row
+    flat = np.concatenate([np.zeros((2, 3, 2)), laid_out, np.zeros((2, 3, 2))], axis=2)  # lead 2; tail 2*2-2
     for c in range(3):
         for j in range(3):
-            np.testing.assert_array_equal(rows[:, c * 3 + j], flat[:, c, 2 * j : 2 * j + hp * wp])
+            np.testing.assert_array_equal(rows[:, c * 3 + j], flat[:, c, 2 * j : 2 * j + hp * ell])
 
 
 def test_kernel_rows_hold_one_kernel_row_each() -> None:
@@ -255,16 +258,16 @@ def test_a_wrong_weight_gradient_is_caught_by_gradcheck(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("gy_copy", [False, True], ids=["gy-view", "gy-transposed-copy"])
 def test_junk_columns_left_in_the_weight_gradient_are_caught(monkeypatch: pytest.MonkeyPatch, gy_copy: bool) -> None:
-    """gy' on the padded width must hold zeros past OW; ones there (outputs that do not exist) add the
+    """gy' on the grid l wide must hold zeros past OW; ones there (outputs that do not exist) add the
     wrap-around columns into dW, and gradcheck on the weight fails, and only there (both layouts of gy')."""
     if gy_copy:
         monkeypatch.setattr(conv_rows, "TRANSPOSED_GY_FROM", 1)
         real_t = conv_rows.on_padded_width_transposed
 
-        def junk_left_t(gy, wp):  # type: ignore[no-untyped-def]
-            wide = real_t(gy, wp)  # (n, OH*Wp, O)
+        def junk_left_t(gy, ell):  # type: ignore[no-untyped-def]
+            wide = real_t(gy, ell)  # (n, OH*l, O)
             n, o, oh, ow = gy.shape
-            wide.reshape(n, oh, wp, o)[:, :, ow:] = 1.0
+            wide.reshape(n, oh, ell, o)[:, :, ow:] = 1.0
             return wide
 
         monkeypatch.setattr(conv_rows, "on_padded_width_transposed", junk_left_t)
@@ -272,8 +275,8 @@ def test_junk_columns_left_in_the_weight_gradient_are_caught(monkeypatch: pytest
         monkeypatch.setattr(conv_rows, "TRANSPOSED_GY_FROM", 10**9)
         real = conv_rows.on_padded_width
 
-        def junk_left(gy, wp):  # type: ignore[no-untyped-def]
-            wide = real(gy, wp)
+        def junk_left(gy, ell):  # type: ignore[no-untyped-def]
+            wide = real(gy, ell)
             wide[..., gy.shape[3] :] = 1.0
             return wide
 

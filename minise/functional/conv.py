@@ -60,7 +60,7 @@ from minise.tensor import Tensor, as_tensor
 Pair = tuple[int, int]
 
 # Bytes of shifted rows R per chunk in the kernel-row forward: half of cpu.chunk_size's default. A chunk's R,
-# its padded copy and its output on the padded width then stay within about 4 MB (32->32 on 16x16: 16 images
+# its laid-out copy and its output on the grid l wide then stay within about 4 MB (32->32 on 16x16: 16 images
 # per chunk instead of 32). se_resnet20 evaluation, batch 128: +7.6 % (won 11 of 12 alternating rounds);
 # training unchanged (0.99x, 5 of 10), so the backward keeps the default budget.
 ROWS_FORWARD_BUDGET = 2 << 20
@@ -135,8 +135,9 @@ def choose_algorithm(
     32->32 on 16x16 19.4 / 15.4 / 21.7 (9.9), 64->64 on 8x8 18.0 / 15.3 / 13.7 (8.5); ResNet-18's layers
     at batch 32: 64->64 on 56x56 215 / 143 / 156 (115), 128 on 28x28 140 / 148 / 102 (109), 256 on 14x14
     141 / 149 / 87 (100), 512 on 7x7 146 / 231 / 156 (97). Rows lose on small maps with many channels:
-    each image's GEMM reads the whole weight for a few columns, and the padded width adds
-    (W + 2p) / W more multiplications (1.25x on 8x8). Earlier, one core's CPU time, F(2x2) / im2col: 0.54
+    each image's GEMM reads the whole weight for a few columns, and the rows' shared padding adds
+    (W + p) / W more multiplications (1.125x on 8x8; rows padded on both sides, as when these were
+    measured, added (W + 2p) / W, 1.25x). Earlier, one core's CPU time, F(2x2) / im2col: 0.54
     for 128->128 on 8x8, 0.46 for 512->512 on 4x4 at batch 32, but 1.25 for 256->256 on 2x2 and 4.4 for
     512->512 on 1x1. F(4x4) against F(2x2), forward + backward, two cores, medians of 5 alternating
     rounds, ms (since the transforms became matrix products, ``winograd.input_transform``): batch 128:
@@ -306,8 +307,8 @@ class Conv2dOp(Function):
             )
         elif self.algorithm == "rows":
             w_rows = conv_rows.kernel_rows(w)
-            hp, wp = h + 2 * ph, wd + 2 * pw
-            size = cpu.chunk_size(xp, n, c * kw * hp * wp * x.itemsize, ROWS_FORWARD_BUDGET)
+            hp, ell = conv_rows.padded_size(h, wd, (kh, kw), self.padding, self.dilation)[:2]
+            size = cpu.chunk_size(xp, n, c * kw * hp * ell * x.itemsize, ROWS_FORWARD_BUDGET)
 
             def rows_work(a: int, z: int) -> None:
                 conv_rows.conv_chunk(x[a:z], w_rows, self.padding, self.dilation, y[a:z])
@@ -433,7 +434,7 @@ class Conv2dOp(Function):
         wf_rows = conv_rows.kernel_rows(_flipped(w, 1)) if need_x else None
         dx: Any = xp.empty(x.shape, dtype=x.dtype) if need_x else None
         oh, ow = gy.shape[2:]
-        per_image = max(c * kw * (h + 2 * ph) * (wd + 2 * pw), o * kw * (oh + 2 * q[0]) * (ow + 2 * q[1]))
+        per_image = max(c * kw * (h + 2 * ph) * (wd + pw), o * kw * (oh + 2 * q[0]) * (ow + q[1]))  # the two R
         size = cpu.chunk_size(xp, n, per_image * x.itemsize)
 
         def work(a: int, z: int) -> Any:
