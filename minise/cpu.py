@@ -346,13 +346,16 @@ ZEROS_BYTES = 4 << 20  # zeros() keeps a buffer of zeros up to this size for eac
 _zeros: dict[Any, Any] = {}
 
 
-def zeros(shape: tuple[int, ...], dtype: Any) -> Any:
-    """A read-only NumPy array of zeros of ``shape`` and ``dtype``, or None when it would exceed ``ZEROS_BYTES``.
+def zeros(xp: ModuleType, shape: tuple[int, ...], dtype: Any) -> Any:
+    """A read-only NumPy array of zeros of ``shape`` and ``dtype``; None on CuPy, or when it would exceed
+    ``ZEROS_BYTES``.
 
     It is a view of one buffer kept for each dtype (grown to the largest request), so asking for it costs no
     allocation and no pass over memory. What it is for: :func:`minise.functional.elementwise.relu_of`, the
     ReLU of the elementwise passes, compares with these zeros instead of the scalar 0 (see there why).
     """
+    if xp is not np:  # (inside cupy.fuse, shape and dtype belong to a traced variable: not looked at)
+        return None
     dtype = np.dtype(dtype)
     size = int(np.prod(shape))
     if size * dtype.itemsize > ZEROS_BYTES:

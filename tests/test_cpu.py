@@ -395,17 +395,18 @@ def test_a_helper_error_does_not_outlive_its_call() -> None:
 # --------------------------------------------------------------------------------------------------
 def test_zeros_are_read_only_views_of_one_kept_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     """cpu.zeros hands out views of one buffer per dtype, grown to the largest request, never writable (a
-    write would corrupt every later ReLU), and None above ZEROS_BYTES."""
+    write would corrupt every later ReLU), and None above ZEROS_BYTES or off NumPy."""
     monkeypatch.setattr(cpu, "_zeros", {})
-    small = cpu.zeros((2, 3), np.float32)
+    small = cpu.zeros(np, (2, 3), np.float32)
     assert small.shape == (2, 3) and small.dtype == np.float32 and not small.any()
     with pytest.raises(ValueError, match="read-only"):
         small[0, 0] = 1.0
-    large = cpu.zeros((4, 5, 6), np.float32)  # grows the buffer
-    again = cpu.zeros((3, 2), np.float32)
+    large = cpu.zeros(np, (4, 5, 6), np.float32)  # grows the buffer
+    again = cpu.zeros(np, (3, 2), np.float32)
     assert np.shares_memory(large, again)  # reused, not allocated again
     assert not np.shares_memory(small, large)  # the first, smaller buffer was replaced; `small` keeps it alive
-    assert cpu.zeros((2,), np.float64).dtype == np.float64
+    assert cpu.zeros(np, (2,), np.float64).dtype == np.float64
     limit = cpu.ZEROS_BYTES // 4
-    assert cpu.zeros((limit,), np.float32) is not None
-    assert cpu.zeros((limit + 1,), np.float32) is None
+    assert cpu.zeros(np, (limit,), np.float32) is not None
+    assert cpu.zeros(np, (limit + 1,), np.float32) is None
+    assert cpu.zeros(types.ModuleType("fake_xp"), (2, 3), np.float32) is None  # CuPy: maximum(t, 0) on the device

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from minise import backend, cpu
 from minise.autograd import Function
 from minise.backend import get_array_module
@@ -42,11 +40,8 @@ def relu_of(t: Any, out: Any = None) -> Any:
     either way.
     """
     xp = get_array_module(t)
-    if xp is np:
-        zeros = cpu.zeros(t.shape, t.dtype)
-        if zeros is not None:
-            return np.maximum(t, zeros, out=out)
-    return xp.maximum(t, 0, out=out)
+    zeros = cpu.zeros(xp, t.shape, t.dtype)  # None on CuPy, or above cpu.ZEROS_BYTES
+    return xp.maximum(t, 0 if zeros is None else zeros, out=out)
 
 
 def _relu(x: Any, out: Any = None) -> Any:
