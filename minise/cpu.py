@@ -6,7 +6,7 @@ keeps freed memory for the next step.
   with BLAS held to one thread meanwhile (:func:`_find_openblas`);
 * how a thin matrix product is cut into column blocks (:func:`gemm_columns`);
 * elementwise passes split across cores (:func:`elementwise`), per-channel coefficients laid out for
-  them (:func:`channel_plane`), and zeros for their ReLUs (:func:`zeros`);
+  them (:func:`channel_plane`), and zeros for their ReLUs (:func:`zeros_like`);
 * a cache-friendly 2-D transpose (:func:`transpose_into`);
 * glibc's ``malloc`` keeping freed memory for the next step (:func:`retain_freed_memory`).
 
@@ -18,6 +18,7 @@ the NumPy/CuPy switch.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import platform
 import threading
@@ -155,7 +156,7 @@ def run_chunks(xp: ModuleType, batch: int, size: int, work: Callable[[int, int],
 
     pool = _pool
     helpers = min(threads, len(spans)) - 1
-    if not _with_one_blas_thread(lambda: pool.run(drain, helpers)):  # another thread of the program has them
+    if not _with_one_blas_thread(lambda: pool.run(drain, helpers)):  # busy with another call, or closed
         return _with_one_blas_thread(lambda: [work(a, b) for a, b in spans])
     return results
 
@@ -185,7 +186,7 @@ class Helpers:
     def __init__(self, count: int) -> None:
         self.count = count
         self.busy = threading.Lock()  # held by the one caller of run at a time
-        self.job: Callable[[], None] = lambda: None
+        self.job: Callable[[], None] = _nothing
         self.wake = [threading.Lock() for _ in range(count)]  # released: helper i has a job
         self.finished = [threading.Lock() for _ in range(count)]  # released: helper i is done with it
         self.errors: list[BaseException | None] = [None] * count
@@ -214,21 +215,26 @@ class Helpers:
     def run(self, job: Callable[[], None], k: int) -> bool:
         """``job()`` on the calling thread and on ``k`` helpers at once; True when done. An error raised by
         ``job`` on any of them is raised here (the caller's own first, else the first helper's). False, with
-        nothing run, when another thread is inside ``run``."""
+        nothing run, when another thread is inside ``run``, or after ``close``."""
         if not self.busy.acquire(blocking=False):
             return False
         try:
+            if self.closed:
+                return False
             self.job = job
-            for i in range(k):
-                self.wake[i].release()
+            woken = 0
             try:
-                job()  # the calling thread works too
-            finally:  # even if job() raised (its error then goes first):
                 for i in range(k):
+                    self.wake[i].release()
+                    woken += 1
+                job()  # the calling thread works too
+            finally:  # even if job() raised (its error then goes first), or Ctrl-C came:
+                for i in range(woken):
                     if not self.wake[i].acquire(blocking=False):  # helper i woke and took the job ...
-                        self.finished[i].acquire()  # ... so wait until it is done with it
+                        _acquire_through_interrupts(self.finished[i])  # ... so wait until it is done with it
                 errors = [e for e in self.errors[:k] if e is not None]
                 self.errors[:k] = [None] * k
+                self.job = _nothing  # the job holds its arrays: let them go now, not at the next call
             if errors:
                 raise errors[0]
             return True
@@ -236,22 +242,60 @@ class Helpers:
             self.busy.release()
 
     def close(self) -> None:
-        """End the helper threads (when ``MINISE_NUM_THREADS`` changes, a new set replaces them)."""
+        """End the helper threads (when ``MINISE_NUM_THREADS`` changes, a new set replaces them); ``run``
+        returns False afterwards. Calling it again does nothing."""
         with self.busy:  # not while a call is running
+            if self.closed:
+                return
             self.closed = True
             for lock in self.wake:
                 lock.release()
 
 
+def _nothing() -> None:
+    """The job of helpers between calls."""
+
+
+def _acquire_through_interrupts(lock: threading.Lock) -> None:
+    """``lock.acquire()`` that a KeyboardInterrupt does not cut short: it waits on, then raises the interrupt.
+
+    A helper releases its ``finished`` lock when it is done with a call. If Ctrl-C stopped the caller's wait,
+    that release would come later with nobody waiting for it, and the next call would take it as the end of
+    its own job while the helper is still on the interrupted one."""
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            lock.acquire()
+            break
+        except KeyboardInterrupt as interrupt:
+            interrupted = interrupt
+    if interrupted is not None:
+        raise interrupted
+
+
+_blas_holders = [0, 0]  # [threads of the program inside _with_one_blas_thread, BLAS's thread count before the first]
+_blas_lock = threading.Lock()
+
+
 def _with_one_blas_thread(run: Callable[[], Any]) -> Any:
-    """``run()`` with the BLAS held to one thread, its thread count restored afterwards (even on an error)."""
+    """``run()`` with the BLAS held to one thread, its thread count restored afterwards (even on an error).
+
+    Two threads of a program may be in here at once (two models evaluated side by side): the first to enter
+    saves BLAS's thread count and the last to leave restores it, so that neither restores a count the other
+    set (which could leave BLAS on one thread for good)."""
     setter, getter = _blas
-    before = getter()
-    setter(1)
+    with _blas_lock:
+        if _blas_holders[0] == 0:
+            _blas_holders[1] = getter()
+            setter(1)
+        _blas_holders[0] += 1
     try:
         return run()
     finally:
-        setter(before)
+        with _blas_lock:
+            _blas_holders[0] -= 1
+            if _blas_holders[0] == 0:
+                setter(_blas_holders[1])
 
 
 SMALL_GEMM_MNK = 1_000_000  # OpenBLAS's unpacked small-matrix kernels take products with M*N*K up to this
@@ -342,30 +386,30 @@ def channel_plane(xp: ModuleType, v: Any, length: int) -> Any:
     return np.repeat(v, length).reshape(1, c, length)
 
 
-ZEROS_BYTES = 4 << 20  # zeros() keeps a buffer of zeros up to this size for each dtype
+ZEROS_BYTES = 4 << 20  # zeros_like() keeps a buffer of zeros up to this size for each dtype
 _zeros: dict[Any, Any] = {}
 
 
-def zeros(xp: ModuleType, shape: tuple[int, ...], dtype: Any) -> Any:
-    """A read-only NumPy array of zeros of ``shape`` and ``dtype``; None on CuPy, or when it would exceed
-    ``ZEROS_BYTES``.
+def zeros_like(xp: ModuleType, t: Any) -> Any:
+    """Zeros to compare ``t`` with in a ReLU: on NumPy a read-only array of zeros of t's shape and dtype, else
+    the scalar 0 (on CuPy, inside ``cupy.fuse`` too, and on NumPy above ``ZEROS_BYTES``).
 
-    It is a view of one buffer kept for each dtype (grown to the largest request), so asking for it costs no
-    allocation and no pass over memory. What it is for: :func:`minise.functional.elementwise.relu_of`, the
-    ReLU of the elementwise passes, compares with these zeros instead of the scalar 0 (see there why).
+    The array is a view of one buffer kept for each dtype (grown to the largest request), so asking for it costs
+    no allocation and no pass over memory. What it is for: :func:`minise.functional.elementwise.relu_of`, the
+    ReLU of the elementwise passes (see there why an array). Only on NumPy is ``t`` looked at: inside
+    ``cupy.fuse`` it is a traced variable that has a dtype but no shape.
     """
-    if xp is not np:  # (inside cupy.fuse, shape and dtype belong to a traced variable: not looked at)
-        return None
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
-    if size * dtype.itemsize > ZEROS_BYTES:
-        return None
-    buffer = _zeros.get(dtype)
+    if xp is not np:
+        return 0
+    size = math.prod(t.shape)
+    if size * t.dtype.itemsize > ZEROS_BYTES:
+        return 0
+    buffer = _zeros.get(t.dtype)
     if buffer is None or buffer.size < size:
-        buffer = np.zeros(size, dtype=dtype)
+        buffer = np.zeros(size, dtype=t.dtype)
         buffer.flags.writeable = False
-        _zeros[dtype] = buffer  # a thread still reading the old buffer keeps it alive
-    return buffer[:size].reshape(shape)
+        _zeros[t.dtype] = buffer  # a thread still reading the old buffer keeps it alive
+    return buffer[:size].reshape(t.shape)
 
 
 # --------------------------------------------------------------------------------------------------

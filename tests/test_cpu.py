@@ -130,6 +130,8 @@ def test_a_helper_that_never_took_its_job_is_not_waited_for() -> None:
     helpers.close()
     helpers.threads[0].join(5)
     assert not helpers.threads[0].is_alive()
+    assert not helpers.run(lambda: None, 1)  # closed: nothing runs
+    helpers.closed = False  # as if its thread were only slow to wake
     ran: list[str] = []
     assert _returns_within(5, lambda: helpers.run(lambda: ran.append(threading.current_thread().name), 1))
     assert len(ran) == 1 and not ran[0].startswith("minise")
@@ -161,6 +163,112 @@ def test_helpers_serve_one_caller_at_a_time() -> None:
     assert second == [False]
     assert helpers.run(lambda: None, 1)
     helpers.close()
+
+
+def test_run_chunks_while_another_thread_holds_the_helpers_runs_in_the_calling_thread(
+    monkeypatch: pytest.MonkeyPatch, own_pool: None
+) -> None:
+    """While one thread's run_chunks call has the helpers (its chunks wait on an event), another thread's call
+    runs all its chunks itself, in order; then the first call finishes too."""
+    if cpu._find_openblas() is None:
+        pytest.skip("OpenBLAS not found in this process: run_chunks runs serially")
+    monkeypatch.setenv("MINISE_NUM_THREADS", "2")
+    inside, go_on = threading.Event(), threading.Event()
+
+    def slow(start: int, stop: int) -> int:
+        inside.set()
+        go_on.wait(5)
+        return start
+
+    first: dict[str, list[int]] = {}
+    holder = threading.Thread(target=lambda: first.setdefault("results", cpu.run_chunks(np, 4, 1, slow)))
+    holder.start()
+    assert inside.wait(5)
+    ran_on: list[str] = []
+    second = cpu.run_chunks(np, 4, 1, lambda a, b: ran_on.append(threading.current_thread().name) or a * 10)
+    go_on.set()
+    holder.join(5)
+    assert second == [0, 10, 20, 30] and set(ran_on) == {threading.current_thread().name}
+    assert first["results"] == [0, 1, 2, 3]
+
+
+def test_helpers_let_go_of_the_job_when_the_call_ends() -> None:
+    """A job holds its op's arrays; after run returns nothing of it is kept (the next call may be far off)."""
+    import gc  # noqa: PLC0415
+    import weakref  # noqa: PLC0415
+
+    helpers = cpu.Helpers(1)
+
+    class Big:
+        pass
+
+    def job_holding(obj: Big):  # type: ignore[no-untyped-def]
+        return lambda: obj.__class__
+
+    big = Big()
+    alive = weakref.ref(big)
+    job = job_holding(big)
+    del big
+    assert helpers.run(job, 1)
+    del job
+    gc.collect()
+    assert alive() is None
+    helpers.close()
+    helpers.close()  # a second close does nothing
+
+
+def test_a_wait_cut_by_ctrl_c_still_waits_for_the_helper() -> None:
+    """The wait for a helper's ``finished`` lock goes on through a KeyboardInterrupt and raises it only once
+    the lock is held: else the helper's later release would end the next call's wait too early. Planted:
+    a lock whose first acquire is interrupted."""
+
+    class InterruptedOnce:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def acquire(self) -> bool:
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyboardInterrupt
+            return True
+
+    lock = InterruptedOnce()
+    with pytest.raises(KeyboardInterrupt):
+        cpu._acquire_through_interrupts(lock)  # type: ignore[arg-type]
+    assert lock.calls == 2  # it acquired after the interrupt, then raised it
+
+
+def test_blas_is_restored_when_two_threads_hold_it_to_one(blas_at_two_threads) -> None:  # type: ignore[no-untyped-def]
+    """Two threads inside _with_one_blas_thread at once, leaving in either order: BLAS stays on one thread
+    while either is inside and gets its count back when the last leaves (a save and restore per thread would
+    leave it on one thread for good when the first to enter leaves first)."""
+    _, getter = blas_at_two_threads
+    if cpu._blas is False:
+        cpu._blas = cpu._find_openblas()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def first() -> None:
+        def inside() -> None:
+            first_in.set()
+            second_in.wait(5)
+
+        cpu._with_one_blas_thread(inside)
+        first_out.set()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(5)
+
+    def second() -> None:
+        second_in.set()
+        first_out.wait(5)  # the first has left
+        seen.append(getter())
+
+    cpu._with_one_blas_thread(second)
+    thread.join(5)
+    assert seen == [1]  # still one thread while the second was inside
+    assert getter() == 2
 
 
 def test_run_chunks_from_two_threads_at_once_is_right_on_both(monkeypatch: pytest.MonkeyPatch, own_pool: None) -> None:
@@ -394,19 +502,24 @@ def test_a_helper_error_does_not_outlive_its_call() -> None:
 # zeros for the elementwise ReLUs
 # --------------------------------------------------------------------------------------------------
 def test_zeros_are_read_only_views_of_one_kept_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """cpu.zeros hands out views of one buffer per dtype, grown to the largest request, never writable (a
-    write would corrupt every later ReLU), and None above ZEROS_BYTES or off NumPy."""
+    """cpu.zeros_like hands out views of one buffer per dtype, grown to the largest request, never writable (a
+    write would corrupt every later ReLU); the scalar 0 above ZEROS_BYTES, and off NumPy without looking at
+    the argument (inside cupy.fuse it has no shape)."""
     monkeypatch.setattr(cpu, "_zeros", {})
-    small = cpu.zeros(np, (2, 3), np.float32)
+    small = cpu.zeros_like(np, np.ones((2, 3), np.float32))
     assert small.shape == (2, 3) and small.dtype == np.float32 and not small.any()
     with pytest.raises(ValueError, match="read-only"):
         small[0, 0] = 1.0
-    large = cpu.zeros(np, (4, 5, 6), np.float32)  # grows the buffer
-    again = cpu.zeros(np, (3, 2), np.float32)
+    large = cpu.zeros_like(np, np.ones((4, 5, 6), np.float32))  # grows the buffer
+    again = cpu.zeros_like(np, np.ones((3, 2), np.float32))
     assert np.shares_memory(large, again)  # reused, not allocated again
     assert not np.shares_memory(small, large)  # the first, smaller buffer was replaced; `small` keeps it alive
-    assert cpu.zeros(np, (2,), np.float64).dtype == np.float64
+    assert cpu.zeros_like(np, np.ones(2)).dtype == np.float64
     limit = cpu.ZEROS_BYTES // 4
-    assert cpu.zeros(np, (limit,), np.float32) is not None
-    assert cpu.zeros(np, (limit + 1,), np.float32) is None
-    assert cpu.zeros(types.ModuleType("fake_xp"), (2, 3), np.float32) is None  # CuPy: maximum(t, 0) on the device
+    assert isinstance(cpu.zeros_like(np, np.ones(limit, np.float32)), np.ndarray)
+    assert cpu.zeros_like(np, np.ones(limit + 1, np.float32)) == 0
+
+    class Traced:  # what cupy.fuse traces a body with: a dtype, no shape
+        dtype = np.dtype(np.float32)
+
+    assert cpu.zeros_like(types.ModuleType("fake_xp"), Traced()) == 0

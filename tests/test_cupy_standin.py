@@ -136,6 +136,20 @@ def test_fuse_runs_its_body_as_one_counted_call_and_only_ufuncs_inside(standin: 
     with pytest.raises(StandinRefusal, match="inside cupy.fuse"):
         not_fusable(x)
 
+    @standin.fuse()
+    def reads_its_shape(x):  # type: ignore[no-untyped-def]
+        return x * x.shape[0]  # real CuPy's traced variables have a dtype and ndim, no shape, size or strides
+
+    with pytest.raises(StandinRefusal, match="ndarray.shape inside cupy.fuse"):
+        reads_its_shape(x)
+
+    @standin.fuse()
+    def reads_dtype_and_ndim(x):  # type: ignore[no-untyped-def]
+        return x * (x.ndim if x.dtype == np.float32 else 0)
+
+    assert reads_dtype_and_ndim(x).tolist() == [-2.0, 1.0, 3.0]
+    assert x.shape == (3,) and x.nbytes == 12  # outside a fused body, as ever
+
 
 def test_counts_kernels_not_views(standin: ModuleType) -> None:
     d = standin.ones((4, 6), dtype=np.float32)

@@ -65,14 +65,16 @@ class ndarray:  # noqa: N801  (CuPy's name)
         return target(*args, **kwargs)
 
     # ------------------------------------------------------------------ metadata (no device work)
-    shape = property(lambda self: self._a.shape)
+    # Inside cupy.fuse the body sees traced variables that know their dtype and ndim only: real CuPy 14 raises
+    # on .shape (``NotImplementedError: `shape` is not supported, currently``) and has no .size, .strides, ...
+    shape = property(lambda self: _outside_fuse(self, "shape"))
     dtype = property(lambda self: self._a.dtype)
     ndim = property(lambda self: self._a.ndim)
-    size = property(lambda self: self._a.size)
-    strides = property(lambda self: self._a.strides)
-    itemsize = property(lambda self: self._a.itemsize)
-    nbytes = property(lambda self: self._a.nbytes)
-    flags = property(lambda self: self._a.flags)
+    size = property(lambda self: _outside_fuse(self, "size"))
+    strides = property(lambda self: _outside_fuse(self, "strides"))
+    itemsize = property(lambda self: _outside_fuse(self, "itemsize"))
+    nbytes = property(lambda self: _outside_fuse(self, "nbytes"))
+    flags = property(lambda self: _outside_fuse(self, "flags"))
     T = property(lambda self: ndarray._wrap(self._a.T))
 
     @property
@@ -294,3 +296,13 @@ class ndarray:  # noqa: N801  (CuPy's name)
 
 
 ndarray.__module__ = "cupy"  # as real CuPy's class reports (``cupy.ndarray``)
+
+
+def _outside_fuse(a: ndarray, name: str) -> Any:
+    """``a.<name>`` of the array underneath, refused inside a fused function's body (see the metadata above)."""
+    if _state.COUNTS.fusing:
+        _state.refuse(
+            f"ndarray.{name} inside cupy.fuse",
+            "a fused function's variables know only their dtype and ndim: read it outside the fused body",
+        )
+    return getattr(a._a, name)
