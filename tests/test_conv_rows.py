@@ -32,15 +32,15 @@ from minise.functional.conv import conv_algorithm
 # the layout
 # --------------------------------------------------------------------------------------------------
 def test_shifted_rows_are_the_flat_laid_out_maps_shifted_by_each_kernel_column() -> None:
-    """Rows of l = W + p_w values (each row's p_w zeros shared with the next), p_h zero rows above and below,
-    p_w leading zeros, a zero tail for the last shifts; then KW copies shifted by d_w j."""
+    """Rows of l = W + p_w values (p_w zeros, then a row of x), p_h zero rows above and below, a zero tail for
+    the last shifts; then KW copies shifted by d_w j."""
     x = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
     rows = conv_rows.shifted_rows(x, 3, (1, 2), 2)  # KW = 3, padding (1, 2), dilation 2 along the width
     hp, ell = 4 + 2, 5 + 2
     assert conv_rows.padded_size(4, 5, (3, 3), (1, 2), (1, 2))[:2] == (hp, ell)
     assert rows.shape == (2, 3 * 3, hp * ell)
-    laid_out = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 2))).reshape(2, 3, hp * ell)  # 2 zeros after each row
-    flat = np.concatenate([np.zeros((2, 3, 2)), laid_out, np.zeros((2, 3, 2))], axis=2)  # lead 2; tail 2*2-2
+    laid_out = np.pad(x, ((0, 0), (0, 0), (1, 1), (2, 0))).reshape(2, 3, hp * ell)  # 2 zeros before each row
+    flat = np.concatenate([laid_out, np.zeros((2, 3, 2 * 2))], axis=2)  # the tail: d_w (KW - 1) zeros
     for c in range(3):
         for j in range(3):
             np.testing.assert_array_equal(rows[:, c * 3 + j], flat[:, c, 2 * j : 2 * j + hp * ell])

@@ -3,35 +3,39 @@
 im2col copies every input value KH*KW times (nine times for a 3x3 kernel) into a matrix whose inner runs
 are one output row long (32 values on CIFAR), and on thin layers that copy costs a large part of what
 the GEMM that reads it costs (16 channels on 32x32, one core: 4.4-5.3 ms against 6.3-7.9 ms at batch
-128, BENCHMARKS.md). This path copies each value KW times (three), in runs as long as a whole padded map,
+128, BENCHMARKS.md). This path copies each value KW times (three), in runs as long as a whole laid-out map,
 and lets the kernel's rows be offsets into that copy instead of more copies.
 
 **Rows that share their padding.** (Lesson 05 writes l for the row length and i, j for oh, ow.) Lay each
-channel's input out flat, row after row, with p_w zeros after every row and p_h rows of zeros above and below:
-a row of the layout holds l = W + p_w values, and x[c, u, v] sits at xf[c, p_w + (u + p_h) l + v]. The p_w
-zeros at the end of a row are also the p_w zeros before the next row (and p_w more lead the first): a
-window that reaches past the right end of one row, or before the left end of the next, reads those same
-zeros. Compute the output on a grid l wide: y'[o, oh l + ow] for ow = 0..l-1, of which only
-ow < OW = W + 2 p_w - d_w (KW - 1) are outputs (the other d_w (KW - 1) - p_w columns, one for 3x3 with
+channel's input out flat, row after row, each row of the layout p_w zeros followed by the W values of a row
+of x, with p_h rows of zeros above and below: rows of l = W + p_w values, and
+
+    xf[c, (u + p_h) l + (v + p_w)] = x[c, u, v],   zeros elsewhere.
+
+It is the zero-padded map with one change: the p_w zeros that should pad a row on the right are the p_w zeros
+that start the next row; a window that reaches past the right end of one row, or before the left end of the
+next, reads those same zeros. Compute the output on a grid l wide: y'[o, oh l + ow] for ow = 0..l-1, of which
+only ow < OW = W + 2 p_w - d_w (KW - 1) are outputs (the other d_w (KW - 1) - p_w columns, one for 3x3 with
 padding 1, mix the end of one row with the start of the next and are dropped). With t = oh l + ow,
 
     y'[o, t] = sum_{c, kh, kw} W[o, c, kh, kw] xf[c, t + d_h kh l + d_w kw].
 
 (Check: xf[t + d_h kh l + d_w kw] = x[oh + d_h kh - p_h, ow + d_w kw - p_w], or a zero where that is off
-the map.) Padding each row on both sides, l = W + 2 p_w, would work too but wastes twice the columns: the
-GEMMs below do l / OW times im2col's multiplications, 17/16 on 16x16 maps instead of 18/16 (measured
-forward of one chunk, one core: 32->32 on 16x16 1.051x faster, 16->16 on 32x32 1.030x).
+the map.) Padding each row on both sides, l = W + 2 p_w, would work too but throws away d_w (KW - 1) columns
+a row instead of d_w (KW - 1) - p_w: the GEMMs below do l / OW times im2col's multiplications, 17/16 on 16x16
+maps instead of 18/16 (measured forward of one chunk, one core: 32->32 on 16x16 1.051x faster, 16->16 on
+32x32 1.030x).
 
 **KW shifted copies, KH offsets.** Let R[(c, kw), t] = xf[c, t + d_w kw]: KW copies of the flat map, each
 shifted by d_w kw (the one large copy this path makes: KW x the laid-out input, each row one contiguous
-run; the last shifts read d_w (KW - 1) values past the end of the rows, which are zeros). Then
+run; the last shift reads d_w (KW - 1) values past the last row, which are zeros). Then
 
     y'[:, t] = sum_kh W_kh R[:, t + d_h kh l],    W_kh[o, (c, kw)] = W[o, c, kh, kw],
 
 so y' = sum_kh W_kh @ R[:, d_h kh l : d_h kh l + OH l]: KH GEMMs (O, C KW) x (C KW, OH l) whose right
 operands are slices of R, which BLAS reads in place (a row stride of Hp l is just a leading dimension).
 The output is cropped to its OW columns once. The copy: KW times the laid-out input, against im2col's
-KH KW times the output (2.8x smaller on 32x32 with padding 1).
+KH KW times the output (2.7x smaller on 32x32 with padding 1).
 
 **Gradients.** The op is linear in x and in W:
     dW[o, c, kh, kw] = sum_t gy'[o, t] R[(c, kw), t + d_h kh l]:   dW_kh^T = sum_images R_kh gy'^T
@@ -68,24 +72,23 @@ def eligible(w_shape: tuple[int, ...], stride: Pair, padding: Pair, dilation: Pa
 
 def padded_size(h: int, w: int, kernel: Pair, padding: Pair, dilation: Pair) -> tuple[int, int, int, int]:
     """(Hp, l, OH, OW): the laid-out input's rows (with p_h rows of zeros above and below) and their length
-    l = W + p_w (the p_w zeros each row shares with the next), and the output of the stride-1 convolution."""
+    l = W + p_w (p_w zeros, then W values), and the output of the stride-1 convolution."""
     hp = h + 2 * padding[0]
     return hp, w + padding[1], hp - dilation[0] * (kernel[0] - 1), w + 2 * padding[1] - dilation[1] * (kernel[1] - 1)
 
 
 def shifted_rows(x: Any, kw: int, padding: Pair, dilation_w: int) -> Any:
-    """R (n, C*KW, Hp*l) with R[i, (c, j), t] = xf[i, c, t + dilation_w j], xf the flat laid-out maps
-    (``padded_size``: x[c, u, v] at xf[c, p_w + (u + p_h) l + v], zeros elsewhere).
+    """R (n, C*KW, Hp*l) with R[n, (c, j), t] = xf[n, c, t + dilation_w j], xf the flat laid-out maps
+    (``padded_size``: x[c, u, v] at xf[c, (u + p_h) l + (v + p_w)], zeros elsewhere).
 
-    Two copies: x into the zeroed flat maps (a tail of dilation_w (KW - 1) zeros past the last row, for the
-    last shifts), then KW contiguous shifted copies of them."""
+    Two copies: x into the zeroed flat maps (Hp rows of l values, then dilation_w (KW - 1) zeros for the last
+    shifts), then KW contiguous shifted copies of them."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
     (ph, pw), reach = padding, dilation_w * (kw - 1)
     hp, ell = h + 2 * ph, w + pw
     flat = xp.zeros((n, c, hp * ell + reach), dtype=x.dtype)
-    start = pw + ph * ell  # where x[:, :, 0, 0] goes
-    flat[:, :, start : start + h * ell].reshape(n, c, h, ell)[:, :, :, :w] = x  # each row: W values, p_w zeros
+    flat[:, :, ph * ell : (ph + h) * ell].reshape(n, c, h, ell)[:, :, :, pw:] = x  # each row: p_w zeros, then W values
     rows = xp.empty((n, c, kw, hp * ell), dtype=x.dtype)
     for j in range(kw):
         rows[:, :, j] = flat[:, :, dilation_w * j : dilation_w * j + hp * ell]
