@@ -102,10 +102,13 @@ def test_a_chunk_that_fails_on_a_helper_thread_raises_in_the_caller(
         pytest.skip("OpenBLAS not found in this process: run_chunks runs serially")
     monkeypatch.setenv("MINISE_NUM_THREADS", "2")
 
+    helper_took_one = threading.Event()
+
     def work(start: int, stop: int) -> int:
-        time.sleep(0.005)  # long enough for the helper to wake and take chunks
         if threading.current_thread().name.startswith("minise-helper"):
+            helper_took_one.set()
             raise KeyError(f"chunk {start} on a helper")
+        helper_took_one.wait(5)  # the caller's chunks wait until the helper has one, however slow it wakes
         return start
 
     with pytest.raises(KeyError, match="on a helper"):
