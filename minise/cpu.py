@@ -2,8 +2,9 @@
 keeps freed memory for the next step.
 
 * how many threads minise uses (:func:`num_threads`, ``MINISE_NUM_THREADS``);
-* how a batch is cut into chunks and the chunks run on all cores (:func:`chunk_size`, :func:`run_chunks`),
-  with BLAS held to one thread meanwhile (:func:`_find_openblas`);
+* how a batch is cut into chunks and the chunks run on all cores (:func:`chunk_size`, :func:`run_chunks`, on
+  helper threads that sleep on locks: :class:`Helpers`), with BLAS held to one thread meanwhile
+  (:func:`_find_openblas`);
 * how a thin matrix product is cut into column blocks (:func:`gemm_columns`);
 * elementwise passes split across cores (:func:`elementwise`), per-channel coefficients laid out for
   them (:func:`channel_plane`), and zeros for their ReLUs (:func:`zeros_like`);
