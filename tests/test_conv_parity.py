@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from strategies import ConvCase, seeds
 from test_ops_conv import (
     assert_conv_matches_torch_float64,
+    assert_matches_naive_loop,
+    assert_matches_naive_loop_and_im2col,
     conv_tensors,
     float32_errors,
     naive_conv2d,
@@ -129,16 +131,8 @@ def test_weight_matrix_follows_the_tap_order_and_comes_back() -> None:
 @example(case=OUTPUT_1X1)
 @example(case=WIDE)
 def test_parity_matches_naive_loop_and_im2col(xp, case: ConvCase) -> None:
-    xa, wa, ba = case.arrays()
     gy = np.random.default_rng(case.seed + 1).standard_normal((case.n, case.o, *case.out_hw))
-    y, dx, dw, db = run_conv(xp, case, "parity", gy)
-    np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, **S2), rtol=1e-10, atol=1e-10)
-    ndx, ndw, _ = naive_conv2d_grads(xa, wa, gy, **S2)
-    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
-    for got, want in zip((y, dx, dw, db), run_conv(xp, case, "im2col", gy), strict=True):
-        if want is not None:
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert_matches_naive_loop_and_im2col(xp, case, gy, run_conv(xp, case, "parity", gy))
 
 
 @settings(max_examples=20, deadline=None)
@@ -173,13 +167,10 @@ def test_parity_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> Non
     real = conv_parity.im2col
     monkeypatch.setattr(conv_parity, "im2col", lambda x: built.append(x.shape) or real(x))
     case = ConvCase(n=5, c=3, o=4, h=6, w=8, kernel=(3, 3), stride=(2, 2), padding=(1, 1), seed=9)
-    xa, wa, ba = case.arrays()
     gy = np.random.default_rng(0).standard_normal((5, 4, 3, 4))
-    y, dx, dw, db = run_conv(np, case, "parity", gy)
+    results = run_conv(np, case, "parity", gy)
     assert len(built) == 5  # one per chunk in the forward; the backward reused them
-    np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, **S2), rtol=1e-10, atol=1e-10)
-    for got, want in zip((dx, dw, db), naive_conv2d_grads(xa, wa, gy, **S2), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert_matches_naive_loop(case, gy, results)
 
 
 @pytest.mark.parametrize("layout", NON_CONTIGUOUS_LAYOUTS)

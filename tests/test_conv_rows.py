@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from strategies import ConvCase, seeds
 from test_ops_conv import (
     assert_conv_matches_torch_float64,
+    assert_matches_naive_loop,
+    assert_matches_naive_loop_and_im2col,
     conv_tensors,
     float32_errors,
     naive_conv2d,
-    naive_conv2d_grads,
     run_conv,
 )
 from test_winograd import algo
@@ -94,11 +95,6 @@ CASES = [BATCH_1, ONE_CHANNEL, SPATIAL_1X1, NO_PADDING, FULL_PADDING, DILATED]
 IDS = ["batch1", "one-channel", "1x1", "no-padding", "full-padding", "dilated"]
 
 
-def _grads_of(case: ConvCase, gy: np.ndarray):  # type: ignore[no-untyped-def]
-    xa, wa, _ = case.arrays()
-    return naive_conv2d_grads(xa, wa, gy, padding=case.padding, dilation=case.dilation)
-
-
 @settings(max_examples=40, deadline=None)
 @given(case=rows_cases())
 @example(case=BATCH_1)
@@ -112,24 +108,15 @@ def _grads_of(case: ConvCase, gy: np.ndarray):  # type: ignore[no-untyped-def]
 def test_rows_match_naive_loop_and_im2col(xp, case: ConvCase, gy_copy: bool) -> None:
     """Both ways dW's GEMMs read gy' (a transposed view, or from TRANSPOSED_GY_FROM channels a copy)."""
     assert conv_rows.eligible((case.o, case.c, *case.kernel), (1, 1), case.padding, case.dilation, 1)
-    xa, wa, ba = case.arrays()
     gy = np.random.default_rng(case.seed + 1).standard_normal((case.n, case.o, *case.out_hw))
     before = conv_rows.TRANSPOSED_GY_FROM
     conv_rows.TRANSPOSED_GY_FROM = 1 if gy_copy else 10**9
     try:
-        y, dx, dw, db = run_conv(xp, case, "rows", gy)
+        results = run_conv(xp, case, "rows", gy)
     finally:
         conv_rows.TRANSPOSED_GY_FROM = before
-    assert y.shape == (case.n, case.o, *case.out_hw)
-    np.testing.assert_allclose(
-        y, naive_conv2d(xa, wa, ba, padding=case.padding, dilation=case.dilation), rtol=1e-10, atol=1e-10
-    )
-    ndx, ndw, _ = _grads_of(case, gy)
-    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
-    for got, want in zip((y, dx, dw, db), run_conv(xp, case, "im2col", gy), strict=True):
-        if want is not None:
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert results[0].shape == (case.n, case.o, *case.out_hw)
+    assert_matches_naive_loop_and_im2col(xp, case, gy, results)
 
 
 @settings(max_examples=20, deadline=None)
@@ -168,12 +155,8 @@ def test_rows_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINISE_NUM_THREADS", "2")
     monkeypatch.setattr(cpu, "chunk_size", lambda xp, batch, per_item, budget=0: 1)
     case = ConvCase(n=5, c=3, o=4, h=6, w=7, kernel=(3, 3), padding=(1, 1), seed=9)
-    xa, wa, ba = case.arrays()
     gy = np.random.default_rng(0).standard_normal((5, 4, 6, 7))
-    y, dx, dw, db = run_conv(np, case, "rows", gy)
-    np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-10, atol=1e-10)
-    for got, want in zip((dx, dw, db), naive_conv2d_grads(xa, wa, gy, padding=(1, 1)), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert_matches_naive_loop(case, gy, run_conv(np, case, "rows", gy))
 
 
 @requires_torch

@@ -87,6 +87,25 @@ def run_conv(xp, case: ConvCase, algorithm: str, gy: np.ndarray):  # type: ignor
     return host(y.data), host(x.grad), host(w.grad), None if b is None else host(b.grad)
 
 
+def assert_matches_naive_loop(case: ConvCase, gy: np.ndarray, results) -> None:  # type: ignore[no-untyped-def]
+    """y, dx, dW and db (db where the case has a bias) from ``run_conv`` equal the naive loop's to 1e-10."""
+    xa, wa, ba = case.arrays()
+    y, *grads = results
+    np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, **case.kwargs()), rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, naive_conv2d_grads(xa, wa, gy, **case.kwargs()), strict=True):
+        if got is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def assert_matches_naive_loop_and_im2col(xp, case: ConvCase, gy: np.ndarray, results) -> None:  # type: ignore[no-untyped-def]
+    """``assert_matches_naive_loop``, and y, dx, dW, db equal the im2col path's on the same backend to 1e-10:
+    what every other convolution algorithm (kernel rows, Winograd, parity planes) is held to."""
+    assert_matches_naive_loop(case, gy, results)
+    for got, want in zip(results, run_conv(xp, case, "im2col", gy), strict=True):
+        if want is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
 def assert_conv_matches_torch_float64(case: ConvCase, algorithm: str, gy: np.ndarray) -> None:
     """conv2d under ``algorithm`` equals torch.nn.functional.conv2d in float64: y, dx, dW and db to 1e-10."""
     import torch  # noqa: PLC0415

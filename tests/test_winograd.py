@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from strategies import ConvCase, seeds
 from test_ops_conv import (
     assert_conv_matches_torch_float64,
+    assert_matches_naive_loop,
+    assert_matches_naive_loop_and_im2col,
     conv_tensors,
     float32_errors,
     naive_conv2d,
@@ -107,18 +109,10 @@ CASES = [BATCH_1, ONE_CHANNEL, SPATIAL_1X1, PARTIAL_TILES, EXACT_TILES]
 @example(case=PARTIAL_TILES, m=4)
 @example(case=EXACT_TILES, m=4)
 def test_winograd_matches_naive_loop_and_im2col(xp, case: ConvCase, m: int) -> None:
-    xa, wa, ba = case.arrays()
     gy = np.random.default_rng(case.seed + 1).standard_normal((case.n, case.o, *case.out_hw))
-    y, dx, dw, db = run_conv(xp, case, f"winograd{m}", gy)
-    assert y.shape == (case.n, case.o, *case.out_hw)
-    np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, padding=case.padding), rtol=1e-10, atol=1e-10)
-    ndx, ndw, ndb = naive_conv2d_grads(xa, wa, gy, padding=case.padding)
-    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
-    reference = run_conv(xp, case, "im2col", gy)
-    for got, want in zip((y, dx, dw, db), reference, strict=True):
-        if want is not None:
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    results = run_conv(xp, case, f"winograd{m}", gy)
+    assert results[0].shape == (case.n, case.o, *case.out_hw)
+    assert_matches_naive_loop_and_im2col(xp, case, gy, results)
 
 
 @settings(max_examples=20, deadline=None)
@@ -155,12 +149,8 @@ def test_winograd_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch, m: i
     monkeypatch.setenv("MINISE_NUM_THREADS", "2")
     monkeypatch.setattr(cpu, "chunk_size", lambda xp, batch, per_item, budget=0: 1)
     case = ConvCase(n=5, c=3, o=4, h=6, w=7, kernel=(3, 3), padding=(1, 1), seed=9)
-    xa, wa, ba = case.arrays()
     gy = np.random.default_rng(0).standard_normal((5, 4, 6, 7))
-    y, dx, dw, db = run_conv(np, case, f"winograd{m}", gy)
-    np.testing.assert_allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-10, atol=1e-10)
-    for got, want in zip((dx, dw, db), naive_conv2d_grads(xa, wa, gy, padding=(1, 1)), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert_matches_naive_loop(case, gy, run_conv(np, case, f"winograd{m}", gy))
 
 
 def test_the_weight_gradient_reads_the_forwards_transformed_input(monkeypatch: pytest.MonkeyPatch) -> None:
