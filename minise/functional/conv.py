@@ -434,7 +434,9 @@ class Conv2dOp(Function):
         wf_rows = conv_rows.kernel_rows(_flipped(w, 1)) if need_x else None
         dx: Any = xp.empty(x.shape, dtype=x.dtype) if need_x else None
         oh, ow = gy.shape[2:]
-        per_image = max(c * kw * (h + 2 * ph) * (wd + pw), o * kw * (oh + 2 * q[0]) * (ow + q[1]))  # the two R
+        hp, ell = conv_rows.padded_size(h, wd, (kh, kw), self.padding, self.dilation)[:2]  # x's laid-out rows
+        hq, lq = conv_rows.padded_size(oh, ow, (kh, kw), q, self.dilation)[:2]  # gy's, for dx
+        per_image = max(c * kw * hp * ell, o * kw * hq * lq)  # the two R
         size = cpu.chunk_size(xp, n, per_image * x.itemsize)
 
         def work(a: int, z: int) -> Any:
