@@ -120,24 +120,36 @@ def weight_transform(w: Any, m: int) -> Any:
     """U = G g G^T for every (out, in) channel pair, transposed for the GEMMs:
     w (K, C, 3, 3) -> U^T (a, a, C, K), a = m + 2.
 
-    U[i, j] = sum_rs G[i, r] G[j, s] g[r, s] is one GEMM with the Kronecker product of G with itself:
-    U (a*a, K*C) = kron(G, G) (a*a, 9) @ g^T (9, K*C). It runs in blocks of output channels on the CPU
-    cores (``cpu.run_chunks``, BLAS held to one thread): a BLAS call on its own threads between the
-    chunked passes leaves OpenBLAS's threads spinning while minise's want the cores (measured: it made
-    F(2x2) on 64 channels 1.5x slower than im2col on two cores instead of faster).
+    U[i, j] = sum_rs G[i, r] G[j, s] g[r, s] is a product with the Kronecker product of G with itself,
+    kron(G, G) (a*a, 9), entry (i a + j, 3 r + s) = G[i, r] G[j, s]. Two steps:
+
+    1. w, seen as a (K, 9 C) matrix, transposed into wt (9 C, K) = (C, 9, K): wt[c, 3 r + s, k] = w[k, c, r, s]
+       (one copy of the weight, in strips that stay in cache: ``cpu.transpose_into``);
+    2. for each input channel c, kron(G, G) (a*a, 9) @ wt[c] (9, K) = U[:, c, :] (a*a, K): one batched
+       product whose result u (C, a*a, K) holds U^T[i, j, c, k] at u[c, i a + j, k].
+
+    U^T is returned as a view of u, (a, a, C, K) with a stride of a*a*K between input channels: each
+    transformed position's (C, K) matrix is one that BLAS reads in place (its rows lie a*a*K values apart
+    instead of K; a row stride is just a leading dimension), so U^T is never copied into a layout of its own.
+    It runs in blocks of input channels on the CPU cores (``cpu.run_chunks``, BLAS held to one thread): a
+    BLAS call on its own threads between the chunked passes leaves OpenBLAS's threads spinning while
+    minise's want the cores (measured: it made F(2x2) on 64 channels 1.5x slower than im2col on two cores
+    instead of faster).
     """
     xp = get_array_module(w)
     k, c = w.shape[:2]
     a = m + 2
     gg = _kron_g(xp, m, w.dtype)  # (a*a, 9)
-    ut = xp.empty((a, a, c, k), dtype=w.dtype)
+    by_rows = w.reshape(k, c * 9)  # (K, 9 C): row k, columns (c, r, s)
+    wt = xp.empty((c, 9, k), dtype=w.dtype)
+    u = xp.empty((c, a * a, k), dtype=w.dtype)
 
     def work(s: int, z: int) -> None:
-        u = gg @ w[s:z].reshape((z - s) * c, 9).T  # (a*a, k*C) for output channels s..z
-        ut[:, :, :, s:z] = u.reshape(a, a, z - s, c).transpose(0, 1, 3, 2)
+        cpu.transpose_into(by_rows[:, 9 * s : 9 * z], wt[s:z].reshape(9 * (z - s), k))
+        xp.matmul(gg, wt[s:z], out=u[s:z])  # (a*a, 9) @ (z - s, 9, K): U^T for input channels s..z
 
-    cpu.run_chunks(xp, k, cpu.chunk_size(xp, k, a * a * c * w.itemsize), work)
-    return ut
+    cpu.run_chunks(xp, c, cpu.chunk_size(xp, c, a * a * k * w.itemsize), work)
+    return u.transpose(1, 0, 2).reshape(a, a, c, k)  # a view: [i, j, c, k] = u[c, i a + j, k]
 
 
 def input_transform(xpad: Any, m: int, th: int, tw: int) -> Any:
@@ -286,16 +298,23 @@ def weight_grad_chunk(x: Any, gy: Any, padding: tuple[int, int], m: int, v: Any 
 
 
 def weight_grad_from_transformed(dut: Any, m: int) -> Any:
-    """dW = G^T dU G (the adjoint of ``weight_transform``, in blocks of output channels as it):
-    dU^T (a, a, C, K) -> dW (K, C, 3, 3)."""
+    """dW = G^T dU G (the adjoint of ``weight_transform``: its two steps backwards, in blocks of input
+    channels as it): dU^T (a, a, C, K) -> dW (K, C, 3, 3).
+
+    1. for each input channel c, kron(G, G)^T (9, a*a) @ dU^T[:, :, c, :] (a*a, K) = g[c] (9, K), with
+       g[c, 3 r + s, k] = dW[k, c, r, s] (dU^T read in place, a row stride of C K);
+    2. g, seen as a (9 C, K) matrix, transposed into dW seen as (K, 9 C) (``cpu.transpose_into``)."""
     xp = get_array_module(dut)
     a, _, c, k = dut.shape
-    gg = _kron_g(xp, m, dut.dtype)  # (a*a, 9)
+    ggt = _kron_g(xp, m, dut.dtype).T  # (9, a*a)
+    by_channel = dut.reshape(a * a, c, k).transpose(1, 0, 2)  # (C, a*a, K), a view
+    g = xp.empty((c, 9, k), dtype=dut.dtype)
     dw = xp.empty((k, c, 3, 3), dtype=dut.dtype)
+    by_rows = dw.reshape(k, c * 9)  # (K, 9 C), a view
 
     def work(s: int, z: int) -> None:
-        du = dut[:, :, :, s:z].transpose(3, 2, 0, 1).reshape((z - s) * c, a * a)  # (k*C, a*a)
-        dw[s:z] = (du @ gg).reshape(z - s, c, 3, 3)
+        xp.matmul(ggt, by_channel[s:z], out=g[s:z])
+        cpu.transpose_into(g[s:z].reshape(9 * (z - s), k), by_rows[:, 9 * s : 9 * z])
 
-    cpu.run_chunks(xp, k, cpu.chunk_size(xp, k, a * a * c * dut.itemsize), work)
+    cpu.run_chunks(xp, c, cpu.chunk_size(xp, c, a * a * k * dut.itemsize), work)
     return dw
