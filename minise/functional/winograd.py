@@ -134,7 +134,9 @@ def weight_transform(w: Any, m: int) -> Any:
     It runs in blocks of input channels on the CPU cores (``cpu.run_chunks``, BLAS held to one thread): a
     BLAS call on its own threads between the chunked passes leaves OpenBLAS's threads spinning while
     minise's want the cores (measured: it made F(2x2) on 64 channels 1.5x slower than im2col on two cores
-    instead of faster).
+    instead of faster). Against the earlier (a*a, 9) @ (9, K C) product and a transposing copy of its a*a times
+    larger result, two cores, medians of 5 alternating rounds: 64 -> 64 F(4x4) 175 -> 65 us, 512 -> 512 F(2x2)
+    6.8 -> 3.2 ms; the adjoint (``weight_grad_from_transformed``) 413 -> 87 us and 12.2 -> 3.1 ms.
     """
     xp = get_array_module(w)
     k, c = w.shape[:2]
