@@ -130,7 +130,9 @@ def weight_transform(w: Any, m: int) -> Any:
 
     U^T is returned as a view of u, (a, a, C, K) with a stride of a*a*K between input channels: each
     transformed position's (C, K) matrix is one that BLAS reads in place (its rows lie a*a*K values apart
-    instead of K; a row stride is just a leading dimension), so U^T is never copied into a layout of its own.
+    instead of K; a row stride is just a leading dimension), so on NumPy U^T is never copied into a layout of
+    its own (CuPy's matmul copies a strided operand to a contiguous one itself; on the GPU Winograd only runs
+    when forced, ``choose_algorithm``).
     It runs in blocks of input channels on the CPU cores (``cpu.run_chunks``, BLAS held to one thread): a
     BLAS call on its own threads between the chunked passes leaves OpenBLAS's threads spinning while
     minise's want the cores (measured: it made F(2x2) on 64 channels 1.5x slower than im2col on two cores
@@ -150,7 +152,7 @@ def weight_transform(w: Any, m: int) -> Any:
         cpu.transpose_into(by_rows[:, 9 * s : 9 * z], wt[s:z].reshape(9 * (z - s), k))
         xp.matmul(gg, wt[s:z], out=u[s:z])  # (a*a, 9) @ (z - s, 9, K): U^T for input channels s..z
 
-    cpu.run_chunks(xp, c, cpu.chunk_size(xp, c, a * a * k * w.itemsize), work)
+    cpu.run_chunks(xp, c, cpu.chunk_size(xp, c, (a * a + 9) * k * w.itemsize), work)  # u's and wt's share
     return u.transpose(1, 0, 2).reshape(a, a, c, k)  # a view: [i, j, c, k] = u[c, i a + j, k]
 
 
@@ -304,7 +306,7 @@ def weight_grad_from_transformed(dut: Any, m: int) -> Any:
     channels as it): dU^T (a, a, C, K) -> dW (K, C, 3, 3).
 
     1. for each input channel c, kron(G, G)^T (9, a*a) @ dU^T[:, :, c, :] (a*a, K) = g[c] (9, K), with
-       g[c, 3 r + s, k] = dW[k, c, r, s] (dU^T read in place, a row stride of C K);
+       g[c, 3 r + s, k] = dW[k, c, r, s] (on NumPy dU^T read in place, a row stride of C K);
     2. g, seen as a (9 C, K) matrix, transposed into dW seen as (K, 9 C) (``cpu.transpose_into``)."""
     xp = get_array_module(dut)
     a, _, c, k = dut.shape
@@ -318,5 +320,5 @@ def weight_grad_from_transformed(dut: Any, m: int) -> Any:
         xp.matmul(ggt, by_channel[s:z], out=g[s:z])
         cpu.transpose_into(g[s:z].reshape(9 * (z - s), k), by_rows[:, 9 * s : 9 * z])
 
-    cpu.run_chunks(xp, c, cpu.chunk_size(xp, c, a * a * k * dut.itemsize), work)
+    cpu.run_chunks(xp, c, cpu.chunk_size(xp, c, (a * a + 9) * k * dut.itemsize), work)  # dU^T's and g's share
     return dw
