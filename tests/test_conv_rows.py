@@ -32,19 +32,31 @@ from minise.functional.conv import conv_algorithm
 # --------------------------------------------------------------------------------------------------
 # the layout
 # --------------------------------------------------------------------------------------------------
-def test_shifted_rows_are_the_flat_laid_out_maps_shifted_by_each_kernel_column() -> None:
-    """Rows of l = W + p_w values (p_w zeros, then a row of x), p_h zero rows above and below, a zero tail for
-    the last shifts; then KW copies shifted by d_w j."""
-    x = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
+def test_shifted_rows_are_the_flat_map_shifted_by_each_kernel_column_with_wrapped_columns_zeroed() -> None:
+    """Per kernel column j: the map (with p_h zero rows above and below) read flat and shifted by
+    s = d_w j - p_w, and the columns whose reads wrapped round to a neighbouring row set to zero: for every
+    row r and column v, R[(c, j), r W + v] = x[c, r - p_h, v + s], zero off the map. Built here from a padded
+    copy, the way lesson 05 checks it."""
+    x = np.arange(1, 2 * 3 * 4 * 5 + 1, dtype=np.float64).reshape(2, 3, 4, 5)  # no zeros of its own
     rows = conv_rows.shifted_rows(x, 3, (1, 2), 2)  # KW = 3, padding (1, 2), dilation 2 along the width
-    hp, ell = 4 + 2, 5 + 2
-    assert conv_rows.padded_size(4, 5, (3, 3), (1, 2), (1, 2))[:2] == (hp, ell)
-    assert rows.shape == (2, 3 * 3, hp * ell)
-    laid_out = np.pad(x, ((0, 0), (0, 0), (1, 1), (2, 0))).reshape(2, 3, hp * ell)  # 2 zeros before each row
-    flat = np.concatenate([laid_out, np.zeros((2, 3, 2 * 2))], axis=2)  # the tail: d_w (KW - 1) zeros
+    hp, w = 4 + 2, 5
+    assert conv_rows.padded_size(4, 5, (3, 3), (1, 2), (1, 2)) == (hp, w, 4, 5)
+    assert rows.shape == (2, 3 * 3, hp * w)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (2, 2)))  # the zero-padded map, 2 columns each side
     for c in range(3):
         for j in range(3):
-            np.testing.assert_array_equal(rows[:, c * 3 + j], flat[:, c, 2 * j : 2 * j + hp * ell])
+            np.testing.assert_array_equal(rows[:, c * 3 + j].reshape(2, hp, w), padded[:, c, :, 2 * j : 2 * j + w])
+    assert (rows[:, 0].reshape(2, hp, w)[:, 1:-1, :2] == 0).all()  # shift -2: the first two columns
+    assert (rows[:, 2].reshape(2, hp, w)[:, 1:-1, 3:] == 0).all()  # shift +2: the last two
+    assert rows[:, 1].reshape(2, hp, w)[:, 1:-1].all()  # no shift: the map itself
+
+
+def test_shifted_rows_zero_everything_when_the_shift_passes_the_whole_row() -> None:
+    """A map one pixel wide with padding 2 and dilation 2: only the middle kernel column reads the map."""
+    x = np.arange(1, 2 * 3 + 1, dtype=np.float64).reshape(1, 2, 3, 1)
+    rows = conv_rows.shifted_rows(x, 3, (0, 2), 2).reshape(1, 2, 3, 3)
+    np.testing.assert_array_equal(rows[:, :, 1], x[:, :, :, 0])
+    assert not rows[:, :, 0].any() and not rows[:, :, 2].any()
 
 
 def test_kernel_rows_hold_one_kernel_row_each() -> None:
@@ -59,24 +71,23 @@ def test_kernel_rows_hold_one_kernel_row_each() -> None:
 # --------------------------------------------------------------------------------------------------
 @st.composite
 def rows_cases(draw: st.DrawFn, max_out: int = 6) -> ConvCase:
-    """An eligible case: stride 1, one group, kernels 2-4 per side, dilation 1-2, padding 0..d (K - 1)."""
+    """An eligible case: stride 1, one group, kernels 2-4 per side, dilation 1-2, padding 0..d_h (KH - 1) on
+    the height and "same" on the width (p_w = d_w (KW - 1) / 2: an even-width kernel gets dilation 2)."""
     kernel = (draw(st.integers(2, 4)), draw(st.integers(2, 4)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = tuple(draw(st.integers(0, dilation[i] * (kernel[i] - 1))) for i in range(2))
-    hw = []
-    for i in range(2):
-        out = draw(st.integers(1, max_out))
-        hw.append(out + dilation[i] * (kernel[i] - 1) - 2 * padding[i])  # input side for that output side
-        if hw[-1] < 1:  # much padding, small output: the input needs a pixel; the output grows
-            hw[-1] = 1
+    if dilation[1] * (kernel[1] - 1) % 2:
+        dilation = (dilation[0], 2)
+    padding = (draw(st.integers(0, dilation[0] * (kernel[0] - 1))), dilation[1] * (kernel[1] - 1) // 2)
+    out_h = draw(st.integers(1, max_out))
+    h = max(1, out_h + dilation[0] * (kernel[0] - 1) - 2 * padding[0])  # input height for that output height
     return ConvCase(
         n=draw(st.integers(1, 3)),
         c=draw(st.integers(1, 4)),
         o=draw(st.integers(1, 4)),
-        h=hw[0],
-        w=hw[1],
+        h=h,
+        w=draw(st.integers(1, max_out)),  # the output is as wide
         kernel=kernel,
-        padding=padding,  # type: ignore[arg-type]
+        padding=padding,
         dilation=dilation,
         bias=draw(st.booleans()),
         seed=draw(seeds),
@@ -86,13 +97,15 @@ def rows_cases(draw: st.DrawFn, max_out: int = 6) -> ConvCase:
 BATCH_1 = ConvCase(n=1, c=2, o=3, h=5, w=4, kernel=(3, 3), padding=(1, 1), seed=1)
 ONE_CHANNEL = ConvCase(n=2, c=1, o=1, h=4, w=6, kernel=(3, 3), padding=(1, 1), seed=2)
 SPATIAL_1X1 = ConvCase(n=2, c=3, o=2, h=1, w=1, kernel=(3, 3), padding=(1, 1), seed=3)  # all but one tap padding
-NO_PADDING = ConvCase(n=2, c=2, o=3, h=6, w=5, kernel=(3, 2), padding=(0, 0), seed=4)
-FULL_PADDING = ConvCase(n=2, c=3, o=2, h=3, w=4, kernel=(3, 3), padding=(2, 2), seed=5)  # p = K - 1: dx uncropped
+NO_PADDING = ConvCase(n=2, c=2, o=3, h=6, w=5, kernel=(3, 3), padding=(0, 1), seed=4)  # none on the height
+FULL_PADDING = ConvCase(n=2, c=3, o=2, h=3, w=4, kernel=(3, 3), padding=(2, 1), seed=5)  # p_h = K - 1: dx uncropped
 DILATED = ConvCase(n=2, c=2, o=2, h=7, w=6, kernel=(3, 3), padding=(2, 1), dilation=(2, 1), bias=False, seed=6)
 # hypothesis's find in CI: at gradcheck's default step (1e-6) the rounding of this case's forward passed tolerance
-TALL_DILATED = ConvCase(n=3, c=4, o=3, h=4, w=5, kernel=(4, 3), padding=(3, 0), dilation=(2, 1), bias=False, seed=8863)
-CASES = [BATCH_1, ONE_CHANNEL, SPATIAL_1X1, NO_PADDING, FULL_PADDING, DILATED]
-IDS = ["batch1", "one-channel", "1x1", "no-padding", "full-padding", "dilated"]
+TALL_DILATED = ConvCase(n=3, c=4, o=3, h=4, w=5, kernel=(4, 3), padding=(3, 1), dilation=(2, 1), bias=False, seed=8863)
+# an even kernel width: "same" padding needs an even dilation, p_w = 2 (2 - 1) / 2
+EVEN_WIDTH = ConvCase(n=2, c=2, o=3, h=4, w=5, kernel=(3, 2), padding=(1, 1), dilation=(1, 2), seed=10)
+CASES = [BATCH_1, ONE_CHANNEL, SPATIAL_1X1, NO_PADDING, FULL_PADDING, DILATED, EVEN_WIDTH]
+IDS = ["batch1", "one-channel", "1x1", "no-padding", "full-padding", "dilated", "even-width"]
 
 
 @settings(max_examples=40, deadline=None)
@@ -104,6 +117,7 @@ IDS = ["batch1", "one-channel", "1x1", "no-padding", "full-padding", "dilated"]
 @example(case=FULL_PADDING)
 @example(case=DILATED)
 @example(case=TALL_DILATED)
+@example(case=EVEN_WIDTH)
 @pytest.mark.parametrize("gy_copy", [False, True], ids=["gy-view", "gy-transposed-copy"])
 def test_rows_match_naive_loop_and_im2col(xp, case: ConvCase, gy_copy: bool) -> None:
     """Both ways dW's GEMMs read gy' (a transposed view, or from TRANSPOSED_GY_FROM channels a copy)."""
@@ -187,7 +201,11 @@ def test_forced_rows_apply_only_where_eligible(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("MINISE_CONV_ALGORITHM", raising=False)
     with conv_algorithm("rows"):
         assert algo((2, 3, 5, 5), (4, 3, 3, 3)) == "rows"
-        assert algo((2, 3, 5, 5), (4, 3, 2, 4), padding=(0, 3)) == "rows"
+        assert algo((2, 3, 5, 5), (4, 3, 2, 3), padding=(0, 1)) == "rows"
+        assert algo((2, 3, 5, 5), (4, 3, 3, 2), padding=(1, 1), dilation=(1, 2)) == "rows"  # p_w = d_w (KW - 1) / 2
+        assert algo((2, 3, 5, 5), (4, 3, 3, 3), padding=(1, 0)) == "im2col"  # the output narrower than the input
+        assert algo((2, 3, 5, 5), (4, 3, 3, 3), padding=(1, 2)) == "im2col"  # ... or wider
+        assert algo((2, 3, 5, 5), (4, 3, 3, 4), padding=(1, 1)) == "im2col"  # no "same" padding for an even KW
         assert algo((2, 3, 5, 5), (4, 3, 3, 3), stride=(2, 2)) == "im2col"  # stride
         assert algo((2, 4, 5, 5), (4, 2, 3, 3), groups=2) == "im2col"  # groups
         assert algo((2, 3, 5, 5), (4, 3, 1, 1), padding=(0, 0)) == "im2col"  # a 1x1 kernel is a plain GEMM
@@ -239,32 +257,24 @@ def test_a_wrong_weight_gradient_is_caught_by_gradcheck(monkeypatch: pytest.Monk
     assert [r.index for r in report.inputs if not r.ok] == [1]
 
 
-@pytest.mark.parametrize("gy_copy", [False, True], ids=["gy-view", "gy-transposed-copy"])
-def test_junk_columns_left_in_the_weight_gradient_are_caught(monkeypatch: pytest.MonkeyPatch, gy_copy: bool) -> None:
-    """gy' on the grid l wide must hold zeros past OW; ones there (outputs that do not exist) add the
-    wrap-around columns into dW, and gradcheck on the weight fails, and only there (both layouts of gy')."""
-    if gy_copy:
-        monkeypatch.setattr(conv_rows, "TRANSPOSED_GY_FROM", 1)
-        real_t = conv_rows.on_padded_width_transposed
+def test_wrapped_columns_left_in_the_shifted_rows_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shifted copies of the flat map whose wrapped columns keep the neighbouring row's values (the zeroing
+    left out) give the edge outputs the wrong neighbours: the naive-loop check fails. gradcheck alone would
+    not catch it: the wrong forward, its dW (the same rows) and its dx (the same layout, transposed) are a
+    consistent linear op and its gradients, only not the convolution's; that is why every path is also
+    compared with the naive loop."""
 
-        def junk_left_t(gy, ell):  # type: ignore[no-untyped-def]
-            wide = real_t(gy, ell)  # (n, OH*l, O)
-            n, o, oh, ow = gy.shape
-            wide.reshape(n, oh, ell, o)[:, :, ow:] = 1.0
-            return wide
+    def not_zeroed(x, kw, padding, dilation_w):  # type: ignore[no-untyped-def]
+        n, c, h, w = x.shape
+        ph, pw = padding
+        flat = np.pad(x.reshape(n, c, h * w), ((0, 0), (0, 0), (ph * w + pw, ph * w + pw)))
+        hpw = (h + 2 * ph) * w
+        shifts = [flat[:, :, dilation_w * j : dilation_w * j + hpw] for j in range(kw)]
+        return np.stack(shifts, axis=2).reshape(n, c * kw, hpw)
 
-        monkeypatch.setattr(conv_rows, "on_padded_width_transposed", junk_left_t)
-    else:
-        monkeypatch.setattr(conv_rows, "TRANSPOSED_GY_FROM", 10**9)
-        real = conv_rows.on_padded_width
-
-        def junk_left(gy, ell):  # type: ignore[no-untyped-def]
-            wide = real(gy, ell)
-            wide[..., gy.shape[3] :] = 1.0
-            return wide
-
-        monkeypatch.setattr(conv_rows, "on_padded_width", junk_left)
-    x, w, _ = conv_tensors(np, *BATCH_1.arrays())
-    with conv_algorithm("rows"):
-        report = minise.gradcheck(lambda x, w: F.conv2d(x, w, padding=1), x, w, raise_on_failure=False)
-    assert [r.index for r in report.inputs if not r.ok] == [1]
+    xa, wa, ba = BATCH_1.arrays()
+    y = run_conv(np, BATCH_1, "rows", np.ones((1, 3, 5, 4)))[0]
+    assert np.allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-10, atol=1e-10)  # the real one
+    monkeypatch.setattr(conv_rows, "shifted_rows", not_zeroed)
+    y = run_conv(np, BATCH_1, "rows", np.ones((1, 3, 5, 4)))[0]
+    assert not np.allclose(y, naive_conv2d(xa, wa, ba, padding=(1, 1)), rtol=1e-3, atol=1e-3)

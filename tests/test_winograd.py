@@ -232,13 +232,17 @@ def test_auto_rule_follows_the_documented_table(monkeypatch: pytest.MonkeyPatch)
     assert algo((128, 3, 32, 32), (16, 3, 3, 3)) == "im2col"  # the stem: 3 channels
     assert algo((128, 16, 32, 32), (16, 16, 3, 3)) == "rows"  # thin GEMMs on a large map
     assert algo((128, 32, 32, 32), (32, 32, 3, 3)) == "rows"
-    assert algo((128, 32, 16, 16), (32, 32, 3, 3)) == "rows"  # 256 pixels: still rows
-    assert algo((32, 64, 56, 56), (64, 64, 3, 3)) == "rows"
-    assert algo((128, 16, 8, 8), (16, 16, 3, 3)) == "im2col"  # thin, small map
-    assert algo((128, 32, 8, 8), (32, 32, 3, 3)) == "winograd4"  # up to 128 channels on maps of 8x8 and more
+    assert algo((128, 32, 16, 16), (32, 32, 3, 3)) == "rows"
+    assert algo((128, 16, 8, 8), (16, 16, 3, 3)) == "rows"  # up to 32 channels: rows on any map
+    assert algo((128, 32, 4, 4), (32, 32, 3, 3)) == "rows"
+    assert algo((128, 8, 16, 16), (8, 8, 3, 3)) == "rows"
+    assert algo((128, 16, 32, 32), (16, 16, 3, 3), padding=(1, 0)) == "im2col"  # thin, but no "same" width
+    assert algo((32, 64, 56, 56), (64, 64, 3, 3)) == "winograd4"  # over 32 channels, up to 128: F(4x4)
+    assert algo((128, 48, 16, 16), (48, 48, 3, 3)) == "winograd4"
     assert algo((128, 64, 8, 8), (64, 64, 3, 3)) == "winograd4"
-    assert algo((32, 128, 28, 28), (128, 128, 3, 3)) == "winograd4"  # over 64 channels: Winograd on any map
-    assert algo((32, 128, 7, 7), (128, 128, 3, 3)) == "winograd2"  # 49 pixels: F(2x2)
+    assert algo((128, 64, 4, 4), (64, 64, 3, 3)) == "winograd4"  # 16 pixels
+    assert algo((32, 128, 28, 28), (128, 128, 3, 3)) == "winograd4"
+    assert algo((32, 128, 7, 7), (128, 128, 3, 3)) == "winograd4"
     assert algo((32, 256, 14, 14), (256, 256, 3, 3)) == "winograd2"  # over 128 channels: F(2x2)
     assert algo((32, 512, 4, 4), (512, 512, 3, 3)) == "winograd2"
     assert algo((16, 256, 2, 2), (256, 256, 3, 3)) == "im2col"  # maps under 4x4: one padded tile, im2col

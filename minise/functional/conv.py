@@ -108,7 +108,8 @@ def choose_algorithm(
 
     ``MINISE_CONV_ALGORITHM`` (read at each call) or :func:`set_conv_algorithm` may force a path; a forced
     path applies only where it is eligible, and every other convolution uses im2col. Eligible for "rows":
-    stride 1, one group, a kernel larger than 1x1, 0 <= p <= d (K - 1). For Winograd: 3x3, stride 1,
+    stride 1, one group, a kernel larger than 1x1, "same" padding along the width (2 p_w = d_w (KW - 1)),
+    0 <= p_h <= d_h (KH - 1). For Winograd: 3x3, stride 1,
     dilation 1, one group, padding 0-2. For "parity": 3x3, stride 2, padding 1, dilation 1, one group, even
     height and width. The "auto" rule, on NumPy only (on CuPy im2col's one big GEMM is
     what the GPU does best), with c = min(in, out channels) and p = output pixels per channel:
@@ -116,28 +117,37 @@ def choose_algorithm(
     ============================ ============ =====================================================
     eligible for "parity"         parity       a 3x3 stride-2 layer of a ResNet: its generic im2col and
                                                col2im run in runs of OW values, every other input value
-    8 <= c <= 64 and p >= 256     rows         thin GEMMs on maps of 16x16 and more: im2col's 9x copy
-                                               costs most of what its GEMM costs; rows copy 3x, in
-                                               runs a whole map long
-    c < 32 (and not above)        im2col       the stem (3 channels), thin layers on small maps
+    8 <= c <= 32                  rows         thin GEMMs: im2col's 9x copy costs most of what its GEMM
+                                               costs; rows copy 3x, in runs a whole map long, and do
+                                               exactly im2col's multiplications
+    c <= 32 (and not above)       im2col       the stem (3 channels), thin layers rows cannot take
     p < 16 (maps under 4x4)       im2col       a 2x2 or 1x1 map fills one padded Winograd tile:
                                                Winograd multiplies more than im2col, and the kernel
                                                transform (16 x O x C numbers) is shared by too few tiles
-    c <= 128 and p >= 64          F(4x4, 3x3)  36 multiplications per 16 outputs (F(2x2): 16 per 4)
-    otherwise                     F(2x2, 3x3)  many channels on small maps, where the GEMMs dominate;
-                                               with over 128 channels F(4x4)'s kernel transforms
-                                               (36 x O x C numbers, forward and dW) cost more than
-                                               its smaller GEMMs save
+    c <= 128                      F(4x4, 3x3)  36 multiplications per 16 outputs (F(2x2): 16 per 4)
+    otherwise                     F(2x2, 3x3)  many channels, where the GEMMs dominate; with over 128
+                                               channels F(4x4)'s kernel transforms (36 x O x C numbers,
+                                               forward and dW) cost more than its smaller GEMMs save
     ============================ ============ =====================================================
 
-    Measured forward + backward on two cores' wall clock, medians of 3 alternating rounds, ms for im2col /
-    rows / F(2x2) (PyTorch in the same run): batch 128: 16->16 on 32x32 22.2 / 18.3 / 42.0 (13.4),
+    Since the kernel-row path lost its extra column (ninth round), forward + backward on two cores, medians of
+    5 alternating rounds, ms for rows / F(4x4) / F(2x2) / im2col: batch 128: 8->8 on 16x16 1.72 / 3.85 /
+    4.59 / 3.16; 16->16 on 32x32 14.7 / 35.1 / 39.9 / 24.1, on 8x8 1.31 / 1.71 / 1.85 / 2.35; 32->32 on 16x16
+    12.2 / 14.4 / 19.4 / 19.4, on 8x8 3.21 / 3.46 / 5.23 / 5.76, on 4x4 1.68 / 1.81 / 1.93 / 3.60; 48->48 on
+    16x16 31.9 / 24.7 / 32.2 / 37.7; 64->64 on 32x32 215 / 175 / 247 / 497, on 16x16 46.9 / 32.1 / 43.4 / 61.5,
+    on 8x8 11.7 / 8.07 / 12.3 / 18.3, on 4x4 4.52 / 3.44 / 3.96 / 8.55; 128->128 on 8x8 52.0 / 25.6 / 35.0 /
+    61.4, on 4x4 20.6 / 11.3 / 13.2 / 20.9; batch 32: 64->64 on 56x56 130 / 98 / 153 / 205, 128 on 28x28 131 /
+    70 / 94 / 142, 256 on 14x14 149 / 95 / 96 / 151. Rows lose to F(4x4) from about 48 channels: each
+    image's GEMM reads the whole weight for a few columns, and F(4x4) multiplies a quarter as much.
+
+    Earlier measurements (kernel rows then padded on both sides), forward + backward on two cores' wall clock,
+    medians of 3 alternating rounds, ms for im2col / rows / F(2x2) (PyTorch in the same run): batch 128: 16->16 on 32x32 22.2 / 18.3 / 42.0 (13.4),
     32->32 on 16x16 19.4 / 15.4 / 21.7 (9.9), 64->64 on 8x8 18.0 / 15.3 / 13.7 (8.5); ResNet-18's layers
     at batch 32: 64->64 on 56x56 215 / 143 / 156 (115), 128 on 28x28 140 / 148 / 102 (109), 256 on 14x14
     141 / 149 / 87 (100), 512 on 7x7 146 / 231 / 156 (97). Rows lose on small maps with many channels:
-    each image's GEMM reads the whole weight for a few columns, and the rows' shared padding adds
-    (W + p) / W more multiplications (1.125x on 8x8; rows padded on both sides, as when these were
-    measured, added (W + 2p) / W, 1.25x). Earlier, one core's CPU time, F(2x2) / im2col: 0.54
+    each image's GEMM reads the whole weight for a few columns (and when these were measured, rows padded on
+    both sides added (W + 2p) / W more multiplications, 1.25x on 8x8; rows now do exactly im2col's).
+    Earlier, one core's CPU time, F(2x2) / im2col: 0.54
     for 128->128 on 8x8, 0.46 for 512->512 on 4x4 at batch 32, but 1.25 for 256->256 on 2x2 and 4.4 for
     512->512 on 1x1. F(4x4) against F(2x2), forward + backward, two cores, medians of 5 alternating
     rounds, ms (since the transforms became matrix products, ``winograd.input_transform``): batch 128:
@@ -177,12 +187,10 @@ def choose_algorithm(
         x_shape[3] + 2 * padding[1] - dilation[1] * (kw - 1)
     )
     c = min(cg, o)
-    if rows and 8 <= c <= 64 and pixels >= 256:
+    if rows and 8 <= c <= 32:
         return "rows"
-    if wino and 32 <= c <= 128 and pixels >= 64:
-        return "winograd4"
-    if wino and c >= 32 and pixels >= 16:
-        return "winograd2"
+    if wino and c > 32 and pixels >= 16:
+        return "winograd4" if c <= 128 else "winograd2"
     return "im2col"
 
 
@@ -307,8 +315,8 @@ class Conv2dOp(Function):
             )
         elif self.algorithm == "rows":
             w_rows = conv_rows.kernel_rows(w)
-            hp, ell = conv_rows.padded_size(h, wd, (kh, kw), self.padding, self.dilation)[:2]
-            size = cpu.chunk_size(xp, n, c * kw * hp * ell * x.itemsize, ROWS_FORWARD_BUDGET)
+            hp = conv_rows.padded_size(h, wd, (kh, kw), self.padding, self.dilation)[0]  # rows of the flat map
+            size = cpu.chunk_size(xp, n, c * kw * hp * wd * x.itemsize, ROWS_FORWARD_BUDGET)  # R's bytes
 
             def rows_work(a: int, z: int) -> None:
                 conv_rows.conv_chunk(x[a:z], w_rows, self.padding, self.dilation, y[a:z])
@@ -434,9 +442,9 @@ class Conv2dOp(Function):
         wf_rows = conv_rows.kernel_rows(_flipped(w, 1)) if need_x else None
         dx: Any = xp.empty(x.shape, dtype=x.dtype) if need_x else None
         oh, ow = gy.shape[2:]
-        hp, ell = conv_rows.padded_size(h, wd, (kh, kw), self.padding, self.dilation)[:2]  # x's laid-out rows
-        hq, lq = conv_rows.padded_size(oh, ow, (kh, kw), q, self.dilation)[:2]  # gy's, for dx
-        per_image = max(c * kw * hp * ell, o * kw * hq * lq)  # the two R
+        hp = conv_rows.padded_size(h, wd, (kh, kw), self.padding, self.dilation)[0]  # x's flat map's rows
+        hq = conv_rows.padded_size(oh, ow, (kh, kw), q, self.dilation)[0]  # gy's, for dx
+        per_image = max(c * kw * hp * wd, o * kw * hq * ow)  # the two R
         size = cpu.chunk_size(xp, n, per_image * x.itemsize)
 
         def work(a: int, z: int) -> Any:
