@@ -140,8 +140,9 @@ def choose_algorithm(
     70 / 94 / 142, 256 on 14x14 149 / 95 / 96 / 151. Rows lose to F(4x4) from about 48 channels: each
     image's GEMM reads the whole weight for a few columns, and F(4x4) multiplies a quarter as much.
 
-    Earlier measurements (kernel rows then padded on both sides), forward + backward on two cores' wall clock,
-    medians of 3 alternating rounds, ms for im2col / rows / F(2x2) (PyTorch in the same run): batch 128: 16->16 on 32x32 22.2 / 18.3 / 42.0 (13.4),
+    Earlier measurements (kernel rows then padded on both sides), forward + backward on two cores' wall
+    clock, medians of 3 alternating rounds, ms for im2col / rows / F(2x2) (PyTorch in the same run): batch
+    128: 16->16 on 32x32 22.2 / 18.3 / 42.0 (13.4),
     32->32 on 16x16 19.4 / 15.4 / 21.7 (9.9), 64->64 on 8x8 18.0 / 15.3 / 13.7 (8.5); ResNet-18's layers
     at batch 32: 64->64 on 56x56 215 / 143 / 156 (115), 128 on 28x28 140 / 148 / 102 (109), 256 on 14x14
     141 / 149 / 87 (100), 512 on 7x7 146 / 231 / 156 (97). Rows lose on small maps with many channels:
