@@ -19,13 +19,13 @@ How the fast path works, and what each trick buys (measured in ``python -m minis
   im2col + GEMM: a contiguous copy instead of col2im's scattered read-modify-write adds. With a
   stride > 1 the output gradient would need zeros between its pixels (most of the GEMM would
   multiply zeros), so there we compute the column gradient W^T gy and fold it back with col2im.
-* **Kernel-row GEMMs for stride-1 layers with 8-64 channels on maps of 16x16 and more.**
+* **Kernel-row GEMMs for stride-1 layers with 8-32 channels and "same" padding along the width.**
   ``minise.functional.conv_rows`` copies the input 3 times (one copy per kernel column, shifted) instead
   of im2col's 9, and reads the kernel rows as offsets into that copy: 1.2-1.5x faster than im2col on
   these layers, 1.19x on a whole se_resnet20 training step (measured, ``BENCHMARKS.md``).
-* **Winograd for 3x3, stride-1 layers with many channels on small maps.** ``minise.functional.winograd``
-  computes F(4x4, 3x3) with 36 multiplications per 4x4 outputs instead of 144 (up to 128 channels on
-  maps of 8x8 and more) or F(2x2, 3x3) with 16 per 2x2 instead of 36 (more channels, smaller maps). It
+* **Winograd for 3x3, stride-1 layers with more channels.** ``minise.functional.winograd``
+  computes F(4x4, 3x3) with 36 multiplications per 4x4 outputs instead of 144 (33 to 128 channels on
+  maps of 4x4 and more) or F(2x2, 3x3) with 16 per 2x2 instead of 36 (more channels). It
   pays where the GEMMs dominate and loses where the copies are cheap and the GEMMs small (16 channels on
   32x32).
 * **Parity planes for 3x3, stride-2 layers.** ``minise.functional.conv_parity`` builds im2col's columns
