@@ -164,6 +164,20 @@ def test_rows_gradient_of_one_input(needs: tuple[bool, bool]) -> None:
     assert report.ok and [r.index for r in report.inputs] == [i for i, r in enumerate(needs) if r]
 
 
+def test_conv_chunk_into_an_output_that_is_not_contiguous() -> None:
+    """``conv_chunk`` writes its first GEMM straight into a C-contiguous ``out``; any other ``out`` (here every
+    other channel of a larger array) gets the same values through a buffer, and nothing around it changes."""
+    x, w, _ = BATCH_1.arrays()
+    w_rows = conv_rows.kernel_rows(w)
+    direct = np.empty((1, 3, 5, 4))
+    conv_rows.conv_chunk(x, w_rows, (1, 1), (1, 1), direct)
+    np.testing.assert_allclose(direct, naive_conv2d(x, w, None, padding=(1, 1)), rtol=1e-10, atol=1e-10)
+    wide = np.full((1, 6, 5, 4), 7.0)
+    conv_rows.conv_chunk(x, w_rows, (1, 1), (1, 1), wide[:, ::2])
+    np.testing.assert_array_equal(wide[:, ::2], direct)
+    assert (wide[:, 1::2] == 7.0).all()
+
+
 def test_rows_in_chunks_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of one image on two threads: the forward, dx and the summed per-chunk dW are unchanged."""
     monkeypatch.setenv("MINISE_NUM_THREADS", "2")
